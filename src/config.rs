@@ -1,0 +1,117 @@
+//! Turns command-line settings into a validated [`ServerConfig`], with errors that say
+//! which flag to change.
+
+use std::time::Duration;
+
+use crate::cli::ServeArgs;
+use crate::server::ServerConfig;
+use crate::sftp::SessionLimits;
+use crate::ssh::SshSettings;
+use crate::storage::client::S3Settings;
+use crate::storage::TransferSettings;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        message: message.into(),
+    }
+}
+
+/// Validates `args` and builds the server configuration.
+pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
+    if !(5..=5120).contains(&args.part_size_mib) {
+        return Err(bad(
+            "--part-size-mib",
+            "S3 parts must be between 5 MiB and 5 GiB",
+        ));
+    }
+    if args.transfer_budget_mib < args.part_size_mib {
+        return Err(bad(
+            "--transfer-budget-mib",
+            format!(
+                "must be at least the part size ({} MiB)",
+                args.part_size_mib
+            ),
+        ));
+    }
+    if args.memory_budget_mib < args.transfer_budget_mib {
+        return Err(bad(
+            "--memory-budget-mib",
+            format!(
+                "must be at least the transfer budget ({} MiB)",
+                args.transfer_budget_mib
+            ),
+        ));
+    }
+    if args.download_chunk_mib == 0 || args.download_chunk_mib > args.transfer_budget_mib {
+        return Err(bad(
+            "--download-chunk-mib",
+            "must be between 1 and the transfer budget",
+        ));
+    }
+    if !args.embedded_listen.ip().is_loopback() {
+        return Err(bad(
+            "--embedded-listen",
+            "the embedded store must listen on loopback (127.0.0.1 or ::1)",
+        ));
+    }
+    if args.max_handles == 0 {
+        return Err(bad("--max-handles", "must be at least 1"));
+    }
+    if args.bucket.is_none() && (args.s3_endpoint.is_some() || args.s3_access_key.is_some()) {
+        return Err(bad(
+            "--bucket",
+            "S3 settings were given without a bucket; set --bucket (S3SFTP_BUCKET)",
+        ));
+    }
+    if let Some(endpoint) = &args.s3_endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(bad("--s3-endpoint", "must be an http:// or https:// URL"));
+        }
+    }
+    let s3 = args.bucket.as_ref().map(|bucket| S3Settings {
+        bucket: bucket.clone(),
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        path_style: args.s3_path_style,
+        credentials: args.s3_access_key.clone().zip(args.s3_secret_key.clone()),
+        checksum: args.s3_checksum,
+        max_attempts: args.s3_max_attempts.max(1),
+        attempt_timeout: Duration::from_secs(args.s3_timeout.max(1)),
+        connect_timeout: Duration::from_secs(10),
+    });
+    let mut config = ServerConfig::new(&args.state_dir, &args.users_file);
+    config.listen = args.listen;
+    config.s3 = s3;
+    config.embedded_listen = args.embedded_listen;
+    if let Some(dir) = &args.data_dir {
+        config.embedded_data_dir = dir.clone();
+    }
+    config.transfer = TransferSettings {
+        part_size: args.part_size_mib * MIB,
+        transfer_budget: args.transfer_budget_mib * MIB,
+        global_budget: args.memory_budget_mib * MIB,
+        download_chunk: args.download_chunk_mib * MIB,
+        ..TransferSettings::default()
+    };
+    config.ssh = SshSettings {
+        auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        ..SshSettings::default()
+    };
+    config.sftp = SessionLimits {
+        max_handles: args.max_handles,
+    };
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    Ok(config)
+}

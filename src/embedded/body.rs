@@ -1,0 +1,241 @@
+//! Moving object bytes: request bodies into temporary files (hashing as they arrive),
+//! data files out as response bodies (in chunks, never whole), and file-to-file copies.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use s3s::dto::StreamingBlob;
+use s3s::stream::{ByteStream, RemainingLength};
+use s3s::{s3_error, S3Error, S3Result, StdError};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter, ReadBuf};
+
+use super::error::{custom, internal};
+use super::store::{Bucket, TempPath};
+
+/// Size of the chunks a GET body is read and sent in.
+const READ_CHUNK: usize = 256 * 1024;
+/// Write buffer between the network and a temporary file.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// A request body stored in a temporary file, with what S3 needs to know about it.
+pub(crate) struct Received {
+    pub(crate) file: TempPath,
+    pub(crate) size: u64,
+    /// Hex MD5 of the bytes: the ETag of a simple object or of a part.
+    pub(crate) md5_hex: String,
+}
+
+/// Streams `body` into a new temporary file of `bucket`, computing its MD5.
+///
+/// `expected_len` is the request's Content-Length; a body of another length is
+/// `IncompleteBody`. A failed signature check of the payload surfaces here, at the end of
+/// the stream, which is why nothing is renamed into place before this returns.
+pub(crate) async fn receive(
+    bucket: &Bucket,
+    body: Option<StreamingBlob>,
+    expected_len: Option<i64>,
+) -> S3Result<Received> {
+    let tmp = bucket.temp_path();
+    let file = tokio::fs::File::create(tmp.path())
+        .await
+        .map_err(|e| internal("create temporary file", e))?;
+    let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut md5 = Md5::new();
+    let mut size: u64 = 0;
+    if let Some(mut body) = body {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(body_error)?;
+            md5.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| internal("write temporary file", e))?;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| internal("write temporary file", e))?;
+    drop(file);
+    if expected_len.is_some_and(|expected| u64::try_from(expected).ok() != Some(size)) {
+        return Err(s3_error!(
+            IncompleteBody,
+            "You did not provide the number of bytes specified by the Content-Length HTTP header."
+        ));
+    }
+    Ok(Received {
+        file: tmp,
+        size,
+        md5_hex: hex::encode(md5.finalize()),
+    })
+}
+
+/// Maps an error of the request body stream to the S3 error the client should see.
+fn body_error(err: StdError) -> S3Error {
+    match err.downcast::<S3Error>() {
+        Ok(err) => *err,
+        Err(err) => {
+            let text = err.to_string();
+            tracing::debug!(error = %text, "embedded S3 store: request body failed");
+            if text.contains("Sha256Mismatch") {
+                custom(
+                    "XAmzContentSHA256Mismatch",
+                    400,
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                )
+            } else {
+                s3_error!(
+                    IncompleteBody,
+                    "The request body ended early or could not be decoded."
+                )
+            }
+        }
+    }
+}
+
+/// A GET response body: `len` bytes of an already opened data file, read in chunks.
+///
+/// The file was opened under the bucket lock, so it is the version the response headers
+/// describe even if the key is overwritten meanwhile. Reports its exact length so the
+/// response carries a Content-Length.
+pub(crate) struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: Vec<u8>,
+}
+
+impl FileBody {
+    /// A body of `len` bytes of `file` starting at `offset`.
+    pub(crate) fn new(mut file: fs::File, offset: u64, len: u64) -> io::Result<FileBody> {
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        Ok(FileBody {
+            file: tokio::fs::File::from_std(file),
+            remaining: len,
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl Stream for FileBody {
+    type Item = Result<Bytes, StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = usize::try_from(this.remaining)
+            .unwrap_or(READ_CHUNK)
+            .min(READ_CHUNK);
+        if this.buf.len() != want {
+            this.buf = vec![0; want];
+        }
+        let mut read_buf = ReadBuf::new(&mut this.buf);
+        match Pin::new(&mut this.file).poll_read(cx, &mut read_buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(err)) => {
+                this.remaining = 0;
+                tracing::error!(error = %err, "embedded S3 store: cannot read object file");
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(Ok(())) => {
+                let n = read_buf.filled().len();
+                if n == 0 {
+                    this.remaining = 0;
+                    let err = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "object file is shorter than its metadata",
+                    );
+                    return Poll::Ready(Some(Err(Box::new(err))));
+                }
+                let mut chunk = std::mem::take(&mut this.buf);
+                chunk.truncate(n);
+                this.remaining -= n as u64;
+                Poll::Ready(Some(Ok(Bytes::from(chunk))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, None)
+    }
+}
+
+impl ByteStream for FileBody {
+    fn remaining_length(&self) -> RemainingLength {
+        match usize::try_from(self.remaining) {
+            Ok(n) => RemainingLength::new_exact(n),
+            Err(_) => RemainingLength::unknown(),
+        }
+    }
+}
+
+/// Runs blocking file work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> S3Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(internal(what, err)),
+        Err(err) => Err(internal(what, io::Error::other(err.to_string()))),
+    }
+}
+
+/// Copies `len` bytes of `src` from `offset` into a new file `dst`; returns the hex MD5.
+/// Blocking.
+pub(crate) fn copy_range_hashing(
+    mut src: fs::File,
+    offset: u64,
+    len: u64,
+    dst: &Path,
+) -> io::Result<String> {
+    src.seek(SeekFrom::Start(offset))?;
+    let mut src = src.take(len);
+    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, fs::File::create(dst)?);
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; WRITE_BUFFER];
+    let mut copied: u64 = 0;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        md5.update(chunk);
+        out.write_all(chunk)?;
+        copied += n as u64;
+    }
+    out.flush()?;
+    if copied != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "source file is shorter than its metadata",
+        ));
+    }
+    Ok(hex::encode(md5.finalize()))
+}
+
+/// Copies the whole of `src` into a new file `dst` (the kernel may do it without reading).
+/// Blocking.
+pub(crate) fn copy_file(mut src: fs::File, dst: &Path) -> io::Result<u64> {
+    let mut out = fs::File::create(dst)?;
+    io::copy(&mut src, &mut out)
+}
+
+/// Concatenates `parts` into a new file `dst`; returns the total length. Blocking.
+pub(crate) fn concat_files(parts: &[PathBuf], dst: &Path) -> io::Result<u64> {
+    let mut out = fs::File::create(dst)?;
+    let mut total = 0;
+    for part in parts {
+        total += io::copy(&mut fs::File::open(part)?, &mut out)?;
+    }
+    Ok(total)
+}

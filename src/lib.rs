@@ -1,0 +1,15 @@
+//! s3sftp: an SFTP and SCP server whose storage is S3 object storage.
+//!
+//! The layers, from the wire inwards: [`ssh`] accepts connections and authenticates
+//! against [`users`]; the front end [`sftp`] turns protocol requests into
+//! calls on a [`storage::UserStore`], the only code that knows S3. With no bucket
+//! configured, [`embedded`] runs an S3-compatible store on loopback.
+
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod server;
+pub mod sftp;
+pub mod ssh;
+pub mod storage;
+pub mod users;

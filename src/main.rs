@@ -1,0 +1,99 @@
+//! The `s3sftp` binary: parses the command line and runs the library. Errors end here,
+//! printed once with what to do next.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use s3sftp::cli::{Cli, Command, UsersCommand};
+use s3sftp::users::{hash_password, UsersFile};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Users(cmd) => users(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("s3sftp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = s3sftp::config::from_args(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = s3sftp::server::start(config).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UsersCommand::HashPassword => {
+            let password = read_password()?;
+            println!("{}", hash_password(&password)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        UsersCommand::Check { file } => match UsersFile::load(&file) {
+            Ok(users) => {
+                println!("{}: {} users, valid", file.display(), users.users().len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+/// One password: prompted without echo on a terminal, else one line of standard input.
+/// Never taken from the command line, where other users could see it.
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
+}

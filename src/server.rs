@@ -1,0 +1,191 @@
+//! Start-up and shutdown: wires the users file, the storage (an external bucket or the
+//! embedded store), the host key and the SSH listener into one running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::embedded::{EmbeddedError, EmbeddedS3};
+use crate::sftp::SessionLimits;
+use crate::ssh::{self, hostkey, Shared, SshSettings};
+use crate::storage::client::{self, ConnectError, S3Settings};
+use crate::storage::{Storage, TransferSettings};
+use crate::users::{UsersError, UsersFile};
+
+/// Bucket name the embedded store serves.
+pub const EMBEDDED_BUCKET: &str = "s3sftp";
+
+/// Everything `serve` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub users_file: PathBuf,
+    /// `None` starts the embedded store over `embedded_data_dir`.
+    pub s3: Option<S3Settings>,
+    pub embedded_data_dir: PathBuf,
+    pub embedded_listen: SocketAddr,
+    pub transfer: TransferSettings,
+    pub ssh: SshSettings,
+    pub sftp: SessionLimits,
+    /// How long shutdown waits for transfers in flight before aborting them.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the paths: loopback port 2222, the embedded store.
+    pub fn new(state_dir: impl Into<PathBuf>, users_file: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            embedded_data_dir: state_dir.join("data"),
+            state_dir,
+            users_file: users_file.into(),
+            s3: None,
+            embedded_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            transfer: TransferSettings::default(),
+            ssh: SshSettings::default(),
+            sftp: SessionLimits::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server did not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Users(#[from] UsersError),
+    #[error("{0}")]
+    HostKey(#[from] hostkey::HostKeyError),
+    #[error("{0}")]
+    Bucket(#[from] ConnectError),
+    #[error("embedded S3 store: {0}")]
+    Embedded(#[from] EmbeddedError),
+    #[error("cannot listen on {addr}: {source} (check --listen / S3SFTP_LISTEN)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
+    embedded: Option<EmbeddedS3>,
+    grace: Duration,
+}
+
+impl RunningServer {
+    /// The address SSH clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The storage every session uses (tests look at the bucket through it).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.shared.storage
+    }
+
+    /// The shared state (users file, tasks).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The embedded store, when it is in use.
+    pub fn embedded(&self) -> Option<&EmbeddedS3> {
+        self.embedded.as_ref()
+    }
+
+    /// Stops accepting, disconnects clients, waits up to the grace period for sessions to
+    /// wind down (open uploads are aborted), then stops the embedded store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        self.shared.tasks.close();
+        if tokio::time::timeout(self.grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still running after the grace period; stopping anyway");
+        }
+        if let Some(embedded) = self.embedded {
+            embedded.shutdown().await;
+        }
+        tracing::info!("server stopped");
+    }
+}
+
+/// Starts the server described by `config`.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    hostkey::warn_if_readable_by_others(&config.users_file);
+    let users = UsersFile::load(&config.users_file)?;
+    tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
+    let host_key = hostkey::load_or_create(&config.state_dir)?;
+
+    let (s3, embedded) = match &config.s3 {
+        Some(s3) => (s3.clone(), None),
+        None => {
+            let store = EmbeddedS3::start(
+                &config.embedded_data_dir,
+                EMBEDDED_BUCKET,
+                config.embedded_listen,
+            )
+            .await?;
+            tracing::warn!(
+                endpoint = %store.endpoint(),
+                data = %config.embedded_data_dir.display(),
+                "no bucket configured: using the embedded S3 store (for trying s3sftp and for tests, not for production data)"
+            );
+            let settings = S3Settings::custom(
+                &store.endpoint(),
+                store.bucket(),
+                store.region(),
+                store.access_key(),
+                store.secret_key(),
+            );
+            (settings, Some(store))
+        }
+    };
+    let client = client::build_client(&s3).await;
+    client::check_bucket(&client, &s3).await?;
+    tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
+    let storage = Storage::new(client, s3.bucket.clone(), config.transfer.clone());
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let shared = Shared::new(users, storage, config.sftp.clone());
+    let russh_config = ssh::russh_config(host_key, &config.ssh);
+    let shutdown = CancellationToken::new();
+    let accept = tokio::spawn(ssh::accept_loop(
+        listener,
+        russh_config,
+        config.ssh.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%addr, "listening for SSH");
+    Ok(RunningServer {
+        addr,
+        shared,
+        shutdown,
+        accept,
+        embedded,
+        grace: config.shutdown_grace,
+    })
+}

@@ -1,0 +1,71 @@
+//! The SFTP front end: protocol only, no S3 knowledge. [`serve`] runs one session over
+//! an SSH channel; [`session::Session`] maps requests to [`crate::storage`] calls.
+
+pub mod attrs;
+pub mod codec;
+pub mod session;
+
+use bytes::Bytes;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tokio::sync::mpsc;
+
+pub use session::{Session, SessionLimits};
+
+use crate::storage::UserStore;
+
+/// Replies queued for the writer task (the client pipelines up to 64 requests).
+const REPLY_QUEUE: usize = 64;
+
+/// Serves SFTP on `channel` until the client closes it, then reports exit status 0
+/// (OpenSSH `scp` in SFTP mode exits 1 without it) and closes the channel.
+pub async fn serve(
+    channel: Channel<Msg>,
+    store: UserStore,
+    username: String,
+    limits: SessionLimits,
+) {
+    let (mut reader, writer) = channel.split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(REPLY_QUEUE);
+    let writer_task = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            if writer.data_bytes(reply).await.is_err() {
+                return None;
+            }
+        }
+        Some(writer)
+    });
+
+    let mut session = Session::new(store, &username, limits);
+    let mut framer = codec::Framer::default();
+    'session: while let Some(msg) = reader.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => framer.push(&data),
+            ChannelMsg::Eof | ChannelMsg::Close => break,
+            _ => continue,
+        }
+        loop {
+            match framer.next_frame() {
+                Ok(Some(frame)) => {
+                    let reply = session.handle(frame).await;
+                    if tx.send(reply).await.is_err() {
+                        break 'session;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(user = %username, "SFTP stream unreadable, closing the session: {e}");
+                    break 'session;
+                }
+            }
+        }
+    }
+    session.close_all().await;
+    drop(tx);
+    if let Ok(Some(writer)) = writer_task.await {
+        let _ = writer.exit_status(0).await;
+        let _ = writer.eof().await;
+        let _ = writer.close().await;
+    }
+    tracing::debug!(user = %username, "sftp session ended");
+}

@@ -1,0 +1,229 @@
+//! The russh `Handler` of one connection: authentication against the users file, then
+//! routing of session channels to the front ends. Callbacks run on the connection's event
+//! loop, so anything slow (argon2, S3) runs in spawned tasks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+
+use super::Shared;
+use crate::users::{verify_password_or_dummy, User};
+
+/// Who this connection authenticated as.
+#[derive(Debug, Clone)]
+struct LoggedIn {
+    username: String,
+    key_prefix: String,
+}
+
+/// Per-connection state.
+pub struct Connection {
+    shared: Arc<Shared>,
+    peer: Option<SocketAddr>,
+    user: Option<LoggedIn>,
+    /// Session channels opened but not yet given to a front end.
+    channels: HashMap<ChannelId, Channel<Msg>>,
+}
+
+impl Connection {
+    pub fn new(shared: Arc<Shared>, peer: Option<SocketAddr>) -> Self {
+        Connection {
+            shared,
+            peer,
+            user: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into())
+    }
+
+    fn enabled_user(&self, name: &str) -> Option<User> {
+        self.shared.users().get(name).filter(|u| u.enabled).cloned()
+    }
+
+    fn accept(&mut self, user: &User, method: &str) -> Auth {
+        tracing::info!(user = %user.username, peer = %self.peer(), method, "login");
+        self.user = Some(LoggedIn {
+            username: user.username.clone(),
+            key_prefix: user.key_prefix.clone(),
+        });
+        Auth::Accept
+    }
+
+    fn reject(&self, name: &str, method: &str, why: &str) -> Auth {
+        tracing::warn!(user = %name, peer = %self.peer(), method, reason = why, "login refused");
+        Auth::reject()
+    }
+
+    fn key_allowed(&self, name: &str, key: &PublicKey) -> Option<User> {
+        self.enabled_user(name).filter(|u| u.has_key(key))
+    }
+
+    /// Refuses a request on a channel the way a shell would: message on stderr, exit 127.
+    fn refuse_channel(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        message: &str,
+    ) -> Result<(), russh::Error> {
+        self.channels.remove(&channel);
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, format!("{message}\n").into_bytes())?;
+        session.exit_status_request(channel, 127)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let record = self.shared.users().get(user).cloned();
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            verify_password_or_dummy(record.as_ref(), &password)
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Ok(self.reject(user, "password", "wrong password, unknown or disabled user"));
+        }
+        match self.enabled_user(user) {
+            Some(u) => Ok(self.accept(&u, "password")),
+            None => Ok(self.reject(user, "password", "user disabled or removed during login")),
+        }
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.key_allowed(user, offer.public_key) {
+            Some(_) => Ok(Auth::Accept),
+            None => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.key_allowed(user, key.public_key) {
+            Some(u) => Ok(self.accept(&u, "publickey")),
+            None => Ok(self.reject(
+                user,
+                "publickey",
+                "key not authorized, unknown or disabled user",
+            )),
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.user.is_none() {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(user), true) = (self.user.clone(), name == "sftp") else {
+            tracing::info!(peer = %self.peer(), subsystem = name, "subsystem refused");
+            self.channels.remove(&channel_id);
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        let Some(channel) = self.channels.remove(&channel_id) else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        session.channel_success(channel_id)?;
+        let store = self.shared.storage.user_store(&user.key_prefix);
+        let limits = self.shared.sftp_limits.clone();
+        tracing::debug!(user = %user.username, "sftp session started");
+        self.shared
+            .tasks
+            .spawn(crate::sftp::serve(channel, store, user.username, limits));
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        tracing::info!(peer = %self.peer(), %command, "exec refused");
+        let name = command.split_whitespace().next().unwrap_or("").to_string();
+        self.refuse_channel(
+            channel,
+            session,
+            &format!("s3sftp: {name}: command not found"),
+        )
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer(), "shell refused");
+        self.refuse_channel(
+            channel,
+            session,
+            "s3sftp: this server offers SFTP and SCP only, not a shell",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Building the aws-sdk-s3 client from our settings, and the start-up check that the
+//! bucket is there and reachable.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::Client;
+
+use super::error::S3Failure;
+
+/// When the SDK computes request checksums. Many S3-compatible servers reject the
+/// streamed CRC32 trailers the SDK sends by default, so custom endpoints default to
+/// `WhenRequired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumMode {
+    WhenRequired,
+    WhenSupported,
+}
+
+/// Where the bucket is and how to talk to it.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Custom endpoint (MinIO, Garage, Ceph, the embedded store); `None` means AWS.
+    pub endpoint: Option<String>,
+    /// `None` takes the region from the standard AWS chain (env, profile, IMDS).
+    pub region: Option<String>,
+    pub path_style: bool,
+    /// Explicit keys; `None` uses the standard AWS credential chain.
+    pub credentials: Option<(String, String)>,
+    /// `None` picks `WhenRequired` for custom endpoints and `WhenSupported` for AWS.
+    pub checksum: Option<ChecksumMode>,
+    /// Attempts per request, including the first (standard retry mode: exponential
+    /// backoff with full jitter).
+    pub max_attempts: u32,
+    /// Time allowed for one attempt of one request.
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field(
+                "credentials",
+                &self
+                    .credentials
+                    .as_ref()
+                    .map(|(ak, _)| format!("{ak}:<secret>")),
+            )
+            .field("checksum", &self.checksum)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl S3Settings {
+    /// Settings for a custom endpoint with explicit keys (tests, the embedded store).
+    pub fn custom(endpoint: &str, bucket: &str, region: &str, key: &str, secret: &str) -> Self {
+        S3Settings {
+            bucket: bucket.to_string(),
+            endpoint: Some(endpoint.to_string()),
+            region: Some(region.to_string()),
+            path_style: true,
+            credentials: Some((key.to_string(), secret.to_string())),
+            checksum: None,
+            max_attempts: 5,
+            attempt_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server cannot use the configured bucket; each says which setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("bucket {bucket:?} does not exist at {where_}: check --bucket (S3SFTP_BUCKET){hint}")]
+    NoSuchBucket {
+        bucket: String,
+        where_: String,
+        hint: &'static str,
+    },
+    #[error("access to bucket {bucket:?} was denied ({message}): check --s3-access-key/--s3-secret-key (S3SFTP_S3_ACCESS_KEY/S3SFTP_S3_SECRET_KEY) or the AWS credential chain, and the bucket policy")]
+    AccessDenied { bucket: String, message: String },
+    #[error("cannot reach S3 at {where_} ({message}): check --s3-endpoint (S3SFTP_S3_ENDPOINT), --s3-region and the network")]
+    Unreachable { where_: String, message: String },
+    #[error("S3 refused HeadBucket on {bucket:?} ({message}): check --s3-region (S3SFTP_S3_REGION) and --s3-path-style")]
+    Other { bucket: String, message: String },
+}
+
+/// Builds the client. Reads the standard AWS chain only for what is not set explicitly.
+pub async fn build_client(settings: &S3Settings) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some((key, secret)) = &settings.credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            key.clone(),
+            secret.clone(),
+            None,
+            None,
+            "s3sftp-settings",
+        ));
+    }
+    let shared = loader.load().await;
+    let checksum = settings.checksum.unwrap_or(if settings.endpoint.is_some() {
+        ChecksumMode::WhenRequired
+    } else {
+        ChecksumMode::WhenSupported
+    });
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(settings.path_style)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(settings.max_attempts.max(1))
+                .with_initial_backoff(Duration::from_millis(100))
+                .with_max_backoff(Duration::from_secs(5)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(settings.connect_timeout)
+                .operation_attempt_timeout(settings.attempt_timeout)
+                .build(),
+        );
+    if shared.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    builder = match checksum {
+        ChecksumMode::WhenRequired => builder
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired),
+        ChecksumMode::WhenSupported => builder
+            .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
+            .response_checksum_validation(ResponseChecksumValidation::WhenSupported),
+    };
+    Client::from_conf(builder.build())
+}
+
+/// HeadBucket, with an error that names the setting to fix.
+pub async fn check_bucket(client: &Client, settings: &S3Settings) -> Result<(), ConnectError> {
+    let where_ = settings
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "AWS S3".to_string());
+    let Err(err) = client.head_bucket().bucket(&settings.bucket).send().await else {
+        return Ok(());
+    };
+    let failure = S3Failure::from_sdk(&err);
+    let bucket = settings.bucket.clone();
+    Err(match failure.status {
+        None => ConnectError::Unreachable {
+            where_,
+            message: failure.message,
+        },
+        Some(404) => ConnectError::NoSuchBucket {
+            bucket,
+            where_,
+            hint: if settings.path_style || settings.endpoint.is_none() {
+                ""
+            } else {
+                " (or try --s3-path-style: most self-hosted S3 servers need it)"
+            },
+        },
+        Some(401 | 403) => ConnectError::AccessDenied {
+            bucket,
+            message: failure.message,
+        },
+        Some(_) => ConnectError::Other {
+            bucket,
+            message: failure.message,
+        },
+    })
+}

@@ -1,0 +1,240 @@
+//! Downloads with parallel ranged GETs: while the client reads sequentially, a window of
+//! chunks ahead of it is already being fetched. A read elsewhere restarts the window at
+//! that offset. Every GET is pinned to the ETag seen at open, so an object overwritten
+//! mid-download gives an error, never a mix of old and new bytes.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use super::budget::Reservation;
+use super::error::s3_error;
+use super::{ObjectHead, Result, StorageError, UserStore};
+
+/// One ranged GET, in flight or done.
+struct Chunk {
+    start: u64,
+    len: u64,
+    state: ChunkState,
+}
+
+enum ChunkState {
+    Fetching(JoinHandle<Result<(Bytes, Reservation)>>),
+    Ready(Bytes, #[allow(dead_code)] Reservation),
+}
+
+impl Chunk {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    async fn data(&mut self) -> Result<&Bytes> {
+        if let ChunkState::Fetching(handle) = &mut self.state {
+            let (bytes, reservation) = handle
+                .await
+                .map_err(|e| StorageError::Invalid(format!("download task failed: {e}")))??;
+            self.state = ChunkState::Ready(bytes, reservation);
+        }
+        match &self.state {
+            ChunkState::Ready(bytes, _) => Ok(bytes),
+            ChunkState::Fetching(_) => Err(StorageError::Invalid("chunk not fetched".into())),
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let ChunkState::Fetching(handle) = &self.state {
+            handle.abort();
+        }
+    }
+}
+
+/// A file open for reading.
+pub struct Download {
+    store: UserStore,
+    key: String,
+    size: u64,
+    etag: Option<String>,
+    modified: Option<SystemTime>,
+    chunk_size: u64,
+    max_depth: usize,
+    depth: usize,
+    window: VecDeque<Chunk>,
+    next_fetch: u64,
+    last_end: u64,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("key", &self.key)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl Download {
+    pub(crate) fn new(store: UserStore, key: String, head: ObjectHead) -> Self {
+        let settings = store.storage().settings();
+        let chunk_size = settings.download_chunk.max(64 * 1024);
+        let max_depth = (settings.transfer_budget / chunk_size).max(1) as usize;
+        Download {
+            store,
+            key,
+            size: head.size,
+            etag: head.etag,
+            modified: head.modified,
+            chunk_size,
+            max_depth,
+            depth: 2.min(max_depth),
+            window: VecDeque::new(),
+            next_fetch: 0,
+            last_end: 0,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn modified(&self) -> Option<SystemTime> {
+        self.modified
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Up to `len` bytes at `offset`: exactly `len` unless the file ends first; empty at
+    /// or past the end.
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = offset + len.min(self.size - offset);
+        let sequential = offset == self.last_end;
+        let in_window =
+            self.window.front().is_some_and(|c| c.start <= offset) && offset < self.next_fetch;
+        if !in_window {
+            self.window.clear();
+            self.next_fetch = offset;
+            if !sequential {
+                self.depth = 1;
+            }
+        }
+        while self.window.front().is_some_and(|c| c.end() <= offset) {
+            self.window.pop_front();
+        }
+        if sequential && self.depth < self.max_depth {
+            self.depth += 1;
+        }
+        self.fill_window(end);
+
+        let mut pieces: Vec<Bytes> = Vec::with_capacity(2);
+        let mut pos = offset;
+        for chunk in self.window.iter_mut() {
+            if pos >= end {
+                break;
+            }
+            if chunk.end() <= pos {
+                continue;
+            }
+            let from = (pos - chunk.start) as usize;
+            let to = (end.min(chunk.end()) - chunk.start) as usize;
+            let data = chunk.data().await?;
+            if to > data.len() || from >= to {
+                return Err(StorageError::Invalid("S3 returned a short range".into()));
+            }
+            pieces.push(data.slice(from..to));
+            pos += (to - from) as u64;
+        }
+        self.last_end = pos;
+        self.fill_window(end);
+        match pieces.len() {
+            0 => Err(StorageError::Invalid(
+                "read found no data in the window".into(),
+            )),
+            1 => Ok(pieces.swap_remove(0)),
+            _ => {
+                let mut buf = BytesMut::with_capacity((pos - offset) as usize);
+                for piece in &pieces {
+                    buf.extend_from_slice(piece);
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
+    /// Schedules GETs so the window covers `needed_end` and `depth` chunks.
+    fn fill_window(&mut self, needed_end: u64) {
+        while self.next_fetch < self.size
+            && (self.window.len() < self.depth || self.next_fetch < needed_end)
+        {
+            let start = self.next_fetch;
+            let len = self.chunk_size.min(self.size - start);
+            self.next_fetch += len;
+            let handle = tokio::spawn(fetch_range(
+                self.store.clone(),
+                self.key.clone(),
+                self.etag.clone(),
+                start,
+                len,
+            ));
+            self.window.push_back(Chunk {
+                start,
+                len,
+                state: ChunkState::Fetching(handle),
+            });
+        }
+    }
+}
+
+async fn fetch_range(
+    store: UserStore,
+    key: String,
+    etag: Option<String>,
+    start: u64,
+    len: u64,
+) -> Result<(Bytes, Reservation)> {
+    let storage = store.storage();
+    let reservation = storage.budget().reserve(len).await;
+    let mut request = storage
+        .client()
+        .get_object()
+        .bucket(storage.bucket())
+        .key(&key)
+        .range(format!("bytes={}-{}", start, start + len - 1));
+    if let Some(etag) = &etag {
+        request = request.if_match(etag);
+    }
+    let out = request
+        .send()
+        .await
+        .map_err(|e| match s3_error("GetObject", e) {
+            StorageError::NotFound => StorageError::Changed,
+            other => other,
+        })?;
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| StorageError::S3 {
+            op: "GetObject",
+            status: None,
+            message: format!("reading the body failed: {e}"),
+            request_id: None,
+        })?
+        .into_bytes();
+    if body.len() as u64 != len {
+        return Err(StorageError::S3 {
+            op: "GetObject",
+            status: None,
+            message: format!("expected {len} bytes at offset {start}, got {}", body.len()),
+            request_id: None,
+        });
+    }
+    Ok((body, reservation))
+}

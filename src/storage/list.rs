@@ -1,0 +1,103 @@
+//! Directory listings streamed from ListObjectsV2, one page at a time: a listing of a
+//! million objects never holds more than one page in memory.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use super::error::s3_error;
+use super::{to_system_time, Entry, EntryKind, Result, UserStore};
+
+/// Keys per ListObjectsV2 page (the S3 maximum).
+const PAGE: i32 = 1000;
+
+/// An open directory: the entries of the current page and where the next page starts.
+#[derive(Debug)]
+pub struct DirLister {
+    store: UserStore,
+    /// The directory's key prefix, ending in `/` (or the user's prefix for the root).
+    prefix: String,
+    token: Option<String>,
+    exhausted: bool,
+    ready: VecDeque<Entry>,
+    /// Last name handed out, to drop a name S3 lists twice (a file `a` and a dir `a/`
+    /// are both shown; an identical name in two pages is not).
+    last: Option<(String, EntryKind)>,
+}
+
+impl DirLister {
+    pub(crate) fn new(store: UserStore, prefix: String) -> Self {
+        DirLister {
+            store,
+            prefix,
+            token: None,
+            exhausted: false,
+            ready: VecDeque::new(),
+            last: None,
+        }
+    }
+
+    /// Up to `max` further entries; an empty vector means the listing is complete.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Entry>> {
+        while self.ready.is_empty() && !self.exhausted {
+            self.fetch_page().await?;
+        }
+        let n = max.min(self.ready.len());
+        Ok(self.ready.drain(..n).collect())
+    }
+
+    async fn fetch_page(&mut self) -> Result<()> {
+        let storage = self.store.storage();
+        let mut request = storage
+            .client()
+            .list_objects_v2()
+            .bucket(storage.bucket())
+            .prefix(&self.prefix)
+            .delimiter("/")
+            .max_keys(PAGE);
+        if let Some(token) = &self.token {
+            request = request.continuation_token(token);
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", e))?;
+        let files = out.contents().iter().filter_map(|o| {
+            let name = o.key()?.strip_prefix(&self.prefix)?;
+            Some(Entry {
+                name: name.to_string(),
+                kind: EntryKind::File,
+                size: o.size().unwrap_or(0).max(0) as u64,
+                modified: o.last_modified().and_then(to_system_time),
+            })
+        });
+        let now = SystemTime::now();
+        let dirs = out.common_prefixes().iter().filter_map(|p| {
+            let name = p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/')?;
+            Some(Entry {
+                name: name.to_string(),
+                kind: EntryKind::Dir,
+                size: 0,
+                modified: Some(now),
+            })
+        });
+        let mut page: Vec<Entry> = files.chain(dirs).filter(|e| valid_name(&e.name)).collect();
+        page.sort_by(|a, b| a.name.cmp(&b.name));
+        for entry in page {
+            let key = (entry.name.clone(), entry.kind);
+            if self.last.as_ref() == Some(&key) {
+                continue;
+            }
+            self.last = Some(key);
+            self.ready.push_back(entry);
+        }
+        self.token = out.next_continuation_token().map(str::to_string);
+        self.exhausted = !out.is_truncated().unwrap_or(false) || self.token.is_none();
+        Ok(())
+    }
+}
+
+/// Names a client can address: the directory's own marker (empty name), `.`/`..` and
+/// names with a separator (from keys like `a//b`) are not listed.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\\')
+}

@@ -1,0 +1,391 @@
+//! The only code that knows S3. Front ends (SFTP, SCP) talk to a [`UserStore`]: a view of
+//! the bucket bound to one user's prefix, in terms of virtual paths, files and
+//! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
+
+pub mod budget;
+pub mod client;
+pub mod download;
+pub mod error;
+pub mod list;
+pub mod path;
+pub mod rename;
+pub mod upload;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+pub use budget::MemoryBudget;
+pub use download::Download;
+pub use error::{Result, StorageError};
+pub use list::DirLister;
+pub use path::{Jail, PathError, VirtualPath};
+pub use upload::{Upload, WriteMode};
+
+use error::{s3_error, S3Failure};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Transfer tuning: part sizes, read-ahead and memory ceilings.
+#[derive(Debug, Clone)]
+pub struct TransferSettings {
+    /// Smallest multipart part (grows for large files so no upload needs > 10,000 parts).
+    pub part_size: u64,
+    /// Buffer ceiling of one upload or one download, in bytes.
+    pub transfer_budget: u64,
+    /// Buffer ceiling of all transfers together, in bytes.
+    pub global_budget: u64,
+    /// Size of one ranged GET of the read-ahead.
+    pub download_chunk: u64,
+    /// How far ahead of the written end out-of-order WRITEs are accepted and reordered.
+    pub reorder_window: u64,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        TransferSettings {
+            part_size: 8 * MIB,
+            transfer_budget: 64 * MIB,
+            global_budget: 1024 * MIB,
+            download_chunk: 8 * MIB,
+            reorder_window: 4 * MIB,
+        }
+    }
+}
+
+/// The bucket, the client and the shared budgets: one per server.
+#[derive(Debug)]
+pub struct Storage {
+    client: Client,
+    bucket: String,
+    settings: TransferSettings,
+    budget: MemoryBudget,
+}
+
+impl Storage {
+    pub fn new(client: Client, bucket: impl Into<String>, settings: TransferSettings) -> Arc<Self> {
+        let budget = MemoryBudget::new(settings.global_budget);
+        Arc::new(Storage {
+            client,
+            bucket: bucket.into(),
+            settings,
+            budget,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn settings(&self) -> &TransferSettings {
+        &self.settings
+    }
+
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// A view of the bucket jailed to `prefix`.
+    pub fn user_store(self: &Arc<Self>, prefix: &str) -> UserStore {
+        UserStore {
+            storage: self.clone(),
+            jail: Jail::new(prefix),
+        }
+    }
+}
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+/// What a stat or a listing says about one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    fn dir(name: &str, modified: Option<SystemTime>) -> Self {
+        Entry {
+            name: name.to_string(),
+            kind: EntryKind::Dir,
+            size: 0,
+            modified,
+        }
+    }
+}
+
+pub(crate) fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+/// Metadata of an object from HEAD.
+#[derive(Debug, Clone)]
+pub(crate) struct ObjectHead {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub modified: Option<SystemTime>,
+}
+
+/// One user's view of the bucket. Every operation takes virtual paths and builds keys
+/// only through the [`Jail`].
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    storage: Arc<Storage>,
+    jail: Jail,
+}
+
+impl UserStore {
+    pub fn jail(&self) -> &Jail {
+        &self.jail
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    fn client(&self) -> &Client {
+        &self.storage.client
+    }
+
+    fn bucket(&self) -> &str {
+        &self.storage.bucket
+    }
+
+    /// HEAD of one key; `None` if it does not exist.
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
+        match self
+            .client()
+            .head_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectHead {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(str::to_string),
+                modified: out.last_modified().and_then(to_system_time),
+            })),
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                if failure.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(failure.into_error("HeadObject"))
+                }
+            }
+        }
+    }
+
+    /// The first (up to) `max` keys under `prefix`, without a delimiter.
+    pub(crate) async fn first_keys(
+        &self,
+        prefix: &str,
+        max: i32,
+    ) -> Result<Vec<(String, Option<SystemTime>)>> {
+        let out = self
+            .client()
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(prefix)
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", e))?;
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some((
+                    o.key()?.to_string(),
+                    o.last_modified().and_then(to_system_time),
+                ))
+            })
+            .collect())
+    }
+
+    /// Whether `path` is a directory: the root, a `dir/` marker, or any key below it.
+    async fn dir_entry(&self, path: &VirtualPath) -> Result<Option<Entry>> {
+        if path.is_root() {
+            return Ok(Some(Entry::dir("/", None)));
+        }
+        let prefix = self.jail.dir_prefix(path)?;
+        let keys = self.first_keys(&prefix, 1).await?;
+        Ok(keys.first().map(|(key, modified)| {
+            let modified = if *key == prefix { *modified } else { None };
+            Entry::dir(
+                path.file_name(),
+                modified.or_else(|| Some(SystemTime::now())),
+            )
+        }))
+    }
+
+    /// What `path` is. A file wins over a directory of the same name.
+    pub async fn stat(&self, path: &VirtualPath) -> Result<Entry> {
+        if path.is_root() {
+            return Ok(Entry::dir("/", Some(SystemTime::now())));
+        }
+        let key = self.jail.file_key(path)?;
+        let (file, dir) = tokio::join!(self.head(&key), self.dir_entry(path));
+        if let Some(head) = file? {
+            return Ok(Entry {
+                name: path.file_name().to_string(),
+                kind: EntryKind::File,
+                size: head.size,
+                modified: head.modified,
+            });
+        }
+        dir?.ok_or(StorageError::NotFound)
+    }
+
+    /// Creates a directory by writing its `dir/` marker.
+    pub async fn mkdir(&self, path: &VirtualPath) -> Result<()> {
+        match self.stat(path).await {
+            Ok(_) => return Err(StorageError::AlreadyExists),
+            Err(StorageError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let marker = self.jail.dir_prefix(path)?;
+        self.client()
+            .put_object()
+            .bucket(self.bucket())
+            .key(&marker)
+            .content_type("application/x-directory")
+            .body(ByteStream::from_static(b""))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", e))?;
+        tracing::debug!(key = %marker, "directory created");
+        Ok(())
+    }
+
+    /// Removes an empty directory (its marker); refuses one that has anything in it.
+    pub async fn rmdir(&self, path: &VirtualPath) -> Result<()> {
+        if path.is_root() {
+            return Err(StorageError::Unsupported(
+                "the home directory cannot be removed",
+            ));
+        }
+        let prefix = self.jail.dir_prefix(path)?;
+        let keys = self.first_keys(&prefix, 2).await?;
+        if keys.is_empty() {
+            let key = self.jail.file_key(path)?;
+            return Err(match self.head(&key).await? {
+                Some(_) => StorageError::NotADirectory,
+                None => StorageError::NotFound,
+            });
+        }
+        if keys.iter().any(|(k, _)| *k != prefix) {
+            return Err(StorageError::DirectoryNotEmpty);
+        }
+        self.delete_key(&prefix).await
+    }
+
+    /// Removes a file.
+    pub async fn remove(&self, path: &VirtualPath) -> Result<()> {
+        let key = self.jail.file_key(path)?;
+        if path.is_root() || self.head(&key).await?.is_none() {
+            return Err(match self.dir_entry(path).await? {
+                Some(_) => StorageError::IsADirectory,
+                None => StorageError::NotFound,
+            });
+        }
+        self.delete_key(&key).await
+    }
+
+    pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
+        self.client()
+            .delete_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("DeleteObject", e))?;
+        Ok(())
+    }
+
+    /// Lists a directory page by page.
+    pub async fn list(&self, path: &VirtualPath) -> Result<DirLister> {
+        match self.stat(path).await? {
+            e if e.is_dir() => Ok(DirLister::new(self.clone(), self.jail.dir_prefix(path)?)),
+            _ => Err(StorageError::NotADirectory),
+        }
+    }
+
+    /// Opens a file for reading, pinned to the version seen now.
+    pub async fn open_read(&self, path: &VirtualPath) -> Result<Download> {
+        let key = self.jail.file_key(path)?;
+        if !path.is_root() {
+            if let Some(head) = self.head(&key).await? {
+                return Ok(Download::new(self.clone(), key, head));
+            }
+        }
+        Err(match self.dir_entry(path).await? {
+            Some(_) => StorageError::IsADirectory,
+            None => StorageError::NotFound,
+        })
+    }
+
+    /// Opens a file for writing. Nothing is visible at the key until the upload is
+    /// finished; an upload that is dropped unfinished is aborted.
+    pub async fn open_write(
+        &self,
+        path: &VirtualPath,
+        mode: WriteMode,
+        size_hint: Option<u64>,
+    ) -> Result<Upload> {
+        if path.is_root() {
+            return Err(StorageError::IsADirectory);
+        }
+        let key = self.jail.file_key(path)?;
+        let (file, dir) = tokio::join!(self.head(&key), self.dir_entry(path));
+        let exists = file?.is_some();
+        if !exists && dir?.is_some() {
+            return Err(StorageError::IsADirectory);
+        }
+        if exists && mode.exclusive {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(Upload::new(self.clone(), key, size_hint, exists))
+    }
+
+    /// Free space as statvfs reports it: S3 has no limit, so large round numbers.
+    pub fn statvfs(&self) -> StatVfs {
+        StatVfs {
+            block_size: 4096,
+            blocks: 1 << 40,
+            free_blocks: 1 << 39,
+            files: 1 << 40,
+            free_files: 1 << 39,
+            name_max: 1024,
+        }
+    }
+}
+
+/// The numbers the `statvfs@openssh.com` extension returns.
+#[derive(Debug, Clone, Copy)]
+pub struct StatVfs {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub files: u64,
+    pub free_files: u64,
+    pub name_max: u64,
+}

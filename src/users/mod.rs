@@ -1,0 +1,134 @@
+//! The users file: who may log in, how they prove it, and which part of the bucket each one sees.
+//!
+//! The file is JSON (see `docs/users.md`):
+//!
+//! ```json
+//! {"users": [{"username": "demo", "password": "$argon2id$...", "public_keys": ["ssh-ed25519 AAAA... c"],
+//!             "key_prefix": "users/demo/", "enabled": true}]}
+//! ```
+//!
+//! [`UsersFile::load`] reads it, checks every rule and reports every problem at once
+//! ([`UsersError::Invalid`]); what it returns is known to be valid, so the SSH layer only looks
+//! users up ([`UsersFile::get`]) and checks credentials ([`User::has_key`],
+//! [`verify_password_or_dummy`]).
+//!
+//! Layout: `raw.rs` is the on-disk shape, `validate.rs` the rules, `password.rs` the argon2
+//! hashes, `keys.rs` the public keys, `error.rs` the errors.
+
+mod error;
+mod keys;
+mod password;
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+pub use error::{Problem, UsersError};
+pub use keys::{AuthorizedKey, KeyLineError};
+pub use password::{
+    hash_password, verify_password, verify_password_or_dummy, HASH_PASSWORD_COMMAND,
+};
+pub use validate::{MAX_KEY_PREFIX_LEN, MAX_USERNAME_LEN};
+
+/// A parsed users file whose every rule holds, with an index by username.
+///
+/// It exists so the rest of the server never sees an unchecked user: the only ways to get one
+/// are [`UsersFile::load`] and [`UsersFile::parse`].
+#[derive(Debug, Clone)]
+pub struct UsersFile {
+    users: Vec<User>,
+    /// Username → position in `users`; usernames are unique once validated.
+    index: HashMap<String, usize>,
+}
+
+/// One account: how it logs in and the S3 key prefix that is its root directory.
+///
+/// Fields are public for reading; values come from a validated file, so they hold the rules in
+/// `docs/users.md` (a valid username, a clean `/`-terminated prefix that overlaps no other user's,
+/// an argon2 hash if any, at least one way to log in). Later settings (`permissions`,
+/// `allowed_ips`, `max_sessions`, `expires_at`) become further fields here, filled in by
+/// `validate.rs` from new optional fields of the file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// The SSH login name: 1–64 ASCII letters, digits and `._-@`.
+    pub username: String,
+    /// An argon2 PHC hash string; `None` turns password login off.
+    pub password: Option<String>,
+    /// Keys accepted for public-key login, in file order.
+    pub public_keys: Vec<AuthorizedKey>,
+    /// Where this user's root directory lives in the bucket, e.g. `users/demo/`; ends with `/`.
+    pub key_prefix: String,
+    /// A disabled user cannot log in by any method.
+    pub enabled: bool,
+}
+
+impl User {
+    /// Whether `key` is one of this user's public keys. Compares key material only, so the
+    /// comment in the file and the (absent) comment of the key a client offers do not matter.
+    /// Does not look at `enabled`: the caller checks that.
+    pub fn has_key(&self, key: &russh::keys::PublicKey) -> bool {
+        self.public_keys.iter().any(|k| k.matches(key))
+    }
+}
+
+/// Leaves the password hash out, so logging a user does not log a hash to attack offline.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.public_keys.iter().map(AuthorizedKey::line).collect();
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<argon2 hash>"))
+            .field("public_keys", &keys)
+            .field("key_prefix", &self.key_prefix)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+impl UsersFile {
+    /// Reads and validates the users file at `path`.
+    ///
+    /// Errors: [`UsersError::Read`] if it cannot be read, [`UsersError::Json`] if it is not
+    /// JSON of the right top-level shape, [`UsersError::Invalid`] listing every broken rule.
+    pub fn load(path: &Path) -> Result<UsersFile, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_from(&text, Some(path))
+    }
+
+    /// Parses and validates users-file JSON held in memory; errors as for [`UsersFile::load`].
+    pub fn parse(json: &str) -> Result<UsersFile, UsersError> {
+        Self::parse_from(json, None)
+    }
+
+    fn parse_from(json: &str, path: Option<&Path>) -> Result<UsersFile, UsersError> {
+        let raw: raw::RawFile = serde_json::from_str(json).map_err(|source| UsersError::Json {
+            path: path.map(Path::to_owned),
+            source,
+        })?;
+        let users = validate::validate(raw.users).map_err(|problems| UsersError::Invalid {
+            path: path.map(Path::to_owned),
+            problems,
+        })?;
+        let index = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| (user.username.clone(), i))
+            .collect();
+        Ok(UsersFile { users, index })
+    }
+
+    /// The user called `username`, if any (enabled or not). Exact, case-sensitive match.
+    pub fn get(&self, username: &str) -> Option<&User> {
+        self.index.get(username).and_then(|&i| self.users.get(i))
+    }
+
+    /// All users, in file order.
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+}

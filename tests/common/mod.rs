@@ -1,0 +1,421 @@
+//! Test harness: starts a real s3sftp server in-process over a real S3 HTTP server (the
+//! embedded store, or the external one named by `S3SFTP_TEST_S3_*` variables) and drives
+//! it with real clients: OpenSSH `sftp`/`scp` as processes, and russh + russh-sftp.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg};
+use s3sftp::server::{RunningServer, ServerConfig};
+use s3sftp::storage::client::S3Settings;
+use s3sftp::storage::TransferSettings;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+pub const MIB: usize = 1024 * 1024;
+/// Part size used by the test servers: S3's minimum, so multipart paths run on small files.
+pub const PART: usize = 5 * MIB;
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A user of the test server.
+#[derive(Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub prefix: String,
+    pub key_path: PathBuf,
+    pub key: Arc<PrivateKey>,
+}
+
+/// A running server with two users, `alice` and `bob`.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: TempDir,
+    pub alice: TestUser,
+    pub bob: TestUser,
+    pub port: u16,
+}
+
+/// The external S3 named by the environment, if any.
+pub fn external_s3() -> Option<S3Settings> {
+    let endpoint = std::env::var("S3SFTP_TEST_S3_ENDPOINT").ok()?;
+    let bucket = std::env::var("S3SFTP_TEST_S3_BUCKET").ok()?;
+    let key = std::env::var("S3SFTP_TEST_S3_ACCESS_KEY").ok()?;
+    let secret = std::env::var("S3SFTP_TEST_S3_SECRET_KEY").ok()?;
+    let region = std::env::var("S3SFTP_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into());
+    Some(S3Settings::custom(
+        &endpoint, &bucket, &region, &key, &secret,
+    ))
+}
+
+fn random_tag() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}
+
+fn make_user(dir: &Path, name: &str, root: &str) -> TestUser {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).expect("key");
+    let key_path = dir.join(format!("{name}_ed25519"));
+    std::fs::write(
+        &key_path,
+        key.to_openssh(LineEnding::LF).expect("pem").as_bytes(),
+    )
+    .expect("write key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    TestUser {
+        name: name.to_string(),
+        prefix: format!("{root}users/{name}/"),
+        key_path,
+        key: Arc::new(key),
+    }
+}
+
+/// A quick argon2id hash so logins in tests are fast (the server accepts any argon2 PHC).
+pub fn test_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"s3sftp-test-salt").expect("salt");
+    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = format!("t-{}/", random_tag());
+        let alice = make_user(dir.path(), "alice", &root);
+        let bob = make_user(dir.path(), "bob", &root);
+        let entries: Vec<serde_json::Value> = [&alice, &bob]
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "username": u.name,
+                    "password": test_hash(PASSWORD),
+                    "public_keys": [u.key.public_key().to_openssh().expect("pub")],
+                    "key_prefix": u.prefix,
+                    "enabled": true,
+                })
+            })
+            .collect();
+        let users = serde_json::json!({ "users": entries });
+        let users_file = dir.path().join("users.json");
+        std::fs::write(
+            &users_file,
+            serde_json::to_vec_pretty(&users).expect("json"),
+        )
+        .expect("write users");
+        let mut config = ServerConfig::new(dir.path().join("state"), &users_file);
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.s3 = external_s3();
+        config.transfer = TransferSettings {
+            part_size: PART as u64,
+            transfer_budget: 4 * PART as u64,
+            global_budget: 64 * PART as u64,
+            download_chunk: 2 * MIB as u64,
+            reorder_window: 4 * MIB as u64,
+        };
+        config.ssh.auth_failure_delay = Duration::from_millis(100);
+        config.shutdown_grace = Duration::from_secs(5);
+        tweak(&mut config);
+        let server = s3sftp::server::start(config).await.expect("server starts");
+        let port = server.local_addr().port();
+        TestServer {
+            server: Some(server),
+            dir,
+            alice,
+            bob,
+            port,
+        }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("running")
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        self.server().storage().client()
+    }
+
+    pub fn bucket(&self) -> &str {
+        self.server().storage().bucket()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// The object at `key`, if any.
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .client()
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(out.body.collect().await.ok()?.into_bytes().to_vec())
+    }
+
+    pub async fn object_size(&self, key: &str) -> Option<u64> {
+        let out = self
+            .client()
+            .head_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        out.content_length().map(|l| l as u64)
+    }
+
+    pub async fn put(&self, key: &str, data: &[u8]) {
+        self.client()
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .body(data.to_vec().into())
+            .send()
+            .await
+            .expect("put");
+    }
+
+    /// Every key under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let mut req = self
+                .client()
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .prefix(prefix);
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let out = req.send().await.expect("list");
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return keys;
+            }
+        }
+    }
+
+    /// Multipart uploads not yet completed or aborted under `prefix`.
+    pub async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(self.bucket())
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list uploads");
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until no multipart upload is pending under `prefix`.
+    pub async fn wait_no_pending_uploads(&self, prefix: &str) -> Vec<String> {
+        for _ in 0..100 {
+            let pending = self.pending_uploads(prefix).await;
+            if pending.is_empty() {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.pending_uploads(prefix).await
+    }
+
+    fn ssh_options(&self, user: &TestUser) -> Vec<String> {
+        [
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([user.key_path.display().to_string()])
+        .collect()
+    }
+
+    /// Runs OpenSSH `sftp -b` with `batch` as the command file.
+    pub async fn sftp(&self, user: &TestUser, batch: &str) -> Output {
+        let batch_file = self.dir.path().join(format!("batch-{}", random_tag()));
+        std::fs::write(&batch_file, batch).expect("batch");
+        let mut cmd = tokio::process::Command::new("sftp");
+        cmd.args(self.ssh_options(user))
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-b")
+            .arg(&batch_file)
+            .arg(format!("{}@127.0.0.1", user.name));
+        let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+            .await
+            .expect("sftp finished in time")
+            .expect("sftp runs");
+        if !out.status.success() {
+            eprintln!(
+                "sftp batch:\n{batch}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Runs OpenSSH `scp` with `args` (remote paths as `REMOTE:path`).
+    pub async fn scp(&self, user: &TestUser, args: &[&str]) -> Output {
+        let remote = format!("{}@127.0.0.1:", user.name);
+        let mut cmd = tokio::process::Command::new("scp");
+        cmd.args(self.ssh_options(user))
+            .arg("-P")
+            .arg(self.port.to_string());
+        for a in args {
+            cmd.arg(a.replace("REMOTE:", &remote));
+        }
+        tokio::time::timeout(Duration::from_secs(300), cmd.output())
+            .await
+            .expect("scp finished in time")
+            .expect("scp runs")
+    }
+
+    /// An SFTP session through the russh client, authenticated with a password.
+    pub async fn russh_sftp_password(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<RusshSftp, String> {
+        let mut handle = self.russh_connect().await?;
+        let auth = handle
+            .authenticate_password(user, password)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !auth.success() {
+            return Err("authentication failed".into());
+        }
+        RusshSftp::open(handle).await
+    }
+
+    /// An SFTP session through the russh client, authenticated with the user's key.
+    pub async fn russh_sftp(&self, user: &TestUser) -> RusshSftp {
+        let mut handle = self.russh_connect().await.expect("connect");
+        let auth = handle
+            .authenticate_publickey(
+                &user.name,
+                PrivateKeyWithHashAlg::new(user.key.clone(), None),
+            )
+            .await
+            .expect("auth");
+        assert!(auth.success(), "key login");
+        RusshSftp::open(handle).await.expect("sftp")
+    }
+
+    pub async fn russh_connect(&self) -> Result<russh::client::Handle<AcceptAll>, String> {
+        let config = Arc::new(russh::client::Config::default());
+        russh::client::connect(config, ("127.0.0.1", self.port), AcceptAll)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A russh client handler that trusts any host key (tests only).
+pub struct AcceptAll;
+
+impl russh::client::Handler for AcceptAll {
+    type Error = russh::Error;
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A russh-sftp raw session (status codes visible) and its connection.
+pub struct RusshSftp {
+    pub raw: russh_sftp::client::RawSftpSession,
+    pub handle: russh::client::Handle<AcceptAll>,
+}
+
+impl RusshSftp {
+    async fn open(handle: russh::client::Handle<AcceptAll>) -> Result<RusshSftp, String> {
+        let channel = handle
+            .channel_open_session()
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| e.to_string())?;
+        let raw = russh_sftp::client::RawSftpSession::new(channel.into_stream());
+        raw.set_timeout(60);
+        raw.init().await.map_err(|e| e.to_string())?;
+        Ok(RusshSftp { raw, handle })
+    }
+}
+
+/// The SFTP status code of a russh-sftp client error (`None` for other errors).
+pub fn status_code<T: std::fmt::Debug>(
+    r: &Result<T, russh_sftp::client::error::Error>,
+) -> Option<russh_sftp::protocol::StatusCode> {
+    match r {
+        Err(russh_sftp::client::error::Error::Status(s)) => Some(s.status_code),
+        _ => None,
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,509 @@
+//! SFTP requests one by one through the russh client and russh-sftp's raw session, so
+//! every status code is visible, plus malformed input written straight to the channel.
+
+mod common;
+
+use common::*;
+use russh::ChannelMsg;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use std::time::Duration;
+
+fn attrs() -> FileAttributes {
+    FileAttributes::empty()
+}
+
+async fn write_file(s: &RusshSftp, path: &str, data: &[u8]) {
+    let h = s
+        .raw
+        .open(
+            path,
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            attrs(),
+        )
+        .await
+        .expect("open for write")
+        .handle;
+    for (i, chunk) in data.chunks(32 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 32 * 1024) as u64, chunk.to_vec())
+            .await
+            .expect("write");
+    }
+    s.raw.close(&h).await.expect("close commits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn password_login_and_refusals() {
+    let t = TestServer::start().await;
+    let s = t
+        .russh_sftp_password("alice", PASSWORD)
+        .await
+        .expect("password login");
+    let name = s.raw.realpath(".").await.expect("realpath");
+    assert_eq!(name.files[0].filename, "/");
+    assert!(t.russh_sftp_password("alice", "wrong").await.is_err());
+    assert!(t.russh_sftp_password("nobody", PASSWORD).await.is_err());
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_codes_follow_the_design() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let p = t.alice.prefix.clone();
+    write_file(&s, "/a.txt", b"first").await;
+    write_file(&s, "/b.txt", b"second").await;
+
+    assert_eq!(
+        status_code(&s.raw.stat("/missing").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    assert_eq!(
+        status_code(&s.raw.symlink("/a.txt", "/l").await),
+        Some(StatusCode::OpUnsupported)
+    );
+    assert_eq!(
+        status_code(&s.raw.readlink("/a.txt").await),
+        Some(StatusCode::OpUnsupported)
+    );
+    assert_eq!(
+        status_code(
+            &s.raw
+                .open("/a.txt", OpenFlags::WRITE | OpenFlags::APPEND, attrs())
+                .await
+        ),
+        Some(StatusCode::OpUnsupported)
+    );
+    assert_eq!(
+        status_code(
+            &s.raw
+                .open(
+                    "/a.txt",
+                    OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE,
+                    attrs()
+                )
+                .await
+        ),
+        Some(StatusCode::Failure),
+        "EXCL on an existing file"
+    );
+    assert_eq!(
+        status_code(&s.raw.open("/nope", OpenFlags::WRITE, attrs()).await),
+        Some(StatusCode::NoSuchFile),
+        "WRITE without CREATE on a missing file"
+    );
+    // Plain RENAME onto an existing file fails and changes nothing; posix-rename replaces.
+    assert_eq!(
+        status_code(&s.raw.rename("/a.txt", "/b.txt").await),
+        Some(StatusCode::Failure)
+    );
+    assert_eq!(
+        t.object(&format!("{p}b.txt")).await.as_deref(),
+        Some(&b"second"[..])
+    );
+    let mut data = Vec::new();
+    for s in ["/a.txt", "/b.txt"] {
+        data.extend((s.len() as u32).to_be_bytes());
+        data.extend(s.as_bytes());
+    }
+    let reply = s.raw.extended("posix-rename@openssh.com", data).await;
+    assert!(
+        matches!(reply, Ok(Packet::Status(ref st)) if st.status_code == StatusCode::Ok),
+        "{reply:?}"
+    );
+    assert_eq!(
+        t.object(&format!("{p}b.txt")).await.as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(t.object(&format!("{p}a.txt")).await, None);
+
+    // RMDIR of a non-empty directory fails; of an empty one succeeds.
+    s.raw.mkdir("/d", attrs()).await.expect("mkdir");
+    assert_eq!(
+        status_code(&s.raw.mkdir("/d", attrs()).await),
+        Some(StatusCode::Failure),
+        "mkdir twice"
+    );
+    write_file(&s, "/d/f", b"x").await;
+    assert_eq!(
+        status_code(&s.raw.rmdir("/d").await),
+        Some(StatusCode::Failure)
+    );
+    assert_eq!(
+        status_code(&s.raw.rmdir("/nodir").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    assert_eq!(
+        status_code(&s.raw.remove("/d").await),
+        Some(StatusCode::Failure),
+        "remove of a dir"
+    );
+    s.raw.remove("/d/f").await.expect("remove");
+    s.raw.rmdir("/d").await.expect("rmdir empty");
+
+    // chmod/chown/utimes are accepted and ignored.
+    let mut a = attrs();
+    a.permissions = Some(0o600);
+    a.mtime = Some(1);
+    a.atime = Some(1);
+    s.raw.setstat("/b.txt", a).await.expect("setstat ignored");
+    let st = s.raw.stat("/b.txt").await.expect("stat");
+    assert_eq!(st.attrs.size, Some(5));
+    assert_eq!(st.attrs.permissions, Some(0o100644));
+    assert_eq!(
+        status_code(&s.raw.setstat("/missing", attrs()).await),
+        Some(StatusCode::NoSuchFile)
+    );
+
+    // READ at or past the end is EOF; READ of a directory handle-less path fails cleanly.
+    let h = s
+        .raw
+        .open("/b.txt", OpenFlags::READ, attrs())
+        .await
+        .expect("open")
+        .handle;
+    assert_eq!(s.raw.read(&h, 0, 100).await.expect("read").data, b"first");
+    assert_eq!(
+        status_code(&s.raw.read(&h, 5, 100).await),
+        Some(StatusCode::Eof)
+    );
+    assert_eq!(
+        status_code(&s.raw.read(&h, 500, 100).await),
+        Some(StatusCode::Eof)
+    );
+    s.raw.close(&h).await.expect("close");
+    assert_eq!(
+        status_code(&s.raw.close("bogus").await),
+        Some(StatusCode::Failure)
+    );
+
+    // Extensions.
+    let limits = s.raw.limits().await.expect("limits");
+    assert_eq!(limits.max_packet_len, 256 * 1024);
+    assert!(limits.max_read_len >= 255 * 1024 && limits.max_read_len < 256 * 1024);
+    let vfs = s.raw.statvfs("/").await.expect("statvfs");
+    assert!(vfs.blocks > 0 && vfs.block_size > 0);
+    assert_eq!(
+        s.raw
+            .realpath("/../../x/./y/..")
+            .await
+            .expect("realpath")
+            .files[0]
+            .filename,
+        "/x"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_reorder_refuse_resume_and_commit_atomically() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let p = t.alice.prefix.clone();
+    write_file(&s, "/keep.bin", b"original").await;
+
+    // Resume: the first write past offset 0 is refused and the object is untouched.
+    let h = s
+        .raw
+        .open("/keep.bin", OpenFlags::WRITE | OpenFlags::CREATE, attrs())
+        .await
+        .unwrap()
+        .handle;
+    assert_eq!(
+        status_code(&s.raw.write(&h, 8, b"more".to_vec()).await),
+        Some(StatusCode::OpUnsupported)
+    );
+    let _ = s.raw.close(&h).await;
+    assert_eq!(
+        t.object(&format!("{p}keep.bin")).await.as_deref(),
+        Some(&b"original"[..])
+    );
+
+    // Opening an existing file without TRUNC and closing without writing keeps it.
+    let h = s
+        .raw
+        .open("/keep.bin", OpenFlags::WRITE, attrs())
+        .await
+        .unwrap()
+        .handle;
+    s.raw.close(&h).await.expect("close");
+    assert_eq!(
+        t.object(&format!("{p}keep.bin")).await.as_deref(),
+        Some(&b"original"[..])
+    );
+
+    // Out-of-order writes within the window are reordered, across a part boundary.
+    let data = random_bytes(PART + 100_000, 11);
+    let chunk = 64 * 1024;
+    let mut order: Vec<usize> = (0..data.len().div_ceil(chunk)).collect();
+    for pair in order.chunks_mut(2) {
+        pair.reverse();
+    }
+    order.swap(0, 1); // the very first write lands at offset 0
+    let h = s
+        .raw
+        .open(
+            "/shuffled.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            attrs(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    for i in order {
+        let end = ((i + 1) * chunk).min(data.len());
+        s.raw
+            .write(&h, (i * chunk) as u64, data[i * chunk..end].to_vec())
+            .await
+            .expect("write");
+    }
+    let mut size = attrs();
+    size.size = Some(data.len() as u64);
+    s.raw
+        .fsetstat(&h, size)
+        .await
+        .expect("fsetstat(size == written)");
+    assert_eq!(
+        t.object_size(&format!("{p}shuffled.bin")).await,
+        None,
+        "invisible before CLOSE"
+    );
+    s.raw.close(&h).await.expect("close");
+    assert_eq!(
+        sha256(&t.object(&format!("{p}shuffled.bin")).await.unwrap()),
+        sha256(&data)
+    );
+
+    // A write far beyond the window fails, and so does CLOSE; nothing is stored.
+    let h = s
+        .raw
+        .open(
+            "/gap.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            attrs(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    s.raw
+        .write(&h, 0, vec![1; 1000])
+        .await
+        .expect("first write");
+    assert_eq!(
+        status_code(&s.raw.write(&h, 500 * MIB as u64, vec![2; 10]).await),
+        Some(StatusCode::Failure)
+    );
+    assert_eq!(
+        status_code(&s.raw.close(&h).await),
+        Some(StatusCode::Failure)
+    );
+    assert_eq!(t.object_size(&format!("{p}gap.bin")).await, None);
+
+    // A multipart upload abandoned by closing the session leaves nothing behind.
+    let h = s
+        .raw
+        .open(
+            "/abandoned.bin",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            attrs(),
+        )
+        .await
+        .unwrap()
+        .handle;
+    let big = random_bytes(3 * PART, 12);
+    for (i, c) in big.chunks(256 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 256 * 1024) as u64, c.to_vec())
+            .await
+            .expect("write");
+    }
+    assert!(
+        !t.pending_uploads(&p).await.is_empty(),
+        "multipart upload in progress"
+    );
+    drop(s);
+    assert!(t.wait_no_pending_uploads(&p).await.is_empty());
+    assert_eq!(t.object_size(&format!("{p}abandoned.bin")).await, None);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_are_pinned_to_the_version_seen_at_open() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let key = format!("{}v.bin", t.alice.prefix);
+    let v1 = random_bytes(30 * MIB, 21);
+    t.put(&key, &v1).await;
+    let h = s
+        .raw
+        .open("/v.bin", OpenFlags::READ, attrs())
+        .await
+        .unwrap()
+        .handle;
+    let first = s.raw.read(&h, 0, 32 * 1024).await.expect("read").data;
+    assert_eq!(first, &v1[..32 * 1024]);
+    t.put(&key, &random_bytes(30 * MIB, 22)).await;
+    // A read far from the window needs a new GET, which must not return the new bytes.
+    let r = s.raw.read(&h, 28 * MIB as u64, 32 * 1024).await;
+    assert_eq!(
+        status_code(&r),
+        Some(StatusCode::Failure),
+        "overwrite detected: {r:?}"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_reads_return_exact_ranges() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let data = random_bytes(9 * MIB + 123, 31);
+    t.put(&format!("{}r.bin", t.alice.prefix), &data).await;
+    let h = s
+        .raw
+        .open("/r.bin", OpenFlags::READ, attrs())
+        .await
+        .unwrap()
+        .handle;
+    for (off, len) in [
+        (0usize, 1000usize),
+        (5 * MIB, 200_000),
+        (MIB - 10, 100),
+        (9 * MIB, 200_000),
+        (3, 261_120),
+    ] {
+        let got = s
+            .raw
+            .read(&h, off as u64, len as u32)
+            .await
+            .expect("read")
+            .data;
+        let end = (off + len).min(data.len());
+        assert_eq!(got, &data[off..end], "read at {off}");
+    }
+    // A READ longer than the advertised limit is clamped, never longer than a packet.
+    let got = s.raw.read(&h, 0, 10 * MIB as u32).await.expect("read").data;
+    assert!(got.len() < 256 * 1024 && got == data[..got.len()]);
+    t.shutdown().await;
+}
+
+/// Raw bytes on the channel: framing and decoding errors get a status, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_packets_get_errors_and_others_keep_working() {
+    let t = TestServer::start().await;
+    let bystander = t.russh_sftp(&t.bob).await;
+    let mut handle = t.russh_connect().await.unwrap();
+    let auth = handle
+        .authenticate_publickey(
+            "alice",
+            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let mut ch = handle.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+    async fn reply(
+        ch: &mut russh::Channel<russh::client::Msg>,
+        buf: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        loop {
+            if buf.len() >= 4 {
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if buf.len() >= 4 + len {
+                    let body = buf[4..4 + len].to_vec();
+                    buf.drain(..4 + len);
+                    return Some(body);
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ch.wait())
+                .await
+                .ok()??
+            {
+                ChannelMsg::Data { data } => buf.extend_from_slice(&data),
+                ChannelMsg::Eof | ChannelMsg::Close => return None,
+                _ => {}
+            }
+        }
+    }
+    let mut buf = Vec::new();
+    ch.data(&frame(&[1, 0, 0, 0, 3])[..]).await.unwrap(); // INIT v3
+    let version = reply(&mut ch, &mut buf).await.expect("VERSION");
+    assert_eq!(version[0], 2);
+
+    // OPEN whose path is not UTF-8 → BAD_MESSAGE for that id.
+    let mut open = vec![
+        3, 0, 0, 0, 42, 0, 0, 0, 2, 0xff, 0xfe, 0, 0, 0, 1, 0, 0, 0, 0,
+    ];
+    ch.data(&frame(&open)[..]).await.unwrap();
+    let st = reply(&mut ch, &mut buf).await.expect("status");
+    assert_eq!(st[0], 101);
+    assert_eq!(&st[1..5], &[0, 0, 0, 42]);
+    assert_eq!(
+        u32::from_be_bytes([st[5], st[6], st[7], st[8]]),
+        StatusCode::BadMessage as u32
+    );
+    // Unknown packet type and a truncated READ → errors, the session lives on.
+    ch.data(&frame(&[99, 0, 0, 0, 7])[..]).await.unwrap();
+    let st = reply(&mut ch, &mut buf).await.expect("status");
+    assert_eq!(st[0], 101);
+    ch.data(&frame(&[5, 0, 0, 0, 8, 0, 0])[..]).await.unwrap();
+    let st = reply(&mut ch, &mut buf).await.expect("status");
+    assert_eq!(st[0], 101);
+    open.clear();
+    // REALPATH "." still works.
+    ch.data(&frame(&[16, 0, 0, 0, 9, 0, 0, 0, 1, b'.'])[..])
+        .await
+        .unwrap();
+    let name = reply(&mut ch, &mut buf).await.expect("NAME");
+    assert_eq!(name[0], 104);
+    // A frame claiming 100 MiB ends this session only.
+    ch.data(&(100u32 << 20).to_be_bytes()[..]).await.unwrap();
+    assert!(reply(&mut ch, &mut buf).await.is_none(), "session closed");
+    // Everyone else carries on.
+    assert_eq!(
+        bystander.raw.realpath(".").await.unwrap().files[0].filename,
+        "/"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shell_and_unknown_commands_are_refused() {
+    let t = TestServer::start().await;
+    let mut handle = t.russh_connect().await.unwrap();
+    let auth = handle
+        .authenticate_publickey(
+            "alice",
+            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let mut ch = handle.channel_open_session().await.unwrap();
+    ch.exec(true, "rm -rf /").await.unwrap();
+    let mut exit = None;
+    let mut stderr = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await {
+        match msg {
+            ChannelMsg::ExitStatus { exit_status } => exit = Some(exit_status),
+            ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert_eq!(exit, Some(127));
+    assert!(String::from_utf8_lossy(&stderr).contains("rm: command not found"));
+    // The same connection still serves SFTP.
+    let ch2 = handle.channel_open_session().await.unwrap();
+    ch2.request_subsystem(true, "sftp").await.unwrap();
+    let raw = russh_sftp::client::RawSftpSession::new(ch2.into_stream());
+    raw.init().await.expect("sftp after a refused exec");
+    t.shutdown().await;
+}
