@@ -13,7 +13,8 @@ use russh_sftp::protocol::{
 use super::attrs;
 use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET};
 use crate::storage::{
-    DirLister, Download, Entry, EntryKind, StorageError, Upload, UserStore, VirtualPath, WriteMode,
+    DirLister, Download, Entry, EntryKind, PathError, StorageError, Upload, UserStore, VirtualPath,
+    WriteMode,
 };
 
 /// Entries per READDIR reply: at most ~2 KiB each, so a reply stays under MAX_PACKET.
@@ -67,6 +68,9 @@ pub fn error_status(id: u32, err: &StorageError) -> Reply {
     let code = match err {
         StorageError::NotFound => StatusCode::NoSuchFile,
         StorageError::Unsupported(_) => StatusCode::OpUnsupported,
+        StorageError::InvalidPath(PathError::NotUtf8 | PathError::ControlChar) => {
+            StatusCode::BadMessage
+        }
         _ => StatusCode::Failure,
     };
     codec::status(id, code, &err.to_string())
