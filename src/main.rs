@@ -11,8 +11,16 @@ use s3sftp::users::{hash_password, UsersFile};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // s3s (the embedded store's HTTP layer) logs every routine 404 as an error; keep it
+    // quiet unless the filter names it (`s3s::ops=info`). Not `s3s=off`: targets match by prefix and
+    // that would silence `s3sftp` too.
+    let directives = if cli.log.contains("s3s::") {
+        cli.log.clone()
+    } else {
+        format!("{},s3s::ops=off", cli.log)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s::ops=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -24,7 +32,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("s3sftp: {e:#}");
+            eprintln!("s3sftp: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -96,4 +104,21 @@ fn read_password() -> anyhow::Result<String> {
     };
     anyhow::ensure!(!password.is_empty(), "empty password");
     Ok(password)
+}
+
+/// The error and its causes, each once: our error messages often quote their cause
+/// already, so a cause whose text is part of the message so far is not repeated.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -58,13 +58,13 @@ impl ServerConfig {
 /// Why the server did not start; each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Users(#[from] UsersError),
-    #[error("{0}")]
+    #[error(transparent)]
     HostKey(#[from] hostkey::HostKeyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bucket(#[from] ConnectError),
-    #[error("embedded S3 store: {0}")]
+    #[error(transparent)]
     Embedded(#[from] EmbeddedError),
     #[error("cannot listen on {addr}: {source} (check --listen / S3SFTP_LISTEN)")]
     Listen {

@@ -72,7 +72,9 @@ impl S3Failure {
                     (Some(c), Some(m)) => format!("{c}: {m}"),
                     (Some(c), None) => c.to_string(),
                     (None, Some(m)) => m.to_string(),
-                    (None, None) => format!("HTTP {}", status.unwrap_or(0)),
+                    (None, None) => {
+                        format!("HTTP {}: {}", status.unwrap_or(0), describe_chain(e))
+                    }
                 };
                 S3Failure {
                     status,

@@ -91,6 +91,7 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        init_test_logging();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = format!("t-{}/", random_tag());
         let alice = make_user(dir.path(), "alice", &root);
@@ -418,4 +419,14 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Server logs in test output when `S3SFTP_TEST_LOG` holds a filter (e.g. `s3sftp=debug`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("S3SFTP_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }
