@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod config;
 pub mod embedded;
+pub mod exec;
+pub mod scp;
 pub mod server;
 pub mod sftp;
 pub mod ssh;

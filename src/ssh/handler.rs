@@ -67,17 +67,19 @@ impl Connection {
         self.enabled_user(name).filter(|u| u.has_key(key))
     }
 
-    /// Refuses a request on a channel the way a shell would: message on stderr, exit 127.
+    /// Refuses a request on a channel the way a shell would: message on stderr, then the
+    /// exit status (127 for an unknown command).
     fn refuse_channel(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
         message: &str,
+        status: u32,
     ) -> Result<(), russh::Error> {
         self.channels.remove(&channel);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, format!("{message}\n").into_bytes())?;
-        session.exit_status_request(channel, 127)?;
+        session.exit_status_request(channel, status)?;
         session.eof(channel)?;
         session.close(channel)?;
         Ok(())
@@ -184,18 +186,35 @@ impl russh::server::Handler for Connection {
 
     async fn exec_request(
         &mut self,
-        channel: ChannelId,
+        channel_id: ChannelId,
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data).into_owned();
-        tracing::info!(peer = %self.peer(), %command, "exec refused");
-        let name = command.split_whitespace().next().unwrap_or("").to_string();
-        self.refuse_channel(
-            channel,
-            session,
-            &format!("s3sftp: {name}: command not found"),
-        )
+        let command = crate::exec::Command::parse(data);
+        let line = String::from_utf8_lossy(data);
+        let user = match (&command, self.user.clone()) {
+            (crate::exec::Command::Refused { message, status }, _) => {
+                tracing::info!(peer = %self.peer(), command = %line, "exec refused");
+                let (message, status) = (message.clone(), *status);
+                return self.refuse_channel(channel_id, session, &message, status);
+            }
+            (_, None) => {
+                session.channel_failure(channel_id)?;
+                return Ok(());
+            }
+            (_, Some(user)) => user,
+        };
+        let Some(channel) = self.channels.remove(&channel_id) else {
+            session.channel_failure(channel_id)?;
+            return Ok(());
+        };
+        session.channel_success(channel_id)?;
+        tracing::info!(user = %user.username, peer = %self.peer(), command = %line, "exec");
+        let store = self.shared.storage.user_store(&user.key_prefix);
+        self.shared
+            .tasks
+            .spawn(crate::exec::run(channel, store, user.username, command));
+        Ok(())
     }
 
     async fn shell_request(
@@ -208,6 +227,7 @@ impl russh::server::Handler for Connection {
             channel,
             session,
             "s3sftp: this server offers SFTP and SCP only, not a shell",
+            crate::exec::NOT_FOUND,
         )
     }
 

@@ -247,7 +247,7 @@ impl TestServer {
         self.pending_uploads(prefix).await
     }
 
-    fn ssh_options(&self, user: &TestUser) -> Vec<String> {
+    pub fn ssh_options(&self, user: &TestUser) -> Vec<String> {
         [
             "-o",
             "StrictHostKeyChecking=no",
@@ -306,6 +306,43 @@ impl TestServer {
             .await
             .expect("scp finished in time")
             .expect("scp runs")
+    }
+
+    /// Runs `ssh user@server <command>` with OpenSSH (stdin from `stdin`).
+    pub async fn ssh_exec(&self, user: &TestUser, command: &str, stdin: &[u8]) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("ssh")
+            .args(self.ssh_options(user))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{}@127.0.0.1", user.name))
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh runs");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin).await.expect("write stdin");
+        drop(input);
+        tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+            .await
+            .expect("ssh finished in time")
+            .expect("ssh output")
+    }
+
+    /// The server's host key fingerprint (`SHA256:...`), for clients that pin it.
+    pub fn host_fingerprint(&self) -> String {
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.dir.path().join("state").join("ssh_host_ed25519_key"))
+            .output()
+            .expect("ssh-keygen runs");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("fingerprint")
+            .to_string()
     }
 
     /// An SFTP session through the russh client, authenticated with a password.
