@@ -116,10 +116,41 @@ pub struct ServeArgs {
     /// Minimum time of a failed login, in milliseconds.
     #[arg(long, env = "S3SFTP_AUTH_FAILURE_DELAY_MS", default_value_t = 500)]
     pub auth_failure_delay_ms: u64,
-    /// Close connections idle for this many seconds.
+    /// Files open for writing at once per SFTP session.
+    #[arg(long, env = "S3SFTP_MAX_UPLOADS", default_value_t = 16)]
+    pub max_uploads: usize,
+    /// Close SFTP sessions with no request for this many seconds (keepalives don't count),
+    /// and SSH connections with no traffic at all for as long.
     #[arg(long, env = "S3SFTP_IDLE_TIMEOUT", default_value_t = 600)]
     pub idle_timeout: u64,
-    /// Seconds to let transfers finish on shutdown before aborting them.
-    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", default_value_t = 10)]
+    /// Seconds a connection has to log in before it is dropped.
+    #[arg(long, env = "S3SFTP_AUTH_DEADLINE", default_value_t = 60)]
+    pub auth_deadline: u64,
+    /// Failed logins from one address (within 10 minutes) that ban it; 0 disables bans.
+    #[arg(long, env = "S3SFTP_BAN_THRESHOLD", default_value_t = 10)]
+    pub ban_threshold: u32,
+    /// Seconds of the first ban of an address; each further ban doubles, up to --ban-max-time.
+    #[arg(long, env = "S3SFTP_BAN_TIME", default_value_t = 300)]
+    pub ban_time: u64,
+    /// Longest ban, in seconds.
+    #[arg(long, env = "S3SFTP_BAN_MAX_TIME", default_value_t = 86400)]
+    pub ban_max_time: u64,
+    /// Open connections allowed from one address; 0 means no limit.
+    #[arg(long, env = "S3SFTP_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
+    pub max_connections_per_ip: usize,
+    /// Open connections allowed in total; 0 means no limit.
+    #[arg(long, env = "S3SFTP_MAX_CONNECTIONS", default_value_t = 2000)]
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT: seconds to let transfers in flight finish (new connections are
+    /// refused, idle sessions closed at once); then the rest are disconnected and their
+    /// uploads aborted.
+    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", default_value_t = 60)]
     pub shutdown_grace: u64,
+    /// Multipart uploads under the users' prefixes older than this many hours are
+    /// aborted by the orphan sweep (at start, and every --orphan-sweep-hours).
+    #[arg(long, env = "S3SFTP_ORPHAN_AGE_HOURS", default_value_t = 24)]
+    pub orphan_age_hours: u64,
+    /// Hours between orphan sweeps after the one at start; 0 sweeps only at start.
+    #[arg(long, env = "S3SFTP_ORPHAN_SWEEP_HOURS", default_value_t = 0)]
+    pub orphan_sweep_hours: u64,
 }

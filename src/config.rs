@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cli::ServeArgs;
 use crate::server::ServerConfig;
 use crate::sftp::SessionLimits;
-use crate::ssh::SshSettings;
+use crate::ssh::{GuardSettings, SshSettings};
 use crate::storage::client::S3Settings;
 use crate::storage::TransferSettings;
 
@@ -107,11 +107,25 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     config.ssh = SshSettings {
         auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        auth_deadline: Duration::from_secs(args.auth_deadline.max(1)),
+        guard: GuardSettings {
+            ban_threshold: args.ban_threshold,
+            ban_time: Duration::from_secs(args.ban_time),
+            max_ban_time: Duration::from_secs(args.ban_max_time.max(args.ban_time)),
+            max_per_ip: args.max_connections_per_ip,
+            max_total: args.max_connections,
+            ..GuardSettings::default()
+        },
         ..SshSettings::default()
     };
     config.sftp = SessionLimits {
         max_handles: args.max_handles,
+        max_uploads: args.max_uploads.max(1),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
     };
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.orphan_age = Duration::from_secs(args.orphan_age_hours * 3600);
+    config.orphan_sweep_every =
+        (args.orphan_sweep_hours > 0).then(|| Duration::from_secs(args.orphan_sweep_hours * 3600));
     Ok(config)
 }

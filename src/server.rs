@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::embedded::{EmbeddedError, EmbeddedS3};
 use crate::sftp::SessionLimits;
 use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
+use crate::storage::sweep::sweep_orphans;
 use crate::storage::{Storage, TransferSettings};
 use crate::users::{UsersError, UsersFile};
 
@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub sftp: SessionLimits,
     /// How long shutdown waits for transfers in flight before aborting them.
     pub shutdown_grace: Duration,
+    /// Multipart uploads older than this under the users' prefixes are aborted.
+    pub orphan_age: Duration,
+    /// How often the orphan sweep runs after the one at start (None: only at start).
+    pub orphan_sweep_every: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -50,7 +54,9 @@ impl ServerConfig {
             transfer: TransferSettings::default(),
             ssh: SshSettings::default(),
             sftp: SessionLimits::default(),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(60),
+            orphan_age: Duration::from_secs(24 * 3600),
+            orphan_sweep_every: None,
         }
     }
 }
@@ -77,7 +83,6 @@ pub enum StartError {
 pub struct RunningServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
     accept: tokio::task::JoinHandle<()>,
     embedded: Option<EmbeddedS3>,
     grace: Duration,
@@ -104,17 +109,32 @@ impl RunningServer {
         self.embedded.as_ref()
     }
 
-    /// Stops accepting, disconnects clients, waits up to the grace period for sessions to
-    /// wind down (open uploads are aborted), then stops the embedded store.
+    /// Stops accepting; lets transfers in flight finish for up to the grace period (idle
+    /// SFTP sessions end at once); then disconnects whoever is left, which aborts their
+    /// uploads (no partial object), and stops the embedded store.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
+        self.shared.draining.cancel();
         let _ = self.accept.await;
         self.shared.tasks.close();
+        tracing::info!(
+            grace_seconds = self.grace.as_secs(),
+            "shutting down: letting transfers in flight finish"
+        );
         if tokio::time::timeout(self.grace, self.shared.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("sessions still running after the grace period; stopping anyway");
+            tracing::warn!(
+                tasks = self.shared.tasks.len(),
+                "grace period over: disconnecting the remaining sessions and aborting their uploads"
+            );
+            self.shared.hard_stop.cancel();
+            if tokio::time::timeout(HARD_STOP_WAIT, self.shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some sessions did not end after the disconnect; exiting anyway");
+            }
         }
         if let Some(embedded) = self.embedded {
             embedded.shutdown().await;
@@ -122,6 +142,9 @@ impl RunningServer {
         tracing::info!("server stopped");
     }
 }
+
+/// How long shutdown waits for sessions to end after disconnecting them.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(15);
 
 /// Starts the server described by `config`.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
@@ -169,23 +192,61 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         addr: config.listen,
         source,
     })?;
-    let shared = Shared::new(users, storage, config.sftp.clone());
+    let shared = Shared::new(
+        users,
+        storage,
+        config.sftp.clone(),
+        config.ssh.guard.clone(),
+    );
     let russh_config = ssh::russh_config(host_key, &config.ssh);
-    let shutdown = CancellationToken::new();
     let accept = tokio::spawn(ssh::accept_loop(
         listener,
         russh_config,
         config.ssh.clone(),
         shared.clone(),
-        shutdown.clone(),
+    ));
+    shared.tasks.spawn(orphan_sweeps(
+        shared.clone(),
+        config.orphan_age,
+        config.orphan_sweep_every,
     ));
     tracing::info!(%addr, "listening for SSH");
     Ok(RunningServer {
         addr,
         shared,
-        shutdown,
         accept,
         embedded,
         grace: config.shutdown_grace,
     })
+}
+
+/// Runs the orphan sweep at start and then every `every`, until shutdown.
+async fn orphan_sweeps(shared: Arc<Shared>, age: Duration, every: Option<Duration>) {
+    loop {
+        let prefixes: Vec<String> = shared
+            .users()
+            .users()
+            .iter()
+            .map(|u| u.key_prefix.clone())
+            .collect();
+        let sweep = sweep_orphans(&shared.storage, &prefixes, age);
+        tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            result = sweep => match result {
+                Ok(r) => tracing::info!(
+                    seen = r.seen,
+                    aborted = r.aborted,
+                    failed = r.failed,
+                    age_hours = age.as_secs() / 3600,
+                    "orphaned multipart upload sweep done"
+                ),
+                Err(e) => tracing::warn!("orphaned multipart upload sweep failed: {e}"),
+            }
+        }
+        let Some(every) = every else { return };
+        tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use session::{Session, SessionLimits};
 
@@ -19,11 +20,16 @@ const REPLY_QUEUE: usize = 64;
 
 /// Serves SFTP on `channel` until the client closes it, then reports exit status 0
 /// (OpenSSH `scp` in SFTP mode exits 1 without it) and closes the channel.
+///
+/// When `draining` is cancelled (shutdown), the session ends as soon as it has no open
+/// handle: transfers in flight finish, idle sessions go at once. A session with no
+/// request for `limits.idle_timeout` ends too.
 pub async fn serve(
     channel: Channel<Msg>,
     store: UserStore,
     username: String,
     limits: SessionLimits,
+    draining: CancellationToken,
 ) {
     let (mut reader, writer) = channel.split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(REPLY_QUEUE);
@@ -36,9 +42,29 @@ pub async fn serve(
         Some(writer)
     });
 
+    let idle = limits.idle_timeout;
     let mut session = Session::new(store, &username, limits);
     let mut framer = codec::Framer::default();
-    'session: while let Some(msg) = reader.wait().await {
+    let mut drain_seen = false;
+    'session: loop {
+        if drain_seen && session.open_handles() == 0 {
+            tracing::info!(user = %username, "closing the SFTP session for shutdown");
+            break;
+        }
+        let msg = tokio::select! {
+            msg = tokio::time::timeout(idle, reader.wait()) => match msg {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::info!(user = %username, seconds = idle.as_secs(), "SFTP session idle; closing it");
+                    break;
+                }
+            },
+            _ = draining.cancelled(), if !drain_seen => {
+                drain_seen = true;
+                continue;
+            }
+        };
         match msg {
             ChannelMsg::Data { data } => framer.push(&data),
             ChannelMsg::Eof | ChannelMsg::Close => break,

@@ -24,11 +24,20 @@ const READDIR_BATCH: usize = 100;
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub max_handles: usize,
+    /// Files open for writing at once (each holds upload buffers).
+    pub max_uploads: usize,
+    /// A session with no request for this long is closed (client keepalives, which
+    /// reset the SSH-level timer, do not count).
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_handles: 256 }
+        SessionLimits {
+            max_handles: 256,
+            max_uploads: 16,
+            idle_timeout: std::time::Duration::from_secs(600),
+        }
     }
 }
 
@@ -269,6 +278,11 @@ impl Session {
         }
     }
 
+    /// Number of open handles (shutdown waits for a session to have none).
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
     fn add_handle(&mut self, id: u32, handle: OpenHandle) -> Reply {
         if self.handles.len() >= self.limits.max_handles {
             return codec::status(
@@ -339,6 +353,22 @@ impl Session {
                 Ok(d) => self.add_handle(id, OpenHandle::Read(Box::new(d), v)),
                 Err(e) => error_status(id, &e),
             };
+        }
+        let uploads = self
+            .handles
+            .values()
+            .filter(|h| matches!(h, OpenHandle::Write(_)))
+            .count();
+        if uploads >= self.limits.max_uploads {
+            tracing::info!(user = %self.username, limit = self.limits.max_uploads, "upload refused: too many concurrent uploads in this session");
+            return codec::status(
+                id,
+                StatusCode::Failure,
+                &format!(
+                    "too many files open for writing in this session (limit {})",
+                    self.limits.max_uploads
+                ),
+            );
         }
         let mode = WriteMode {
             exclusive: flags.contains(OpenFlags::EXCLUDE),

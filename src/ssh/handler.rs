@@ -3,7 +3,9 @@
 //! loop, so anything slow (argon2, S3) runs in spawned tasks.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use russh::keys::PublicKey;
@@ -27,16 +29,37 @@ pub struct Connection {
     user: Option<LoggedIn>,
     /// Session channels opened but not yet given to a front end.
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Set at login; the connection task enforces the auth deadline with it.
+    authenticated: Arc<AtomicBool>,
+    /// Front-end tasks (SFTP sessions, exec commands) running on this connection.
+    active: Arc<AtomicUsize>,
 }
 
 impl Connection {
-    pub fn new(shared: Arc<Shared>, peer: Option<SocketAddr>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        peer: Option<SocketAddr>,
+        authenticated: Arc<AtomicBool>,
+        active: Arc<AtomicUsize>,
+    ) -> Self {
         Connection {
             shared,
             peer,
             user: None,
             channels: HashMap::new(),
+            authenticated,
+            active,
         }
+    }
+
+    /// Runs a front end on the shared tracker, counted as active on this connection.
+    fn spawn_front_end(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let active = self.active.clone();
+        active.fetch_add(1, Ordering::AcqRel);
+        self.shared.tasks.spawn(async move {
+            task.await;
+            active.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     fn peer(&self) -> String {
@@ -51,6 +74,7 @@ impl Connection {
 
     fn accept(&mut self, user: &User, method: &str) -> Auth {
         tracing::info!(user = %user.username, peer = %self.peer(), method, "login");
+        self.authenticated.store(true, Ordering::Release);
         self.user = Some(LoggedIn {
             username: user.username.clone(),
             key_prefix: user.key_prefix.clone(),
@@ -60,6 +84,15 @@ impl Connection {
 
     fn reject(&self, name: &str, method: &str, why: &str) -> Auth {
         tracing::warn!(user = %name, peer = %self.peer(), method, reason = why, "login refused");
+        if let Some(peer) = self.peer {
+            if let Some(length) = self.shared.guard.failed_login(peer.ip()) {
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    seconds = length.as_secs(),
+                    "address banned after repeated failed logins"
+                );
+            }
+        }
         Auth::reject()
     }
 
@@ -178,9 +211,13 @@ impl russh::server::Handler for Connection {
         let store = self.shared.storage.user_store(&user.key_prefix);
         let limits = self.shared.sftp_limits.clone();
         tracing::debug!(user = %user.username, "sftp session started");
-        self.shared
-            .tasks
-            .spawn(crate::sftp::serve(channel, store, user.username, limits));
+        self.spawn_front_end(crate::sftp::serve(
+            channel,
+            store,
+            user.username,
+            limits,
+            self.shared.draining.clone(),
+        ));
         Ok(())
     }
 
@@ -211,9 +248,7 @@ impl russh::server::Handler for Connection {
         session.channel_success(channel_id)?;
         tracing::info!(user = %user.username, peer = %self.peer(), command = %line, "exec");
         let store = self.shared.storage.user_store(&user.key_prefix);
-        self.shared
-            .tasks
-            .spawn(crate::exec::run(channel, store, user.username, command));
+        self.spawn_front_end(crate::exec::run(channel, store, user.username, command));
         Ok(())
     }
 

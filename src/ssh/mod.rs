@@ -1,10 +1,12 @@
 //! The SSH side: the russh configuration, the accept loop and per-connection handlers.
 //! Front ends get a channel and a [`crate::storage::UserStore`]; nothing here knows S3.
 
+pub mod guard;
 mod handler;
 pub mod hostkey;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use guard::{Guard, GuardSettings};
 pub use handler::Connection;
 
 use crate::sftp::SessionLimits;
@@ -27,8 +30,13 @@ pub struct SshSettings {
     pub max_auth_attempts: usize,
     /// Time allowed for the client's SSH identification line.
     pub handshake_timeout: Duration,
-    /// A connection with no traffic for this long is closed.
+    /// A connection with no traffic for this long is closed (SFTP sessions also track
+    /// their own idleness, which client keepalives do not reset).
     pub idle_timeout: Duration,
+    /// A connection must have authenticated within this long.
+    pub auth_deadline: Duration,
+    /// Bans and connection limits.
+    pub guard: GuardSettings,
 }
 
 impl Default for SshSettings {
@@ -38,6 +46,8 @@ impl Default for SshSettings {
             max_auth_attempts: 6,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            auth_deadline: Duration::from_secs(60),
+            guard: GuardSettings::default(),
         }
     }
 }
@@ -49,15 +59,29 @@ pub struct Shared {
     pub sftp_limits: SessionLimits,
     /// Every connection and front-end task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Bans and connection counts.
+    pub guard: Arc<Guard>,
+    /// Cancelled when shutdown begins: front ends finish what is in flight, take nothing new.
+    pub draining: CancellationToken,
+    /// Cancelled when the grace period is over: connections are cut, uploads aborted.
+    pub hard_stop: CancellationToken,
 }
 
 impl Shared {
-    pub fn new(users: UsersFile, storage: Arc<Storage>, sftp_limits: SessionLimits) -> Arc<Self> {
+    pub fn new(
+        users: UsersFile,
+        storage: Arc<Storage>,
+        sftp_limits: SessionLimits,
+        guard: GuardSettings,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             users: RwLock::new(Arc::new(users)),
             storage,
             sftp_limits,
             tasks: TaskTracker::new(),
+            guard: Guard::new(guard),
+            draining: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
         })
     }
 
@@ -99,17 +123,16 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
     })
 }
 
-/// Accepts connections until `shutdown` is cancelled.
+/// Accepts connections until `shared.draining` is cancelled.
 pub async fn accept_loop(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     settings: SshSettings,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
 ) {
     loop {
         let (socket, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shared.draining.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -119,13 +142,21 @@ pub async fn accept_loop(
                 }
             },
         };
+        let admission = match shared.guard.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                tracing::info!(%peer, reason = %refusal, "connection refused");
+                drop(socket);
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let config = config.clone();
         let shared2 = shared.clone();
-        let shutdown = shutdown.clone();
-        let handshake = settings.handshake_timeout;
+        let settings = settings.clone();
         shared.tasks.spawn(async move {
-            serve_connection(socket, peer, config, shared2, shutdown, handshake).await;
+            serve_connection(socket, peer, config, shared2, &settings).await;
+            drop(admission);
         });
     }
 }
@@ -135,20 +166,23 @@ async fn serve_connection(
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    handshake: Duration,
+    settings: &SshSettings,
 ) {
     tracing::debug!(%peer, "connection");
-    let handler = Connection::new(shared, Some(peer));
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let active = Arc::new(AtomicUsize::new(0));
+    let hard_stop = shared.hard_stop.clone();
+    let draining = shared.draining.clone();
+    let handler = Connection::new(shared, Some(peer), authenticated.clone(), active.clone());
     let session = match tokio::time::timeout(
-        handshake,
+        settings.handshake_timeout,
         russh::server::run_stream(config, socket, handler),
     )
     .await
     {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
-            tracing::info!(%peer, "SSH handshake failed: {e}");
+            tracing::debug!(%peer, "SSH handshake failed: {e}");
             return;
         }
         Err(_) => {
@@ -157,17 +191,39 @@ async fn serve_connection(
         }
     };
     let handle = session.handle();
-    tokio::select! {
+    let auth_deadline = async {
+        tokio::time::sleep(settings.auth_deadline).await;
+        if authenticated.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let reason = tokio::select! {
         result = session => {
             if let Err(e) = result {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            None
         }
-        _ = shutdown.cancelled() => {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), "en".into())
-                .await;
+        _ = hard_stop.cancelled() => Some("server shutting down"),
+        _ = drained(&draining, &active) => Some("server shutting down"),
+        _ = auth_deadline => {
+            tracing::info!(%peer, "no successful login within the deadline; disconnecting");
+            Some("authentication timeout")
         }
+    };
+    if let Some(reason) = reason {
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
+            .await;
     }
     tracing::debug!(%peer, "connection closed");
+}
+
+/// Resolves once shutdown has begun and the connection has no front end running (its
+/// transfers are done), so the client is told to go instead of left waiting.
+async fn drained(draining: &CancellationToken, active: &AtomicUsize) {
+    draining.cancelled().await;
+    while active.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod list;
 pub mod path;
 pub mod rename;
+pub mod sweep;
 pub mod upload;
 
 use std::sync::Arc;

@@ -1,0 +1,244 @@
+//! The gate in front of the SSH handshake: temporary bans for addresses that keep
+//! failing to log in, and limits on connections per address and in total. Every refusal
+//! is logged with the address and the reason.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Ban and connection-limit settings.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    /// Failed logins from one address within `window` that trigger a ban; 0 disables bans.
+    pub ban_threshold: u32,
+    /// Failures older than this are forgotten.
+    pub window: Duration,
+    /// Length of the first ban.
+    pub ban_time: Duration,
+    /// Each further ban of the same address lasts this many times longer...
+    pub ban_growth: u32,
+    /// ...up to this.
+    pub max_ban_time: Duration,
+    /// Open connections allowed from one address; 0 means no limit.
+    pub max_per_ip: usize,
+    /// Open connections allowed in total; 0 means no limit.
+    pub max_total: usize,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            ban_threshold: 10,
+            window: Duration::from_secs(600),
+            ban_time: Duration::from_secs(300),
+            ban_growth: 2,
+            max_ban_time: Duration::from_secs(24 * 3600),
+            max_per_ip: 50,
+            max_total: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    failures: u32,
+    first_failure: Option<Instant>,
+    banned_until: Option<Instant>,
+    bans: u32,
+    connections: usize,
+}
+
+impl Record {
+    fn is_idle(&self, now: Instant, window: Duration) -> bool {
+        self.connections == 0
+            && self.banned_until.is_none_or(|t| t <= now)
+            && self
+                .first_failure
+                .is_none_or(|t| now.duration_since(t) > window)
+            && self.bans == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_ip: HashMap<IpAddr, Record>,
+    total: usize,
+}
+
+/// Shared by the accept loop and every connection.
+#[derive(Debug)]
+pub struct Guard {
+    settings: GuardSettings,
+    state: Mutex<State>,
+}
+
+/// Why a connection was turned away before the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("address banned for another {0} s after repeated failed logins")]
+    Banned(u64),
+    #[error("too many connections from this address (limit {0})")]
+    PerIpLimit(usize),
+    #[error("too many connections (limit {0})")]
+    TotalLimit(usize),
+}
+
+/// Holds one connection's place in the counts; released on drop.
+#[derive(Debug)]
+pub struct Admission {
+    guard: Arc<Guard>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut state = self.guard.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(r) = state.by_ip.get_mut(&self.ip) {
+            r.connections = r.connections.saturating_sub(1);
+        }
+    }
+}
+
+impl Guard {
+    pub fn new(settings: GuardSettings) -> Arc<Self> {
+        Arc::new(Guard {
+            settings,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Lets a new connection from `ip` in, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut state = self.lock();
+        if state.by_ip.len() > 10_000 {
+            // Forget addresses with nothing to remember, so the map stays bounded.
+            state.by_ip.retain(|_, r| !r.is_idle(now, s.window));
+        }
+        if s.max_total > 0 && state.total >= s.max_total {
+            return Err(Refusal::TotalLimit(s.max_total));
+        }
+        let record = state.by_ip.entry(ip).or_default();
+        if let Some(until) = record.banned_until {
+            if until > now {
+                return Err(Refusal::Banned(until.duration_since(now).as_secs() + 1));
+            }
+            record.banned_until = None;
+        }
+        if s.max_per_ip > 0 && record.connections >= s.max_per_ip {
+            return Err(Refusal::PerIpLimit(s.max_per_ip));
+        }
+        record.connections += 1;
+        state.total += 1;
+        Ok(Admission {
+            guard: self.clone(),
+            ip,
+        })
+    }
+
+    /// Counts a failed login; returns the ban length if this failure started a ban.
+    pub fn failed_login(&self, ip: IpAddr) -> Option<Duration> {
+        let s = &self.settings;
+        if s.ban_threshold == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        let record = state.by_ip.entry(ip).or_default();
+        if record
+            .first_failure
+            .is_none_or(|t| now.duration_since(t) > s.window)
+        {
+            record.first_failure = Some(now);
+            record.failures = 0;
+        }
+        record.failures += 1;
+        if record.failures < s.ban_threshold {
+            return None;
+        }
+        let factor = s.ban_growth.max(1).saturating_pow(record.bans.min(30));
+        let length = s.ban_time.saturating_mul(factor).min(s.max_ban_time);
+        record.banned_until = Some(now + length);
+        record.bans += 1;
+        record.failures = 0;
+        record.first_failure = None;
+        Some(length)
+    }
+
+    /// True if `ip` is banned now (a connection already open is cut at its next failure).
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .by_ip
+            .get(&ip)
+            .and_then(|r| r.banned_until)
+            .is_some_and(|t| t > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    #[test]
+    fn bans_after_threshold_and_grow() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 3,
+            ban_time: Duration::from_secs(10),
+            ..Default::default()
+        });
+        assert_eq!(g.failed_login(ip(1)), None);
+        assert_eq!(g.failed_login(ip(1)), None);
+        assert_eq!(g.failed_login(ip(1)), Some(Duration::from_secs(10)));
+        assert!(g.is_banned(ip(1)));
+        assert!(matches!(g.admit(ip(1)), Err(Refusal::Banned(_))));
+        assert!(g.admit(ip(2)).is_ok(), "others are not affected");
+        // The next ban of the same address is longer.
+        for _ in 0..2 {
+            g.failed_login(ip(1));
+        }
+        assert_eq!(g.failed_login(ip(1)), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn connection_limits_release_on_drop() {
+        let g = Guard::new(GuardSettings {
+            max_per_ip: 2,
+            max_total: 3,
+            ..Default::default()
+        });
+        let a = g.admit(ip(1)).unwrap();
+        let _b = g.admit(ip(1)).unwrap();
+        assert_eq!(g.admit(ip(1)).unwrap_err(), Refusal::PerIpLimit(2));
+        let _c = g.admit(ip(2)).unwrap();
+        assert_eq!(g.admit(ip(3)).unwrap_err(), Refusal::TotalLimit(3));
+        drop(a);
+        assert!(g.admit(ip(1)).is_ok());
+    }
+
+    #[test]
+    fn disabled_bans() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 0,
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            assert_eq!(g.failed_login(ip(1)), None);
+        }
+        assert!(g.admit(ip(1)).is_ok());
+    }
+}

@@ -1,0 +1,330 @@
+//! Limits, bans, deadlines, graceful shutdown and the orphan sweep, against a real S3
+//! server with the russh client.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use russh_sftp::protocol::{FileAttributes, OpenFlags};
+
+const WRITE_NEW: OpenFlags = OpenFlags::WRITE
+    .union(OpenFlags::CREATE)
+    .union(OpenFlags::TRUNCATE);
+
+/// Connects from a chosen loopback address (Linux routes all of 127/8 to lo), so tests
+/// can act as several client addresses.
+async fn connect_from(
+    t: &TestServer,
+    from: [u8; 4],
+) -> Result<russh::client::Handle<AcceptAll>, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .map_err(|e| e.to_string())?;
+    let stream = socket
+        .connect(([127, 0, 0, 1], t.port).into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = Arc::new(russh::client::Config::default());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        russh::client::connect_stream(config, stream, AcceptAll),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+async fn password_ok(t: &TestServer, from: [u8; 4], password: &str) -> Result<bool, String> {
+    let mut handle = connect_from(t, from).await?;
+    handle
+        .authenticate_password("alice", password)
+        .await
+        .map(|r| r.success())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_failed_logins_ban_the_address_and_only_it() {
+    let t = TestServer::start_with(|c| {
+        c.ssh.guard.ban_threshold = 3;
+        c.ssh.guard.ban_time = Duration::from_secs(60);
+    })
+    .await;
+    let attacker = [127, 0, 0, 2];
+    for _ in 0..3 {
+        assert_eq!(password_ok(&t, attacker, "wrong").await, Ok(false));
+    }
+    // Banned: even the right password no longer gets a session from that address.
+    assert!(
+        !matches!(password_ok(&t, attacker, PASSWORD).await, Ok(true)),
+        "a banned address cannot log in"
+    );
+    // Another address is unaffected.
+    assert_eq!(password_ok(&t, [127, 0, 0, 3], PASSWORD).await, Ok(true));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_limits_per_address() {
+    let t = TestServer::start_with(|c| c.ssh.guard.max_per_ip = 2).await;
+    let from = [127, 0, 0, 4];
+    let a = connect_from(&t, from).await.expect("first");
+    let b = connect_from(&t, from).await.expect("second");
+    assert!(connect_from(&t, from).await.is_err(), "third is refused");
+    assert!(
+        connect_from(&t, [127, 0, 0, 5]).await.is_ok(),
+        "others may connect"
+    );
+    drop(a);
+    // The slot frees once the server sees the connection end.
+    let mut again = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if connect_from(&t, from).await.is_ok() {
+            again = true;
+            break;
+        }
+    }
+    assert!(again, "a closed connection releases its slot");
+    drop(b);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_and_idle_sessions_are_closed() {
+    let t = TestServer::start_with(|c| {
+        c.ssh.auth_deadline = Duration::from_secs(1);
+        c.sftp.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let lurker = connect_from(&t, [127, 0, 0, 6]).await.expect("connect");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        lurker.is_closed(),
+        "no login within the deadline: disconnected"
+    );
+
+    let s = t.russh_sftp(&t.alice).await;
+    s.raw.realpath(".").await.expect("works while active");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        s.raw.realpath(".").await.is_err(),
+        "an idle SFTP session is closed"
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_per_session_are_capped() {
+    let t = TestServer::start_with(|c| c.sftp.max_uploads = 2).await;
+    let s = t.russh_sftp(&t.alice).await;
+    let h1 = s
+        .raw
+        .open("/u1", WRITE_NEW, FileAttributes::empty())
+        .await
+        .expect("1");
+    let _h2 = s
+        .raw
+        .open("/u2", WRITE_NEW, FileAttributes::empty())
+        .await
+        .expect("2");
+    assert!(
+        s.raw
+            .open("/u3", WRITE_NEW, FileAttributes::empty())
+            .await
+            .is_err(),
+        "third upload refused"
+    );
+    s.raw.close(&h1.handle).await.expect("close");
+    s.raw
+        .open("/u3", WRITE_NEW, FileAttributes::empty())
+        .await
+        .expect("a slot is free again");
+    t.shutdown().await;
+}
+
+async fn write_at(s: &RusshSftp, handle: &str, offset: u64, data: &[u8]) {
+    for (i, chunk) in data.chunks(32 * 1024).enumerate() {
+        s.raw
+            .write(handle, offset + (i * 32 * 1024) as u64, chunk.to_vec())
+            .await
+            .expect("write");
+    }
+}
+
+/// A view of the bucket that outlives the server (the embedded store a server starts
+/// stops with it, so shutdown tests give the server a store of their own).
+struct BucketView {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    _store: Option<s3sftp::embedded::EmbeddedS3>,
+    _dir: tempfile::TempDir,
+}
+
+impl BucketView {
+    async fn object_sha256(&self, key: &str) -> Option<String> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        let body = out.body.collect().await.ok()?.into_bytes();
+        Some(sha256(&body))
+    }
+
+    async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list uploads");
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect()
+    }
+}
+
+async fn start_with_own_store(
+    tweak: impl FnOnce(&mut s3sftp::server::ServerConfig),
+) -> (TestServer, BucketView) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (settings, store) = match external_s3() {
+        Some(s) => (s, None),
+        None => {
+            let store = s3sftp::embedded::EmbeddedS3::start(
+                &dir.path().join("data"),
+                "own-store",
+                "127.0.0.1:0".parse().expect("addr"),
+            )
+            .await
+            .expect("embedded store");
+            let settings = s3sftp::storage::client::S3Settings::custom(
+                &store.endpoint(),
+                store.bucket(),
+                store.region(),
+                store.access_key(),
+                store.secret_key(),
+            );
+            (settings, Some(store))
+        }
+    };
+    let client = s3sftp::storage::client::build_client(&settings).await;
+    let view = BucketView {
+        client,
+        bucket: settings.bucket.clone(),
+        _store: store,
+        _dir: dir,
+    };
+    let t = TestServer::start_with(move |c| {
+        c.s3 = Some(settings);
+        tweak(c);
+    })
+    .await;
+    (t, view)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_lets_transfers_in_flight_finish() {
+    let (mut t, view) = start_with_own_store(|c| c.shutdown_grace = Duration::from_secs(30)).await;
+    let s = t.russh_sftp(&t.alice).await;
+    let idle = t.russh_sftp(&t.bob).await;
+    let data = random_bytes(PART + 1000, 61);
+    let h = s
+        .raw
+        .open("/in-flight.bin", WRITE_NEW, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    write_at(&s, &h, 0, &data[..PART]).await;
+    let server = t.server.take().expect("server");
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.russh_connect().await.is_err(), "no new connections");
+    assert!(
+        idle.raw.realpath(".").await.is_err(),
+        "idle sessions are closed at once"
+    );
+    write_at(&s, &h, PART as u64, &data[PART..]).await;
+    s.raw.close(&h).await.expect("and commits");
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("shutdown ends once the transfer is done")
+        .expect("join");
+    let key = format!("{}in-flight.bin", t.alice.prefix);
+    assert_eq!(view.object_sha256(&key).await, Some(sha256(&data)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_aborts_what_is_left_after_the_grace_period() {
+    let (mut t, view) = start_with_own_store(|c| c.shutdown_grace = Duration::from_secs(1)).await;
+    let s = t.russh_sftp(&t.alice).await;
+    let h = s
+        .raw
+        .open("/stalled.bin", WRITE_NEW, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    write_at(&s, &h, 0, &random_bytes(PART + 10, 62)).await;
+    let prefix = t.alice.prefix.clone();
+    // A multipart upload is under way (one part is full).
+    let mut pending = false;
+    for _ in 0..100 {
+        if !t.pending_uploads(&prefix).await.is_empty() {
+            pending = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pending, "multipart upload started");
+    let server = t.server.take().expect("server");
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown())
+        .await
+        .expect("shutdown ends after the grace period");
+    assert!(view.pending_uploads(&prefix).await.is_empty(), "aborted");
+    assert_eq!(
+        view.object_sha256(&format!("{prefix}stalled.bin")).await,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_orphan_sweep_aborts_old_uploads_only() {
+    let t = TestServer::start().await;
+    let key = format!("{}orphan.bin", t.alice.prefix);
+    t.client()
+        .create_multipart_upload()
+        .bucket(t.bucket())
+        .key(&key)
+        .send()
+        .await
+        .expect("create upload");
+    let storage = t.server().storage().clone();
+    let prefixes = vec![t.alice.prefix.clone(), t.bob.prefix.clone()];
+    let young =
+        s3sftp::storage::sweep::sweep_orphans(&storage, &prefixes, Duration::from_secs(3600))
+            .await
+            .expect("sweep");
+    assert_eq!(
+        (young.seen, young.aborted),
+        (1, 0),
+        "a young upload is kept"
+    );
+    assert_eq!(t.pending_uploads(&t.alice.prefix).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let old = s3sftp::storage::sweep::sweep_orphans(&storage, &prefixes, Duration::from_secs(1))
+        .await
+        .expect("sweep");
+    assert_eq!((old.seen, old.aborted), (1, 1));
+    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+    t.shutdown().await;
+}
