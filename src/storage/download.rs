@@ -192,6 +192,10 @@ impl Download {
     }
 }
 
+/// Attempts per chunk when the response body fails mid-way (the SDK retries a request
+/// only until its body starts streaming; a body cut short is retried here).
+const BODY_ATTEMPTS: u32 = 3;
+
 async fn fetch_range(
     store: UserStore,
     key: String,
@@ -199,42 +203,71 @@ async fn fetch_range(
     start: u64,
     len: u64,
 ) -> Result<(Bytes, Reservation)> {
+    let reservation = store.storage().budget().reserve(len).await;
+    let mut attempt = 1;
+    loop {
+        match get_range(&store, &key, etag.as_deref(), start, len).await {
+            Ok(body) => return Ok((body, reservation)),
+            Err(Fetch::Body(message)) if attempt < BODY_ATTEMPTS => {
+                tracing::info!(%key, start, attempt, "GetObject body failed, retrying: {message}");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(Fetch::Body(message)) => {
+                return Err(StorageError::S3 {
+                    op: "GetObject",
+                    status: None,
+                    message,
+                    request_id: None,
+                })
+            }
+            Err(Fetch::Request(e)) => return Err(e),
+        }
+    }
+}
+
+/// How one ranged GET failed.
+enum Fetch {
+    /// The request failed (after the SDK's own retries).
+    Request(StorageError),
+    /// The response body broke off or had the wrong length.
+    Body(String),
+}
+
+async fn get_range(
+    store: &UserStore,
+    key: &str,
+    etag: Option<&str>,
+    start: u64,
+    len: u64,
+) -> std::result::Result<Bytes, Fetch> {
     let storage = store.storage();
-    let reservation = storage.budget().reserve(len).await;
     let mut request = storage
         .client()
         .get_object()
         .bucket(storage.bucket())
-        .key(&key)
+        .key(key)
         .range(format!("bytes={}-{}", start, start + len - 1));
-    if let Some(etag) = &etag {
+    if let Some(etag) = etag {
         request = request.if_match(etag);
     }
-    let out = request
-        .send()
-        .await
-        .map_err(|e| match s3_error("GetObject", e) {
+    let out = request.send().await.map_err(|e| {
+        Fetch::Request(match s3_error("GetObject", e) {
             StorageError::NotFound => StorageError::Changed,
             other => other,
-        })?;
+        })
+    })?;
     let body = out
         .body
         .collect()
         .await
-        .map_err(|e| StorageError::S3 {
-            op: "GetObject",
-            status: None,
-            message: format!("reading the body failed: {e}"),
-            request_id: None,
-        })?
+        .map_err(|e| Fetch::Body(format!("reading the body failed: {e}")))?
         .into_bytes();
     if body.len() as u64 != len {
-        return Err(StorageError::S3 {
-            op: "GetObject",
-            status: None,
-            message: format!("expected {len} bytes at offset {start}, got {}", body.len()),
-            request_id: None,
-        });
+        return Err(Fetch::Body(format!(
+            "expected {len} bytes at offset {start}, got {}",
+            body.len()
+        )));
     }
-    Ok((body, reservation))
+    Ok(body)
 }
