@@ -170,15 +170,9 @@ pub fn find_mut<'a>(users: &'a mut [User], name: &str) -> Result<&'a mut User, E
 }
 
 /// Appends a new user, enabled, with default permissions and then `settings` applied.
-pub fn add_user(
-    users: &mut Vec<User>,
-    new: NewUser,
-    settings: &Settings,
-) -> Result<(), EditError> {
+pub fn add_user(users: &mut Vec<User>, new: NewUser, settings: &Settings) -> Result<(), EditError> {
     if users.iter().any(|u| u.username == new.username) {
-        return Err(EditError::UserExists {
-            name: new.username,
-        });
+        return Err(EditError::UserExists { name: new.username });
     }
     let mut user = User {
         username: new.username,
@@ -424,7 +418,9 @@ mod tests {
         assert_eq!(parse_permission_arg("/x=").unwrap().1, PermissionSet::NONE);
         assert!(parse_permission_arg("/x").is_err());
         assert!(parse_permission_arg("x=list").is_err());
-        assert!(parse_permission_arg("/x=write").unwrap_err().contains("unknown permission"));
+        assert!(parse_permission_arg("/x=write")
+            .unwrap_err()
+            .contains("unknown permission"));
         assert_eq!(parse_max_sessions_arg("3"), Ok(3));
         assert!(parse_max_sessions_arg("0").is_err());
         assert!(parse_max_sessions_arg("-1").is_err());

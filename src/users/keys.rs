@@ -161,7 +161,10 @@ mod tests {
     fn fingerprint_is_what_ssh_keygen_prints() {
         // ssh-keygen -lf alice.pub
         let key = AuthorizedKey::parse(ALICE).unwrap();
-        assert_eq!(key.fingerprint(), "SHA256:f7BXZ/Pc78Xk0UiEJFSVXhYGjkt71GpzHV61V4SMOqw");
+        assert_eq!(
+            key.fingerprint(),
+            "SHA256:f7BXZ/Pc78Xk0UiEJFSVXhYGjkt71GpzHV61V4SMOqw"
+        );
         assert_eq!(key.algorithm(), "ssh-ed25519");
         assert_eq!(key.comment(), "alice@laptop");
     }

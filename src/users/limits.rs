@@ -95,8 +95,12 @@ mod tests {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
         assert!(parse_cidr("2001:db8::/32").is_ok());
         assert!(parse_cidr("192.0.2.7/32").is_ok());
-        assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("\"10.0.0.0/8\""));
-        assert!(parse_cidr("10.0.0.1").unwrap_err().contains("\"10.0.0.1/32\""));
+        assert!(parse_cidr("10.0.0.1/8")
+            .unwrap_err()
+            .contains("\"10.0.0.0/8\""));
+        assert!(parse_cidr("10.0.0.1")
+            .unwrap_err()
+            .contains("\"10.0.0.1/32\""));
         assert!(parse_cidr("::1").unwrap_err().contains("\"::1/128\""));
         assert!(parse_cidr("10.0.0.0/33").unwrap_err().contains("CIDR"));
         assert!(parse_cidr("nope").unwrap_err().contains("CIDR"));
@@ -125,7 +129,10 @@ mod tests {
         assert!(u.is_expired(at("2029-12-31T23:00:00Z")));
         assert!(u.is_expired(at("2031-01-01T00:00:00Z")));
         assert!(parse_expiry("2030-01-01").is_err());
-        assert!(parse_expiry("2030-01-01T00:00:00").is_err(), "offset required");
+        assert!(
+            parse_expiry("2030-01-01T00:00:00").is_err(),
+            "offset required"
+        );
         let t = parse_expiry("2030-01-01T00:00:00+00:00").unwrap();
         assert_eq!(format_expiry(&t), "2030-01-01T00:00:00Z");
         let t = parse_expiry("2030-01-01T00:00:00.5-05:00").unwrap();

@@ -96,7 +96,10 @@ mod tests {
         let mut told = 0;
         let err = UsersLock::acquire(&users, Duration::from_millis(50), |_| told += 1).unwrap_err();
         assert!(matches!(err, UsersError::LockTimeout { .. }), "{err:?}");
-        assert!(err.to_string().contains("another `s3sftp users` command"), "{err}");
+        assert!(
+            err.to_string().contains("another `s3sftp users` command"),
+            "{err}"
+        );
         assert_eq!(told, 1);
         drop(first);
         UsersLock::acquire(&users, Duration::from_millis(50), |_| {}).unwrap();

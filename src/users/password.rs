@@ -267,8 +267,8 @@ fn check_argon2(value: &str, hint: &str) -> Result<(), String> {
 fn check_bcrypt(value: &str, hint: &str) -> Result<(), String> {
     let bytes = value.as_bytes();
     let shape_ok = bytes.len() == 60
-        && bytes[3].is_ascii_digit()
         && bytes[4].is_ascii_digit()
+        && bytes[5].is_ascii_digit()
         && bytes[6] == b'$'
         && bytes[7..].iter().all(|&c| is_crypt_char(c));
     if !shape_ok || value.parse::<bcrypt::HashParts>().is_err() {
@@ -408,7 +408,9 @@ mod tests {
             assert!(check_hash(&other, None).is_ok());
             assert!(verify_password(&other, "secret"), "{other}");
         }
-        let made = bcrypt::hash_with_salt("pw", 5, *b"0123456789abcdef").unwrap().to_string();
+        let made = bcrypt::hash_with_salt("pw", 5, *b"0123456789abcdef")
+            .unwrap()
+            .to_string();
         assert!(check_hash(&made, None).is_ok());
         assert!(verify_password(&made, "pw"));
     }
@@ -449,10 +451,17 @@ mod tests {
     fn check_hash_refuses_other_algorithms_and_costly_params() {
         let pbkdf2 = "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
         let message = check_hash(pbkdf2, None).unwrap_err();
-        assert!(message.contains("\"pbkdf2-sha256\" hash, which s3sftp does not accept"), "{message}");
-        assert!(check_hash("$1$abc$def", None).unwrap_err().contains("\"1\""));
+        assert!(
+            message.contains("\"pbkdf2-sha256\" hash, which s3sftp does not accept"),
+            "{message}"
+        );
+        assert!(check_hash("$1$abc$def", None)
+            .unwrap_err()
+            .contains("\"1\""));
         let costly = DUMMY_HASH.replace("m=19456", "m=194560000");
-        assert!(check_hash(&costly, None).unwrap_err().contains("too costly"));
+        assert!(check_hash(&costly, None)
+            .unwrap_err()
+            .contains("too costly"));
         let broken = "$argon2id$v=19$m=19456,t=2,p=1";
         assert!(check_hash(broken, None).is_err());
     }

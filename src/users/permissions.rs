@@ -182,7 +182,12 @@ impl Permissions {
     /// permissions of the deepest configured path that is `path` itself or one of its parent
     /// directories. A trailing `/` is ignored; a relative path is taken from `/`.
     pub fn permissions_for(&self, path: &str) -> PermissionSet {
+        let absolute;
         let mut path = path.trim_end_matches('/');
+        if !path.is_empty() && !path.starts_with('/') {
+            absolute = format!("/{path}");
+            path = &absolute;
+        }
         loop {
             let key = if path.is_empty() { "/" } else { path };
             if let Some(&set) = self.0.get(key) {
@@ -228,9 +233,7 @@ pub fn permission_path_problems(path: &str) -> Vec<String> {
         ));
     }
     if path.chars().any(char::is_control) {
-        problems.push(format!(
-            "path {path:?} must not contain control characters"
-        ));
+        problems.push(format!("path {path:?} must not contain control characters"));
     }
     if path.len() > 1 && path.ends_with('/') {
         problems.push(format!(
@@ -277,7 +280,10 @@ mod tests {
         assert_eq!(set.names(), ["list", "download"]);
         assert_eq!(set.to_string(), "list,download");
         assert_eq!(PermissionSet::NONE.to_string(), "none");
-        assert_eq!(PermissionSet::parse(&["*", "list"]).unwrap(), PermissionSet::ALL);
+        assert_eq!(
+            PermissionSet::parse(&["*", "list"]).unwrap(),
+            PermissionSet::ALL
+        );
         let all_by_name = PermissionSet::parse(&Permission::ALL.map(Permission::name)).unwrap();
         assert_eq!(all_by_name, PermissionSet::ALL);
     }
@@ -285,7 +291,10 @@ mod tests {
     #[test]
     fn unknown_names_are_all_reported() {
         let message = PermissionSet::parse(&["list", "write", "chmod"]).unwrap_err();
-        assert!(message.starts_with("unknown permission \"write\", \"chmod\";"), "{message}");
+        assert!(
+            message.starts_with("unknown permission \"write\", \"chmod\";"),
+            "{message}"
+        );
         assert!(message.contains("create_dirs"), "{message}");
     }
 
@@ -312,9 +321,17 @@ mod tests {
         assert_eq!(p.permissions_for("/reports/"), read_only);
         assert_eq!(p.permissions_for("/reports/2024/q1.csv"), read_only);
         assert_eq!(p.permissions_for("/reports/drafts/x"), PermissionSet::ALL);
-        assert_eq!(p.permissions_for("/reports-old/x"), PermissionSet::ALL, "not a subtree");
+        assert_eq!(
+            p.permissions_for("/reports-old/x"),
+            PermissionSet::ALL,
+            "not a subtree"
+        );
         assert_eq!(p.permissions_for("/hidden/a"), PermissionSet::NONE);
-        assert_eq!(p.permissions_for("reports/x"), read_only, "relative is from /");
+        assert_eq!(
+            p.permissions_for("reports/x"),
+            read_only,
+            "relative is from /"
+        );
         assert_eq!(p.permissions_for(""), PermissionSet::ALL);
     }
 

@@ -156,7 +156,8 @@ fn crash_point() {
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIFbu/cWZHRfrWTCIft+VBlVnuhBS1uf9hTja8TpqBxW a";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIFbu/cWZHRfrWTCIft+VBlVnuhBS1uf9hTja8TpqBxW a";
 
     fn one_user(name: &str) -> String {
         format!(
@@ -184,16 +185,26 @@ mod tests {
         let path = dir.path().join("users.json");
         let err = update(&path, false, |_| {}, |_| Ok(())).unwrap_err();
         assert!(matches!(err, UsersError::Read { .. }), "{err:?}");
-        update(&path, true, |_| {}, |users| {
-            users.extend(UsersFile::parse(&one_user("a")).unwrap().into_users());
-            Ok(())
-        })
+        update(
+            &path,
+            true,
+            |_| {},
+            |users| {
+                users.extend(UsersFile::parse(&one_user("a")).unwrap().into_users());
+                Ok(())
+            },
+        )
         .unwrap();
         let before = fs::read_to_string(&path).unwrap();
-        let err = update(&path, false, |_| {}, |users| {
-            users[0].key_prefix = "no-slash".to_owned();
-            Ok(())
-        })
+        let err = update(
+            &path,
+            false,
+            |_| {},
+            |users| {
+                users[0].key_prefix = "no-slash".to_owned();
+                Ok(())
+            },
+        )
         .unwrap_err();
         assert!(matches!(err, UsersError::Rejected { .. }), "{err:?}");
         assert!(err.to_string().contains("must end with"), "{err}");
@@ -207,12 +218,20 @@ mod tests {
         let link = dir.path().join("users.json");
         fs::write(&real, one_user("a")).unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        update(&link, false, |_| {}, |users| {
-            users[0].enabled = false;
-            Ok(())
-        })
+        update(
+            &link,
+            false,
+            |_| {},
+            |users| {
+                users[0].enabled = false;
+                Ok(())
+            },
+        )
         .unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert!(!UsersFile::load(&real).unwrap().users()[0].enabled);
     }
 }

@@ -165,8 +165,7 @@ fn convert_user(source: SftpgoUser, notes: &mut Vec<String>) -> Result<User, Str
             "its files are in bucket {bucket:?}: s3sftp serves the one bucket given to `s3sftp serve`, so use that bucket there (or copy {key_prefix:?} into yours)"
         ));
     }
-    if s3.endpoint.is_some_and(|e| !e.is_empty()) || s3.access_key.is_some_and(|k| !k.is_empty())
-    {
+    if s3.endpoint.is_some_and(|e| !e.is_empty()) || s3.access_key.is_some_and(|k| !k.is_empty()) {
         notes.push("per-user S3 endpoint and credentials are not carried over".into());
     }
 
@@ -208,7 +207,10 @@ fn convert_user(source: SftpgoUser, notes: &mut Vec<String>) -> Result<User, Str
         }
     }
     if password.is_none() && public_keys.is_empty() {
-        return Err("no password hash or public key s3sftp can use is left, so it could never log in".into());
+        return Err(
+            "no password hash or public key s3sftp can use is left, so it could never log in"
+                .into(),
+        );
     }
 
     let permissions = convert_permissions(source.permissions, notes)?;
@@ -229,9 +231,7 @@ fn convert_user(source: SftpgoUser, notes: &mut Vec<String>) -> Result<User, Str
         }
     }
 
-    let max_sessions = u32::try_from(source.max_sessions)
-        .ok()
-        .filter(|&n| n > 0);
+    let max_sessions = u32::try_from(source.max_sessions).ok().filter(|&n| n > 0);
     let expires_at = match source.expiration_date {
         0 => None,
         ms => Some(
@@ -242,17 +242,59 @@ fn convert_user(source: SftpgoUser, notes: &mut Vec<String>) -> Result<User, Str
     };
 
     for (what, present) in [
-        ("denied_ip (s3sftp has no deny list; those addresses can log in)", filters.denied_ip.is_some_and(|v| !v.is_empty())),
-        ("denied_protocols (s3sftp serves SFTP and SCP only)", filters.denied_protocols.is_some_and(|v| !v.is_empty())),
-        ("file_patterns filters", filters.file_patterns.is_some_and(|v| !v.is_empty())),
+        (
+            "denied_ip (s3sftp has no deny list; those addresses can log in)",
+            filters.denied_ip.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "denied_protocols (s3sftp serves SFTP and SCP only)",
+            filters.denied_protocols.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "file_patterns filters",
+            filters.file_patterns.is_some_and(|v| !v.is_empty()),
+        ),
         ("max_upload_file_size", filters.max_upload_file_size > 0),
-        ("quota (quota_size, quota_files)", source.quota_size > 0 || source.quota_files > 0),
-        ("bandwidth limits", source.upload_bandwidth > 0 || source.download_bandwidth > 0 || filters.bandwidth_limits.is_some_and(|v| !v.is_empty())),
-        ("data transfer limits", source.upload_data_transfer > 0 || source.download_data_transfer > 0 || source.total_data_transfer > 0 || filters.data_transfer_limits.is_some_and(|v| !v.is_empty())),
-        ("virtual folders", source.virtual_folders.is_some_and(|v| !v.is_empty())),
-        ("group memberships (and anything the groups set)", source.groups.is_some_and(|v| !v.is_empty())),
-        ("start_directory", filters.start_directory.is_some_and(|d| !d.is_empty() && d != "/")),
-        ("two-factor authentication (TOTP)", filters.totp_config.as_ref().and_then(|t| t.get("enabled")).and_then(Value::as_bool).unwrap_or(false)),
+        (
+            "quota (quota_size, quota_files)",
+            source.quota_size > 0 || source.quota_files > 0,
+        ),
+        (
+            "bandwidth limits",
+            source.upload_bandwidth > 0
+                || source.download_bandwidth > 0
+                || filters.bandwidth_limits.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "data transfer limits",
+            source.upload_data_transfer > 0
+                || source.download_data_transfer > 0
+                || source.total_data_transfer > 0
+                || filters.data_transfer_limits.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "virtual folders",
+            source.virtual_folders.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "group memberships (and anything the groups set)",
+            source.groups.is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "start_directory",
+            filters
+                .start_directory
+                .is_some_and(|d| !d.is_empty() && d != "/"),
+        ),
+        (
+            "two-factor authentication (TOTP)",
+            filters
+                .totp_config
+                .as_ref()
+                .and_then(|t| t.get("enabled"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        ),
     ] {
         if present {
             notes.push(format!("{what} not carried over"));
@@ -380,7 +422,11 @@ mod tests {
     }
 
     fn one(extra: Value) -> Import {
-        convert(&serde_json::json!({"users": [user(extra)]}).to_string(), &[]).unwrap()
+        convert(
+            &serde_json::json!({"users": [user(extra)]}).to_string(),
+            &[],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -391,7 +437,10 @@ mod tests {
         }}));
         let u = &import.users[0];
         assert_eq!(u.permissions_for("/").to_string(), "list,download");
-        assert_eq!(u.permissions_for("/in/x").to_string(), "upload,delete,rename");
+        assert_eq!(
+            u.permissions_for("/in/x").to_string(),
+            "upload,delete,rename"
+        );
         let notes: Vec<&str> = import.notes.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(notes.len(), 2, "{notes:?}"); // the bucket, the dropped names on "/"
         assert!(notes[1].contains("delete_files, chmod"), "{notes:?}");
@@ -401,7 +450,9 @@ mod tests {
     fn denied_login_methods_remove_the_credential() {
         let import = one(serde_json::json!({"filters": {"denied_login_methods": ["password"]}}));
         assert_eq!(import.users[0].password, None);
-        let import = one(serde_json::json!({"filters": {"denied_login_methods": ["password", "publickey"]}}));
+        let import = one(
+            serde_json::json!({"filters": {"denied_login_methods": ["password", "publickey"]}}),
+        );
         assert!(import.users.is_empty());
         assert!(import.skipped[0].1.contains("could never log in"));
     }
@@ -417,7 +468,10 @@ mod tests {
     #[test]
     fn describe_hash_never_shows_the_value() {
         let d = describe_hash("$pbkdf2-sha256$150000$E86a9YMX3zC7$R5J62hsSq");
-        assert!(d.contains("\"pbkdf2-sha256\"") && !d.contains("E86a"), "{d}");
+        assert!(
+            d.contains("\"pbkdf2-sha256\"") && !d.contains("E86a"),
+            "{d}"
+        );
         assert_eq!(describe_hash("hunter2"), "it is not a hash");
     }
 }
