@@ -75,7 +75,8 @@ fn single_message(entry: Value) -> String {
 #[test]
 fn example_file_loads_and_demo_password_verifies() {
     let users = UsersFile::load(example_path()).unwrap();
-    assert_eq!(users.users().len(), 1);
+    let names: Vec<&str> = users.users().iter().map(|u| u.username.as_str()).collect();
+    assert_eq!(names, ["demo", "reader", "dropbox", "carol"]);
     let demo = users.get("demo").unwrap();
     assert_eq!(demo.username, "demo");
     assert_eq!(demo.key_prefix, "users/demo/");
@@ -85,6 +86,43 @@ fn example_file_loads_and_demo_password_verifies() {
     assert!(verify_password_or_dummy(Some(demo), "demo"));
     assert!(!verify_password_or_dummy(Some(demo), "Demo"));
     assert!(!verify_password_or_dummy(Some(demo), ""));
+    assert!(demo.permissions.is_default());
+}
+
+#[test]
+fn example_permission_users() {
+    use Permission::*;
+    let users = UsersFile::load(example_path()).unwrap();
+    for name in ["reader", "dropbox", "carol"] {
+        let user = users.get(name).unwrap();
+        assert!(
+            verify_password_or_dummy(Some(user), name),
+            "{name}'s password is its name"
+        );
+        assert_eq!(user.key_prefix, format!("users/{name}/"));
+    }
+    let reader = users.get("reader").unwrap();
+    assert_eq!(
+        reader.permissions_for("/any/file"),
+        PermissionSet::of(&[List, Download])
+    );
+    let dropbox = users.get("dropbox").unwrap();
+    let drop = dropbox.permissions_for("/in/file");
+    assert_eq!(drop, PermissionSet::of(&[Upload, CreateDirs]));
+    for denied in [List, Download, Overwrite, Delete, Rename] {
+        assert!(!drop.contains(denied), "{denied}");
+    }
+    let carol = users.get("carol").unwrap();
+    assert_eq!(carol.permissions_for("/notes/a.txt"), PermissionSet::ALL);
+    assert_eq!(
+        carol.permissions_for("/reference"),
+        PermissionSet::of(&[List, Download])
+    );
+    assert_eq!(
+        carol.permissions_for("/reference/x/y.pdf"),
+        PermissionSet::of(&[List, Download])
+    );
+    assert_eq!(carol.permissions_for("/references/x"), PermissionSet::ALL);
 }
 
 #[test]
@@ -479,8 +517,8 @@ fn examples_in_the_docs_are_valid() {
         .collect();
     assert_eq!(
         blocks.len(),
-        2,
-        "expected the whole-file and the single-user examples"
+        3,
+        "expected the whole-file example, then the alice and carol entries"
     );
     let whole = UsersFile::parse(blocks[0]).unwrap();
     let on_disk = UsersFile::load(example_path()).unwrap();
@@ -493,6 +531,21 @@ fn examples_in_the_docs_are_valid() {
     let alice = alice.get("alice").unwrap();
     assert_eq!(alice.public_keys.len(), 2);
     assert_eq!(alice.key_prefix, "teams/sales/alice/");
+    assert_eq!(alice.max_sessions, Some(2));
+    assert_eq!(alice.allowed_ips.len(), 2);
+    let carol = UsersFile::parse(&format!("{{\"users\": [{}]}}", blocks[2])).unwrap();
+    let carol = carol.get("carol").unwrap();
+    assert_eq!(
+        carol.permissions_for("/reference/drafts/x"),
+        PermissionSet::ALL
+    );
+    assert_eq!(
+        carol.permissions_for("/reference/y").to_string(),
+        "list,download"
+    );
+    // The example file is in the form the admin commands write.
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    assert_eq!(on_disk.to_json(), text);
 }
 
 #[test]
