@@ -1,12 +1,15 @@
-//! The command line: `serve`, `users hash-password`. Every `serve` flag has an
-//! `S3SFTP_*` environment variable.
+//! The command line: `serve` and the `users` admin commands. Every `serve` flag has an
+//! `S3SFTP_*` environment variable, and so has the users file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 
 use crate::storage::client::ChecksumMode;
+use crate::users::{self, edit, PermissionSet, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,22 +29,220 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Manage the users file.
+    /// Manage the users file (see docs/users.md).
+    Users(UsersArgs),
+}
+
+/// `s3sftp users ...`: the admin commands on the users file.
+///
+/// Commands that change the file take a lock, check the result with the server's own rules and
+/// replace the file atomically. Passwords are never taken from the command line.
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// The users file (JSON; see docs/users.md).
+    #[arg(
+        long,
+        global = true,
+        env = "S3SFTP_USERS_FILE",
+        default_value = "users.json"
+    )]
+    pub users_file: PathBuf,
     #[command(subcommand)]
-    Users(UsersCommand),
+    pub command: UsersCommand,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
+    /// Add a user (creates the users file if there is none).
+    Add(AddArgs),
+    /// Set a user's password: asked twice on a terminal, or one line of stdin with
+    /// --password-stdin.
+    Passwd {
+        /// The user.
+        name: String,
+        #[command(flatten)]
+        source: PasswordSource,
+        /// Remove the password instead (the user then logs in with keys only).
+        #[arg(long, conflicts_with_all = ["password_stdin", "generate_password"])]
+        remove: bool,
+    },
+    /// Add or remove a user's public keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Refuse every login of a user, keeping its entry.
+    Disable {
+        /// The user.
+        name: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        /// The user.
+        name: String,
+    },
+    /// Remove a user (its files in the bucket stay).
+    #[command(alias = "remove")]
+    Rm {
+        /// The user.
+        name: String,
+    },
+    /// List the users: name, enabled, prefix, login methods, key fingerprints.
+    #[command(alias = "ls")]
+    List,
+    /// Show everything about one user (the password hash itself is never shown).
+    Show {
+        /// The user.
+        name: String,
+    },
+    /// Change a user's prefix, permissions and limits.
+    Set {
+        /// The user.
+        name: String,
+        /// A new S3 key prefix (the user's files are not moved).
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Validate a users file and list every problem (exit 1 if there is any).
+    Check {
+        /// The users file [default: --users-file].
+        file: Option<PathBuf>,
+    },
     /// Read a password (from the terminal, or one line of stdin) and print its argon2id hash
     /// for the users file's `password` field.
     HashPassword,
-    /// Validate a users file and list every problem (exit 1 if there is any).
-    Check {
-        /// The users file.
-        #[arg(env = "S3SFTP_USERS_FILE", default_value = "users.json")]
-        file: PathBuf,
+    /// Import the S3 users of an SFTPGo backup (`sftpgo dumpdata`).
+    ImportSftpgo {
+        /// The SFTPGo dump (JSON).
+        dump: PathBuf,
+        /// The users file to add them to [default: --users-file].
+        #[arg(long, value_name = "FILE")]
+        into: Option<PathBuf>,
+        /// Show what would be imported without writing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
+}
+
+/// `s3sftp users key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add public keys: a key line (`ssh-ed25519 AAAA... comment`) or a file of them.
+    Add {
+        /// The user.
+        name: String,
+        /// A public key line, or a .pub / authorized_keys-style file.
+        #[arg(value_name = "LINE_OR_FILE")]
+        key: String,
+    },
+    /// Remove a public key, by its number in `users show` or its SHA256: fingerprint.
+    #[command(alias = "remove")]
+    Rm {
+        /// The user.
+        name: String,
+        /// The key's number (from 1) or fingerprint.
+        #[arg(value_name = "FINGERPRINT_OR_INDEX")]
+        key: String,
+    },
+}
+
+/// `s3sftp users add` flags.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The login name: 1-64 ASCII letters, digits and . _ - @.
+    pub name: String,
+    /// The S3 key prefix that is the user's root directory, e.g. users/alice/.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: String,
+    #[command(flatten)]
+    pub password: PasswordSource,
+    /// A public key line, or a file of them; repeat for more.
+    #[arg(long = "key", value_name = "LINE_OR_FILE")]
+    pub keys: Vec<String>,
+    /// Add the user disabled.
+    #[arg(long)]
+    pub disabled: bool,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// Where a new password comes from. Never from the command line, where other local users
+/// could read it in the process list.
+#[derive(Debug, Args)]
+pub struct PasswordSource {
+    /// Read the password from one line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Generate a random password and print it (once) on standard output.
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub generate_password: bool,
+    /// Ask for the password on the terminal (twice) [default for `passwd`].
+    #[arg(long, conflicts_with_all = ["password_stdin", "generate_password"])]
+    pub ask_password: bool,
+}
+
+/// Per-user permissions and limits, for `users add` and `users set`.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Set what the user may do in a subtree: PATH=PERM,PERM... with PERM one of list,
+    /// download, upload, overwrite, delete, rename, create_dirs or *; `PATH=` allows nothing.
+    /// Repeat for more paths.
+    #[arg(long, value_name = "PATH=PERMS", value_parser = edit::parse_permission_arg)]
+    pub permission: Vec<(String, PermissionSet)>,
+    /// Remove the permissions entry of a path (its subtree then follows its parent).
+    #[arg(long, value_name = "PATH")]
+    pub unset_permission: Vec<String>,
+    /// Go back to the default permissions (everything allowed) before the other changes.
+    #[arg(long)]
+    pub reset_permissions: bool,
+    /// Allow logins only from this network (CIDR, e.g. 192.0.2.0/24); repeat for more.
+    /// Replaces the current list.
+    #[arg(long = "allowed-ip", value_name = "CIDR", value_parser = users::parse_cidr)]
+    pub allowed_ips: Vec<IpNet>,
+    /// Allow logins from any address (clears the allowed-ip list).
+    #[arg(long, conflicts_with = "allowed_ips")]
+    pub any_ip: bool,
+    /// Allow at most N sessions at once.
+    #[arg(long, value_name = "N", value_parser = edit::parse_max_sessions_arg)]
+    pub max_sessions: Option<u32>,
+    /// Remove the session limit.
+    #[arg(long, conflicts_with = "max_sessions")]
+    pub no_max_sessions: bool,
+    /// Refuse logins from this time on (RFC 3339, e.g. 2026-12-31T23:59:59Z).
+    #[arg(long, value_name = "TIME", value_parser = users::parse_expiry)]
+    pub expires_at: Option<DateTime<FixedOffset>>,
+    /// Remove the expiry date.
+    #[arg(long, conflicts_with = "expires_at")]
+    pub no_expiry: bool,
+}
+
+impl SettingsArgs {
+    /// The changes these flags ask for, plus a new prefix if given.
+    pub fn to_settings(&self, prefix: Option<String>) -> Settings {
+        Settings {
+            key_prefix: prefix,
+            reset_permissions: self.reset_permissions,
+            permissions: self.permission.clone(),
+            unset_permissions: self.unset_permission.clone(),
+            allowed_ips: if self.any_ip {
+                Some(Vec::new())
+            } else if self.allowed_ips.is_empty() {
+                None
+            } else {
+                Some(self.allowed_ips.clone())
+            },
+            max_sessions: if self.no_max_sessions {
+                Some(None)
+            } else {
+                self.max_sessions.map(Some)
+            },
+            expires_at: if self.no_expiry {
+                Some(None)
+            } else {
+                self.expires_at.map(Some)
+            },
+        }
+    }
 }
 
 /// `s3sftp serve` flags.

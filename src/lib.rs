@@ -5,6 +5,7 @@
 //! calls on a [`storage::UserStore`], the only code that knows S3. With no bucket
 //! configured, [`embedded`] runs an S3-compatible store on loopback.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod embedded;

@@ -1,13 +1,11 @@
 //! The `s3sftp` binary: parses the command line and runs the library. Errors end here,
 //! printed once with what to do next.
 
-use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use s3sftp::cli::{Cli, Command, UsersCommand};
-use s3sftp::users::{hash_password, UsersFile};
+use s3sftp::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,7 +25,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Users(cmd) => users(cmd),
+        Command::Users(args) => s3sftp::admin::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -63,47 +61,6 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn users(cmd: UsersCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        UsersCommand::HashPassword => {
-            let password = read_password()?;
-            println!("{}", hash_password(&password)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        UsersCommand::Check { file } => match UsersFile::load(&file) {
-            Ok(users) => {
-                println!("{}: {} users, valid", file.display(), users.users().len());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
-    }
-}
-
-/// One password: prompted without echo on a terminal, else one line of standard input.
-/// Never taken from the command line, where other users could see it.
-fn read_password() -> anyhow::Result<String> {
-    let stdin = std::io::stdin();
-    let password = if stdin.is_terminal() {
-        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-        let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
-        anyhow::ensure!(first == again, "the two passwords differ");
-        first
-    } else {
-        let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the password from stdin")?;
-        line.trim_end_matches(['\n', '\r']).to_string()
-    };
-    anyhow::ensure!(!password.is_empty(), "empty password");
-    Ok(password)
 }
 
 /// The error and its causes, each once: our error messages often quote their cause

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use russh::keys::PublicKey;
 use s3sftp::users::{
-    hash_password, verify_password, verify_password_or_dummy, Problem, UsersError, UsersFile,
-    HASH_PASSWORD_COMMAND,
+    hash_password, verify_password, verify_password_or_dummy, Permission, PermissionSet, Problem,
+    UsersError, UsersFile, HASH_PASSWORD_COMMAND,
 };
 use serde_json::{json, Value};
 
@@ -75,7 +75,8 @@ fn single_message(entry: Value) -> String {
 #[test]
 fn example_file_loads_and_demo_password_verifies() {
     let users = UsersFile::load(example_path()).unwrap();
-    assert_eq!(users.users().len(), 1);
+    let names: Vec<&str> = users.users().iter().map(|u| u.username.as_str()).collect();
+    assert_eq!(names, ["demo", "reader", "dropbox", "carol"]);
     let demo = users.get("demo").unwrap();
     assert_eq!(demo.username, "demo");
     assert_eq!(demo.key_prefix, "users/demo/");
@@ -85,6 +86,43 @@ fn example_file_loads_and_demo_password_verifies() {
     assert!(verify_password_or_dummy(Some(demo), "demo"));
     assert!(!verify_password_or_dummy(Some(demo), "Demo"));
     assert!(!verify_password_or_dummy(Some(demo), ""));
+    assert!(demo.permissions.is_default());
+}
+
+#[test]
+fn example_permission_users() {
+    use Permission::*;
+    let users = UsersFile::load(example_path()).unwrap();
+    for name in ["reader", "dropbox", "carol"] {
+        let user = users.get(name).unwrap();
+        assert!(
+            verify_password_or_dummy(Some(user), name),
+            "{name}'s password is its name"
+        );
+        assert_eq!(user.key_prefix, format!("users/{name}/"));
+    }
+    let reader = users.get("reader").unwrap();
+    assert_eq!(
+        reader.permissions_for("/any/file"),
+        PermissionSet::of(&[List, Download])
+    );
+    let dropbox = users.get("dropbox").unwrap();
+    let drop = dropbox.permissions_for("/in/file");
+    assert_eq!(drop, PermissionSet::of(&[Upload, CreateDirs]));
+    for denied in [List, Download, Overwrite, Delete, Rename] {
+        assert!(!drop.contains(denied), "{denied}");
+    }
+    let carol = users.get("carol").unwrap();
+    assert_eq!(carol.permissions_for("/notes/a.txt"), PermissionSet::ALL);
+    assert_eq!(
+        carol.permissions_for("/reference"),
+        PermissionSet::of(&[List, Download])
+    );
+    assert_eq!(
+        carol.permissions_for("/reference/x/y.pdf"),
+        PermissionSet::of(&[List, Download])
+    );
+    assert_eq!(carol.permissions_for("/references/x"), PermissionSet::ALL);
 }
 
 #[test]
@@ -272,7 +310,7 @@ fn plain_text_password_is_refused_with_how_to_hash() {
     let message = single_message(with(user("bob"), "password", json!("hunter2")));
     assert_eq!(
         message,
-        format!("user \"bob\": password looks like plain text; the users file stores only argon2 hashes: run `{HASH_PASSWORD_COMMAND}` and paste its output")
+        format!("user \"bob\": password looks like plain text; the users file stores only password hashes: run `s3sftp users passwd bob` to set a new password, or `{HASH_PASSWORD_COMMAND}` and paste its output")
     );
     assert_eq!(HASH_PASSWORD_COMMAND, "s3sftp users hash-password");
     assert!(!message.contains("hunter2"));
@@ -283,14 +321,15 @@ fn broken_or_foreign_hashes_are_refused() {
     let bad = |phc: &str| single_message(with(user("bob"), "password", json!(phc)));
     assert!(bad("$argon2id$v=19$m=19456,t=2,p=1$%%%")
         .starts_with("user \"bob\": password is not a valid PHC hash string"));
-    assert!(
-        bad("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW")
-            .contains("password is not a valid PHC hash string")
-    );
+    // bcrypt is accepted for migrations (cost 12 is within the limit of 16).
+    let bcrypt = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
+    assert!(UsersFile::parse(&file(vec![with(user("b"), "password", json!(bcrypt))])).is_ok());
+    assert!(bad(&bcrypt[..50]).contains("password is not a valid bcrypt hash"));
     assert!(bad(
         "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E"
     )
-    .contains("password is a \"scrypt\" hash; only argon2 hashes"));
+    .contains("password is a \"scrypt\" hash, which s3sftp does not accept; the accepted kinds are argon2"));
+    assert!(bad("$1$saltsalt$hash").contains("\"1\" hash"));
     assert!(bad("").contains("password is empty"));
     assert!(bad(&DEMO_HASH.replace("t=2", "t=1000")).contains("too costly"));
     // argon2i and argon2d are accepted.
@@ -338,7 +377,7 @@ fn unknown_duplicate_and_mistyped_fields() {
     let typo = with(user("bob"), "pasword", json!("x"));
     assert_eq!(
         single_message(typo),
-        "user \"bob\": unknown field \"pasword\" (did you mean \"password\"?); the fields are username, password, public_keys, key_prefix, enabled"
+        "user \"bob\": unknown field \"pasword\" (did you mean \"password\"?); the fields are username, password, public_keys, key_prefix, enabled, permissions, allowed_ips, max_sessions, expires_at"
     );
     let json = r#"{"users": [{"username": "bob", "key_prefix": "users/a/", "key_prefix": "users/bob/", "public_keys": []}]}"#;
     let messages: Vec<String> = problems_of(json).iter().map(ToString::to_string).collect();
@@ -478,8 +517,8 @@ fn examples_in_the_docs_are_valid() {
         .collect();
     assert_eq!(
         blocks.len(),
-        2,
-        "expected the whole-file and the single-user examples"
+        3,
+        "expected the whole-file example, then the alice and carol entries"
     );
     let whole = UsersFile::parse(blocks[0]).unwrap();
     let on_disk = UsersFile::load(example_path()).unwrap();
@@ -492,4 +531,87 @@ fn examples_in_the_docs_are_valid() {
     let alice = alice.get("alice").unwrap();
     assert_eq!(alice.public_keys.len(), 2);
     assert_eq!(alice.key_prefix, "teams/sales/alice/");
+    assert_eq!(alice.max_sessions, Some(2));
+    assert_eq!(alice.allowed_ips.len(), 2);
+    let carol = UsersFile::parse(&format!("{{\"users\": [{}]}}", blocks[2])).unwrap();
+    let carol = carol.get("carol").unwrap();
+    assert_eq!(
+        carol.permissions_for("/reference/drafts/x"),
+        PermissionSet::ALL
+    );
+    assert_eq!(
+        carol.permissions_for("/reference/y").to_string(),
+        "list,download"
+    );
+    // The example file is in the form the admin commands write.
+    let text = std::fs::read_to_string(example_path()).unwrap();
+    assert_eq!(on_disk.to_json(), text);
+}
+
+#[test]
+fn permissions_and_limits_load() {
+    let entry = json!({
+        "username": "p",
+        "public_keys": [ALICE_KEY],
+        "key_prefix": "p/",
+        "permissions": {"/": ["list", "download"], "/inbox": ["*"], "/inbox/locked": []},
+        "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"],
+        "max_sessions": 3,
+        "expires_at": "2030-06-30T12:00:00+02:00"
+    });
+    let users = UsersFile::parse(&file(vec![entry])).unwrap();
+    let p = users.get("p").unwrap();
+    assert_eq!(
+        p.permissions_for("/a.txt"),
+        PermissionSet::of(&[Permission::List, Permission::Download])
+    );
+    assert_eq!(p.permissions_for("/inbox/x/y"), PermissionSet::ALL);
+    assert_eq!(p.permissions_for("/inbox/locked/z"), PermissionSet::NONE);
+    assert!(p.ip_allowed("10.9.8.7".parse().unwrap()));
+    assert!(!p.ip_allowed("192.0.2.1".parse().unwrap()));
+    assert_eq!(p.max_sessions, Some(3));
+    let at = chrono::DateTime::parse_from_rfc3339("2030-06-30T10:00:00Z").unwrap();
+    assert!(p.is_expired(at.with_timezone(&chrono::Utc)));
+    assert!(!p.is_expired((at - chrono::Duration::seconds(1)).with_timezone(&chrono::Utc)));
+
+    // Defaults: everything allowed, any address, no limit, no expiry.
+    let users = UsersFile::parse(&file(vec![user("d")])).unwrap();
+    let d = users.get("d").unwrap();
+    assert!(d.permissions.is_default());
+    assert_eq!(d.permissions_for("/x"), PermissionSet::ALL);
+    assert!(d.ip_allowed("192.0.2.1".parse().unwrap()));
+    assert_eq!((d.max_sessions, d.expires_at), (None, None));
+}
+
+#[test]
+fn permissions_and_limits_rules_name_user_and_field() {
+    let bad = |field: &str, value: Value| {
+        let problems = problems_of(&file(vec![with(user("bob"), field, value)]));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].field, field);
+        problems[0].to_string()
+    };
+    assert_eq!(
+        bad("permissions", json!({"/": ["list", "write"]})),
+        "user \"bob\": permissions \"/\": unknown permission \"write\"; the permissions are list, download, upload, overwrite, delete, rename, create_dirs, or \"*\" for all"
+    );
+    assert!(bad("permissions", json!({"/in": ["*"]}))
+        .starts_with("user \"bob\": permissions has no entry for \"/\""));
+    assert!(bad("permissions", json!({"/": ["*"], "in": ["*"]}))
+        .contains("path \"in\" must start with \"/\""));
+    assert!(bad("permissions", json!({"/": ["*"], "/in/": ["*"]})).contains("write \"/in\""));
+    assert!(bad("permissions", json!({"/": "*"}))
+        .starts_with("user \"bob\": permissions: invalid type"));
+    assert_eq!(
+        bad("allowed_ips", json!(["10.0.0.0/8", "10.0.0.300/8"])),
+        "user \"bob\": allowed_ips[1] \"10.0.0.300/8\" is not a network in CIDR notation such as \"192.0.2.0/24\" or \"2001:db8::/32\""
+    );
+    assert!(bad("allowed_ips", json!(["192.0.2.7"])).contains("write \"192.0.2.7/32\""));
+    assert!(
+        bad("allowed_ips", json!(["10.1.0.0/8"])).contains("write the network as \"10.0.0.0/8\"")
+    );
+    assert!(bad("max_sessions", json!(0)).starts_with("user \"bob\": max_sessions is 0"));
+    assert!(bad("max_sessions", json!(-1)).starts_with("user \"bob\": max_sessions: invalid value"));
+    assert!(bad("expires_at", json!("tomorrow"))
+        .starts_with("user \"bob\": expires_at \"tomorrow\" is not an RFC 3339 date"));
 }

@@ -41,6 +41,58 @@ pub enum UsersError {
         problems: Vec<Problem>,
     },
 
+    /// A change was not written because the file would have broken these rules.
+    #[error("{}", rejected_message(path, problems))]
+    Rejected {
+        /// The users file that was left as it was.
+        path: PathBuf,
+        /// What the changed file would have got wrong.
+        problems: Vec<Problem>,
+    },
+
+    /// The lock file next to the users file could not be created or locked.
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another command held the lock for too long.
+    #[error("another `s3sftp users` command has been changing the users file for {}s (lock {}); try again, or find that process", timeout.as_secs(), path.display())]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        timeout: std::time::Duration,
+    },
+
+    /// Writing the new users file failed; the old one is unchanged.
+    #[error("cannot write users file {}: {source}; the file is unchanged", path.display())]
+    Write {
+        /// The users file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An admin command's change does not apply (unknown user, duplicate, ...).
+    #[error(transparent)]
+    Edit(#[from] super::EditError),
+
+    /// An SFTPGo dump is not JSON of the expected shape.
+    #[error("SFTPGo dump {}: {source}", path.display())]
+    SftpgoDump {
+        /// The dump file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// `hash_password` was given an empty password.
     #[error("refusing to hash an empty password")]
     EmptyPassword,
@@ -84,6 +136,22 @@ impl fmt::Display for Problem {
 fn path_suffix(path: Option<&Path>) -> String {
     path.map(|p| format!(" {}", p.display()))
         .unwrap_or_default()
+}
+
+fn rejected_message(path: &Path, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "not changing users file {}: the result would break {}:",
+        path.display(),
+        match problems.len() {
+            1 => "1 rule".to_owned(),
+            n => format!("{n} rules"),
+        }
+    );
+    for problem in problems {
+        out.push_str("\n  ");
+        out.push_str(&problem.to_string());
+    }
+    out
 }
 
 fn invalid_message(path: Option<&Path>, problems: &[Problem]) -> String {

@@ -100,6 +100,23 @@ impl AuthorizedKey {
         &self.line
     }
 
+    /// The key's SHA-256 fingerprint as `ssh-keygen -l` prints it: `SHA256:<base64>`.
+    pub fn fingerprint(&self) -> String {
+        self.key
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string()
+    }
+
+    /// The key type, e.g. `ssh-ed25519`.
+    pub fn algorithm(&self) -> String {
+        self.key.algorithm().as_str().to_owned()
+    }
+
+    /// The comment, e.g. `alice@laptop` (may be empty).
+    pub fn comment(&self) -> String {
+        self.key.comment().as_str_lossy().to_owned()
+    }
+
     /// Whether `offered` is this key. Compares the key material only: comments differ freely
     /// between a `.pub` file and what a client sends (which carries none).
     pub fn matches(&self, offered: &PublicKey) -> bool {
@@ -138,6 +155,18 @@ mod tests {
         let key = AuthorizedKey::parse(ALICE).unwrap();
         assert_eq!(key.line(), ALICE);
         assert_eq!(key.key().comment().as_str_lossy(), "alice@laptop");
+    }
+
+    #[test]
+    fn fingerprint_is_what_ssh_keygen_prints() {
+        // ssh-keygen -lf alice.pub
+        let key = AuthorizedKey::parse(ALICE).unwrap();
+        assert_eq!(
+            key.fingerprint(),
+            "SHA256:f7BXZ/Pc78Xk0UiEJFSVXhYGjkt71GpzHV61V4SMOqw"
+        );
+        assert_eq!(key.algorithm(), "ssh-ed25519");
+        assert_eq!(key.comment(), "alice@laptop");
     }
 
     #[test]

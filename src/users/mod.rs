@@ -12,24 +12,43 @@
 //! users up ([`UsersFile::get`]) and checks credentials ([`User::has_key`],
 //! [`verify_password_or_dummy`]).
 //!
-//! Layout: `raw.rs` is the on-disk shape, `validate.rs` the rules, `password.rs` the argon2
-//! hashes, `keys.rs` the public keys, `error.rs` the errors.
+//! Layout: `raw.rs` is the on-disk shape, `validate.rs` the rules, `password.rs` the password
+//! hashes, `keys.rs` the public keys, `permissions.rs` and `limits.rs` the per-user
+//! restrictions, `error.rs` the errors. Changing the file: `edit.rs` (the operations),
+//! `serialize.rs` (the JSON written), `lock.rs` and `save.rs` (locked, atomic
+//! read-modify-write), `sftpgo.rs` (import from an SFTPGo dump).
 
+pub mod edit;
 mod error;
 mod keys;
+mod limits;
+mod lock;
 mod password;
+mod permissions;
 mod raw;
+mod save;
+mod serialize;
+pub mod sftpgo;
 mod validate;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use chrono::{DateTime, FixedOffset};
+use ipnet::IpNet;
+
+pub use edit::{EditError, NewUser, Settings};
 pub use error::{Problem, UsersError};
 pub use keys::{AuthorizedKey, KeyLineError};
+pub use limits::{check_max_sessions, parse_cidr, parse_expiry};
+pub use lock::{lock_path, UsersLock, LOCK_TIMEOUT};
 pub use password::{
-    hash_password, verify_password, verify_password_or_dummy, HASH_PASSWORD_COMMAND,
+    generate_password, hash_password, verify_password, verify_password_or_dummy, HashKind,
+    HASH_PASSWORD_COMMAND,
 };
+pub use permissions::{permission_path_problems, Permission, PermissionSet, Permissions};
+pub use save::{temp_path, update, write_atomic};
 pub use validate::{MAX_KEY_PREFIX_LEN, MAX_USERNAME_LEN};
 
 /// A parsed users file whose every rule holds, with an index by username.
@@ -47,14 +66,13 @@ pub struct UsersFile {
 ///
 /// Fields are public for reading; values come from a validated file, so they hold the rules in
 /// `docs/users.md` (a valid username, a clean `/`-terminated prefix that overlaps no other user's,
-/// an argon2 hash if any, at least one way to log in). Later settings (`permissions`,
-/// `allowed_ips`, `max_sessions`, `expires_at`) become further fields here, filled in by
-/// `validate.rs` from new optional fields of the file.
+/// a supported password hash if any, at least one way to log in, permissions with a `/` entry).
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// The SSH login name: 1–64 ASCII letters, digits and `._-@`.
     pub username: String,
-    /// An argon2 PHC hash string; `None` turns password login off.
+    /// A password hash (argon2 PHC string, bcrypt or sha512-crypt); `None` turns password
+    /// login off. See [`HashKind`].
     pub password: Option<String>,
     /// Keys accepted for public-key login, in file order.
     pub public_keys: Vec<AuthorizedKey>,
@@ -62,6 +80,14 @@ pub struct User {
     pub key_prefix: String,
     /// A disabled user cannot log in by any method.
     pub enabled: bool,
+    /// What the user may do where; see [`User::permissions_for`].
+    pub permissions: Permissions,
+    /// Networks the user may log in from; empty allows every address. See [`User::ip_allowed`].
+    pub allowed_ips: Vec<IpNet>,
+    /// At most this many sessions at once; `None` for no limit. Never `Some(0)`.
+    pub max_sessions: Option<u32>,
+    /// When the account stops working; see [`User::is_expired`].
+    pub expires_at: Option<DateTime<FixedOffset>>,
 }
 
 impl User {
@@ -71,6 +97,17 @@ impl User {
     pub fn has_key(&self, key: &russh::keys::PublicKey) -> bool {
         self.public_keys.iter().any(|k| k.matches(key))
     }
+
+    /// What this user may do at the virtual path `path` (such as `/reports/q1.csv`): the
+    /// permissions of the deepest configured path that is `path` or one of its parents.
+    pub fn permissions_for(&self, path: &str) -> PermissionSet {
+        self.permissions.permissions_for(path)
+    }
+
+    /// The kind of the stored password hash, for display (`None` without a password).
+    pub fn password_kind(&self) -> Option<HashKind> {
+        self.password.as_deref().and_then(HashKind::of)
+    }
 }
 
 /// Leaves the password hash out, so logging a user does not log a hash to attack offline.
@@ -79,10 +116,14 @@ impl fmt::Debug for User {
         let keys: Vec<&str> = self.public_keys.iter().map(AuthorizedKey::line).collect();
         f.debug_struct("User")
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<argon2 hash>"))
+            .field("password", &self.password_kind().map(HashKind::name))
             .field("public_keys", &keys)
             .field("key_prefix", &self.key_prefix)
             .field("enabled", &self.enabled)
+            .field("permissions", &self.permissions)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("max_sessions", &self.max_sessions)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -114,12 +155,36 @@ impl UsersFile {
             path: path.map(Path::to_owned),
             problems,
         })?;
+        Ok(UsersFile::indexed(users))
+    }
+
+    fn indexed(users: Vec<User>) -> UsersFile {
         let index = users
             .iter()
             .enumerate()
             .map(|(i, user)| (user.username.clone(), i))
             .collect();
-        Ok(UsersFile { users, index })
+        UsersFile { users, index }
+    }
+
+    /// Checks `users` with exactly the rules of [`UsersFile::load`], by writing them out as the
+    /// file would be and parsing that text back. Returns the file and its text.
+    ///
+    /// Errors: [`UsersError::Invalid`] (without a path) listing every problem.
+    pub fn from_users(users: &[User]) -> Result<(UsersFile, String), UsersError> {
+        let text = serialize::to_json(users);
+        let file = UsersFile::parse(&text)?;
+        Ok((file, text))
+    }
+
+    /// The users file as JSON, in the form the admin commands write it.
+    pub fn to_json(&self) -> String {
+        serialize::to_json(&self.users)
+    }
+
+    /// The users, for editing; check the result with [`UsersFile::from_users`].
+    pub fn into_users(self) -> Vec<User> {
+        self.users
     }
 
     /// The user called `username`, if any (enabled or not). Exact, case-sensitive match.

@@ -2,9 +2,10 @@
 //!
 //! Kept apart from [`super::User`] so the file format (optional fields, defaults, unknown-field
 //! rejection) can evolve without touching the validated model the server uses. A new field
-//! (`permissions`, `allowed_ips`, `max_sessions`, `expires_at`, ...) is added in three places:
+//! is added in three places:
 //! [`RawUser`], [`USER_FIELDS`], and a check in `validate.rs` that fills the field of `User`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -59,6 +60,10 @@ pub(super) const USER_FIELDS: &[&str] = &[
     "public_keys",
     "key_prefix",
     "enabled",
+    "permissions",
+    "allowed_ips",
+    "max_sessions",
+    "expires_at",
 ];
 
 /// One user entry with its JSON types checked but no rule applied yet.
@@ -78,6 +83,17 @@ pub(super) struct RawUser {
     pub key_prefix: Option<String>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// Virtual path → permission names; `None` (absent or null) is `{"/": ["*"]}`.
+    #[serde(default)]
+    pub permissions: Option<BTreeMap<String, Vec<String>>>,
+    /// CIDR networks; `None` or empty allows every address.
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    /// RFC 3339 date and time.
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -95,7 +111,9 @@ mod tests {
             .map(|&name| {
                 let value = match name {
                     "enabled" => Value::Bool(true),
-                    "public_keys" => Value::Array(vec![]),
+                    "public_keys" | "allowed_ips" => Value::Array(vec![]),
+                    "permissions" => serde_json::json!({}),
+                    "max_sessions" => serde_json::json!(1),
                     _ => Value::String("x".into()),
                 };
                 (name.to_owned(), value)
@@ -109,6 +127,10 @@ mod tests {
         assert_eq!(user.public_keys, Some(vec![]));
         assert_eq!(user.key_prefix.as_deref(), Some("x"));
         assert!(user.enabled);
+        assert_eq!(user.permissions, Some(BTreeMap::new()));
+        assert_eq!(user.allowed_ips, Some(vec![]));
+        assert_eq!(user.max_sessions, Some(1));
+        assert_eq!(user.expires_at.as_deref(), Some("x"));
     }
 
     #[test]

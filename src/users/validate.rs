@@ -1,12 +1,16 @@
 //! The rules a users file must follow, all checked in one pass so every problem is reported
 //! together rather than one per restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, FixedOffset};
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 
 use super::keys::AuthorizedKey;
+use super::limits::{check_max_sessions, parse_cidr, parse_expiry};
 use super::password::{check_hash, HASH_PASSWORD_COMMAND};
+use super::permissions::{permission_path_problems, PermissionSet, Permissions};
 use super::raw::{RawEntry, RawUser, USER_FIELDS};
 use super::{Problem, User};
 
@@ -100,7 +104,7 @@ fn check_entry(entry: usize, raw: RawEntry, problems: &mut Vec<Problem>) -> Chec
     }
 
     if let Some(phc) = &raw_user.password {
-        if let Err(message) = check_hash(phc) {
+        if let Err(message) = check_hash(phc, raw_user.username.as_deref()) {
             report.push("password", message);
         }
     }
@@ -141,6 +145,19 @@ fn check_entry(entry: usize, raw: RawEntry, problems: &mut Vec<Problem>) -> Chec
         }
     };
 
+    let permissions = check_permissions(raw_user.permissions.as_ref(), &mut report);
+    let allowed_ips = check_allowed_ips(raw_user.allowed_ips.as_deref(), &mut report);
+    let max_sessions = raw_user
+        .max_sessions
+        .and_then(|n| match check_max_sessions(n) {
+            Ok(n) => Some(n),
+            Err(message) => {
+                report.push("max_sessions", message);
+                None
+            }
+        });
+    let expires_at = check_expires_at(raw_user.expires_at.as_deref(), &mut report);
+
     let user = match (report.found, raw_user.username, raw_user.key_prefix) {
         (0, Some(username), Some(key_prefix)) => Some(User {
             username,
@@ -148,6 +165,10 @@ fn check_entry(entry: usize, raw: RawEntry, problems: &mut Vec<Problem>) -> Chec
             public_keys,
             key_prefix,
             enabled: raw_user.enabled,
+            permissions,
+            allowed_ips,
+            max_sessions,
+            expires_at,
         }),
         _ => None,
     };
@@ -156,6 +177,65 @@ fn check_entry(entry: usize, raw: RawEntry, problems: &mut Vec<Problem>) -> Chec
         username,
         valid_prefix,
         user,
+    }
+}
+
+/// Checks `permissions`: clean virtual paths, known permission names, and an entry for `/`.
+/// Absent or null is the default, everything allowed everywhere.
+fn check_permissions(
+    raw: Option<&BTreeMap<String, Vec<String>>>,
+    report: &mut EntryReport<'_>,
+) -> Permissions {
+    let Some(raw) = raw else {
+        return Permissions::default();
+    };
+    let mut checked = BTreeMap::new();
+    for (path, names) in raw {
+        let mut ok = true;
+        for message in permission_path_problems(path) {
+            report.push("permissions", format!("permissions: {message}"));
+            ok = false;
+        }
+        match PermissionSet::parse(names) {
+            Ok(set) if ok => {
+                checked.insert(path.clone(), set);
+            }
+            Ok(_) => {}
+            Err(message) => report.push("permissions", format!("permissions {path:?}: {message}")),
+        }
+    }
+    if !raw.contains_key("/") {
+        report.push(
+            "permissions",
+            "permissions has no entry for \"/\"; add one, e.g. \"/\": [\"*\"] for everything or \"/\": [] for nothing outside the listed paths".to_owned(),
+        );
+    }
+    Permissions::from_checked(checked)
+}
+
+/// Checks `allowed_ips`: each entry a network in CIDR notation.
+fn check_allowed_ips(raw: Option<&[String]>, report: &mut EntryReport<'_>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, text) in raw.unwrap_or_default().iter().enumerate() {
+        match parse_cidr(text) {
+            Ok(net) => nets.push(net),
+            Err(message) => report.push("allowed_ips", format!("allowed_ips[{i}] {message}")),
+        }
+    }
+    nets
+}
+
+/// Checks `expires_at`: an RFC 3339 date and time.
+fn check_expires_at(
+    raw: Option<&str>,
+    report: &mut EntryReport<'_>,
+) -> Option<DateTime<FixedOffset>> {
+    match parse_expiry(raw?) {
+        Ok(at) => Some(at),
+        Err(message) => {
+            report.push("expires_at", format!("expires_at {message}"));
+            None
+        }
     }
 }
 
@@ -483,7 +563,9 @@ mod tests {
         assert_eq!(suggest_field("Username"), Some("username"));
         assert_eq!(suggest_field("public_key"), Some("public_keys"));
         assert_eq!(suggest_field("keyprefix"), Some("key_prefix"));
-        assert_eq!(suggest_field("permissions"), None);
+        assert_eq!(suggest_field("permission"), Some("permissions"));
+        assert_eq!(suggest_field("allowed_ip"), Some("allowed_ips"));
+        assert_eq!(suggest_field("quota"), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
     }
