@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod exec;
+pub mod reload;
 pub mod scp;
 pub mod server;
 pub mod sftp;

@@ -41,24 +41,28 @@ fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = s3sftp::server::start(config).await?;
-        wait_for_signal().await;
+        wait_for_signal(&server).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the users file and keeps waiting.
+async fn wait_for_signal(server: &s3sftp::server::RunningServer) {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => server.reload_users(),
         }
     }
 }

@@ -84,6 +84,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    reload: Arc<tokio::sync::Notify>,
     embedded: Option<EmbeddedS3>,
     grace: Duration,
 }
@@ -102,6 +103,11 @@ impl RunningServer {
     /// The shared state (users file, tasks).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Reloads the users file now (what SIGHUP does).
+    pub fn reload_users(&self) {
+        self.reload.notify_one();
     }
 
     /// The embedded store, when it is in use.
@@ -210,11 +216,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.orphan_age,
         config.orphan_sweep_every,
     ));
+    let reload = Arc::new(tokio::sync::Notify::new());
+    shared.tasks.spawn(crate::reload::watch(
+        shared.clone(),
+        config.users_file.clone(),
+        reload.clone(),
+    ));
     tracing::info!(%addr, "listening for SSH");
     Ok(RunningServer {
         addr,
         shared,
         accept,
+        reload,
         embedded,
         grace: config.shutdown_grace,
     })

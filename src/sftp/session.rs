@@ -77,6 +77,7 @@ pub fn error_status(id: u32, err: &StorageError) -> Reply {
     let code = match err {
         StorageError::NotFound => StatusCode::NoSuchFile,
         StorageError::Unsupported(_) => StatusCode::OpUnsupported,
+        StorageError::PermissionDenied(_) => StatusCode::PermissionDenied,
         StorageError::InvalidPath(PathError::NotUtf8 | PathError::ControlChar) => {
             StatusCode::BadMessage
         }

@@ -12,14 +12,18 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registration;
 use super::Shared;
-use crate::users::{verify_password_or_dummy, User};
+use crate::users::{verify_password_or_dummy, Permissions, User};
 
 /// Who this connection authenticated as.
 #[derive(Debug, Clone)]
 struct LoggedIn {
     username: String,
     key_prefix: String,
+    permissions: Arc<Permissions>,
 }
 
 /// Per-connection state.
@@ -33,6 +37,10 @@ pub struct Connection {
     authenticated: Arc<AtomicBool>,
     /// Front-end tasks (SFTP sessions, exec commands) running on this connection.
     active: Arc<AtomicUsize>,
+    /// Cancelled to end this connection (the user's account changed).
+    kick: CancellationToken,
+    /// This connection's place among the user's live sessions.
+    registration: Option<Registration>,
 }
 
 impl Connection {
@@ -41,6 +49,7 @@ impl Connection {
         peer: Option<SocketAddr>,
         authenticated: Arc<AtomicBool>,
         active: Arc<AtomicUsize>,
+        kick: CancellationToken,
     ) -> Self {
         Connection {
             shared,
@@ -49,6 +58,8 @@ impl Connection {
             channels: HashMap::new(),
             authenticated,
             active,
+            kick,
+            registration: None,
         }
     }
 
@@ -72,12 +83,31 @@ impl Connection {
         self.shared.users().get(name).filter(|u| u.enabled).cloned()
     }
 
+    /// The credentials were right: applies the account's limits, then lets the user in.
+    /// A refusal here looks to the client exactly like a wrong password.
     fn accept(&mut self, user: &User, method: &str) -> Auth {
+        if let Some(peer) = self.peer {
+            if !user.ip_allowed(peer.ip()) {
+                return self.reject(&user.username, method, "address not in allowed_ips");
+            }
+        }
+        if user.is_expired(chrono::Utc::now()) {
+            return self.reject(&user.username, method, "account expired (expires_at)");
+        }
+        let Some(registration) =
+            self.shared
+                .registry
+                .register(&user.username, self.kick.clone(), user.max_sessions)
+        else {
+            return self.reject(&user.username, method, "max_sessions reached");
+        };
         tracing::info!(user = %user.username, peer = %self.peer(), method, "login");
+        self.registration = Some(registration);
         self.authenticated.store(true, Ordering::Release);
         self.user = Some(LoggedIn {
             username: user.username.clone(),
             key_prefix: user.key_prefix.clone(),
+            permissions: Arc::new(user.permissions.clone()),
         });
         Auth::Accept
     }
@@ -208,7 +238,10 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        let store = self.shared.storage.user_store(&user.key_prefix);
+        let store = self
+            .shared
+            .storage
+            .user_store_with(&user.key_prefix, user.permissions.clone());
         let limits = self.shared.sftp_limits.clone();
         tracing::debug!(user = %user.username, "sftp session started");
         self.spawn_front_end(crate::sftp::serve(
@@ -247,7 +280,10 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel_id)?;
         tracing::info!(user = %user.username, peer = %self.peer(), command = %line, "exec");
-        let store = self.shared.storage.user_store(&user.key_prefix);
+        let store = self
+            .shared
+            .storage
+            .user_store_with(&user.key_prefix, user.permissions.clone());
         self.spawn_front_end(crate::exec::run(channel, store, user.username, command));
         Ok(())
     }

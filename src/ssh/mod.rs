@@ -4,6 +4,7 @@
 pub mod guard;
 mod handler;
 pub mod hostkey;
+pub mod registry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -61,6 +62,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Bans and connection counts.
     pub guard: Arc<Guard>,
+    /// Logged-in connections per user.
+    pub registry: Arc<registry::Registry>,
     /// Cancelled when shutdown begins: front ends finish what is in flight, take nothing new.
     pub draining: CancellationToken,
     /// Cancelled when the grace period is over: connections are cut, uploads aborted.
@@ -80,6 +83,7 @@ impl Shared {
             sftp_limits,
             tasks: TaskTracker::new(),
             guard: Guard::new(guard),
+            registry: Arc::default(),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
         })
@@ -173,7 +177,14 @@ async fn serve_connection(
     let active = Arc::new(AtomicUsize::new(0));
     let hard_stop = shared.hard_stop.clone();
     let draining = shared.draining.clone();
-    let handler = Connection::new(shared, Some(peer), authenticated.clone(), active.clone());
+    let kick = CancellationToken::new();
+    let handler = Connection::new(
+        shared,
+        Some(peer),
+        authenticated.clone(),
+        active.clone(),
+        kick.clone(),
+    );
     let session = match tokio::time::timeout(
         settings.handshake_timeout,
         russh::server::run_stream(config, socket, handler),
@@ -206,6 +217,10 @@ async fn serve_connection(
         }
         _ = hard_stop.cancelled() => Some("server shutting down"),
         _ = drained(&draining, &active) => Some("server shutting down"),
+        _ = kick.cancelled() => {
+            tracing::info!(%peer, "account changed in the users file; closing the connection");
+            Some("your account changed; please log in again")
+        }
         _ = auth_deadline => {
             tracing::info!(%peer, "no successful login within the deadline; disconnecting");
             Some("authentication timeout")

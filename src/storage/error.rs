@@ -27,6 +27,8 @@ pub enum StorageError {
     InvalidPath(#[from] PathError),
     #[error("{0}")]
     Invalid(String),
+    #[error("permission denied ({0} not allowed here)")]
+    PermissionDenied(&'static str),
     #[error("the file changed in S3 while it was being read")]
     Changed,
     #[error("S3 {op} failed: {message}")]

@@ -23,6 +23,8 @@ pub use download::Download;
 pub use error::{Result, StorageError};
 pub use list::DirLister;
 pub use path::{Jail, PathError, VirtualPath};
+
+use crate::users::{Permission, Permissions};
 pub use upload::{Upload, WriteMode};
 
 use error::{s3_error, S3Failure};
@@ -92,11 +94,25 @@ impl Storage {
         &self.budget
     }
 
-    /// A view of the bucket jailed to `prefix`.
+    /// A view of the bucket jailed to `prefix`, with every permission.
     pub fn user_store(self: &Arc<Self>, prefix: &str) -> UserStore {
         UserStore {
             storage: self.clone(),
             jail: Jail::new(prefix),
+            permissions: None,
+        }
+    }
+
+    /// A view of the bucket jailed to `prefix` that allows only what `permissions` grant.
+    pub fn user_store_with(
+        self: &Arc<Self>,
+        prefix: &str,
+        permissions: Arc<Permissions>,
+    ) -> UserStore {
+        UserStore {
+            storage: self.clone(),
+            jail: Jail::new(prefix),
+            permissions: Some(permissions),
         }
     }
 }
@@ -150,9 +166,27 @@ pub(crate) struct ObjectHead {
 pub struct UserStore {
     storage: Arc<Storage>,
     jail: Jail,
+    /// What the user may do where; `None` allows everything.
+    permissions: Option<Arc<Permissions>>,
 }
 
 impl UserStore {
+    /// Fails with [`StorageError::PermissionDenied`] unless `permission` is granted at `path`.
+    pub fn check(&self, permission: Permission, path: &VirtualPath) -> Result<()> {
+        match &self.permissions {
+            Some(p) if !p.permissions_for(path.as_str()).contains(permission) => {
+                tracing::info!(
+                    prefix = %self.jail.prefix(),
+                    %path,
+                    permission = permission.name(),
+                    "permission denied"
+                );
+                Err(StorageError::PermissionDenied(permission.name()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn jail(&self) -> &Jail {
         &self.jail
     }
@@ -258,6 +292,7 @@ impl UserStore {
 
     /// Creates a directory by writing its `dir/` marker.
     pub async fn mkdir(&self, path: &VirtualPath) -> Result<()> {
+        self.check(Permission::CreateDirs, path)?;
         match self.stat(path).await {
             Ok(_) => return Err(StorageError::AlreadyExists),
             Err(StorageError::NotFound) => {}
@@ -279,6 +314,7 @@ impl UserStore {
 
     /// Removes an empty directory (its marker); refuses one that has anything in it.
     pub async fn rmdir(&self, path: &VirtualPath) -> Result<()> {
+        self.check(Permission::Delete, path)?;
         if path.is_root() {
             return Err(StorageError::Unsupported(
                 "the home directory cannot be removed",
@@ -301,6 +337,7 @@ impl UserStore {
 
     /// Removes a file.
     pub async fn remove(&self, path: &VirtualPath) -> Result<()> {
+        self.check(Permission::Delete, path)?;
         let key = self.jail.file_key(path)?;
         if path.is_root() || self.head(&key).await?.is_none() {
             return Err(match self.dir_entry(path).await? {
@@ -324,6 +361,7 @@ impl UserStore {
 
     /// Lists a directory page by page.
     pub async fn list(&self, path: &VirtualPath) -> Result<DirLister> {
+        self.check(Permission::List, path)?;
         match self.stat(path).await? {
             e if e.is_dir() => Ok(DirLister::new(self.clone(), self.jail.dir_prefix(path)?)),
             _ => Err(StorageError::NotADirectory),
@@ -332,6 +370,7 @@ impl UserStore {
 
     /// Opens a file for reading, pinned to the version seen now.
     pub async fn open_read(&self, path: &VirtualPath) -> Result<Download> {
+        self.check(Permission::Download, path)?;
         let key = self.jail.file_key(path)?;
         if !path.is_root() {
             if let Some(head) = self.head(&key).await? {
@@ -363,6 +402,10 @@ impl UserStore {
         }
         if exists && mode.exclusive {
             return Err(StorageError::AlreadyExists);
+        }
+        self.check(Permission::Upload, path)?;
+        if exists {
+            self.check(Permission::Overwrite, path)?;
         }
         Ok(Upload::new(self.clone(), key, size_hint, exists))
     }

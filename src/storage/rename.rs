@@ -7,6 +7,7 @@ use tokio::task::JoinSet;
 
 use super::error::s3_error;
 use super::{EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
+use crate::users::Permission;
 
 /// CopyObject's size limit.
 const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
@@ -29,6 +30,8 @@ impl UserStore {
                 "the home directory cannot be renamed",
             ));
         }
+        self.check(Permission::Rename, from)?;
+        self.check(Permission::Rename, to)?;
         let source = self.stat(from).await?;
         if from == to {
             return Ok(());
@@ -43,7 +46,8 @@ impl UserStore {
             Ok(_) if !overwrite || source.kind == EntryKind::Dir => {
                 return Err(StorageError::AlreadyExists)
             }
-            Ok(_) | Err(StorageError::NotFound) => {}
+            Ok(_) => self.check(Permission::Overwrite, to)?,
+            Err(StorageError::NotFound) => {}
             Err(e) => return Err(e),
         }
         match source.kind {

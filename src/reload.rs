@@ -1,0 +1,103 @@
+//! Live reload of the users file: the server polls the file (and reloads at once on
+//! SIGHUP), applies a valid new version to new logins, and ends the live sessions of
+//! every user whose account was removed or changed. An invalid file is not applied: the
+//! last good one stays, and every problem is logged.
+//!
+//! Polling (once a second, comparing modification time, size and inode) works the same
+//! for editors, the admin CLI's rename-into-place, and config management tools, on every
+//! filesystem, without a watcher dependency.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+
+use crate::ssh::Shared;
+use crate::users::{User, UsersFile};
+
+/// How often the file is checked for changes.
+pub const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &PathBuf) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+/// True if a live session of `old` must end because the account is now `new`.
+pub fn must_end_sessions(old: &User, new: Option<&User>) -> bool {
+    let Some(new) = new else { return true };
+    if !new.enabled {
+        return true;
+    }
+    // Only a change of the session cap leaves running sessions alone.
+    let mut same_cap = new.clone();
+    same_cap.max_sessions = old.max_sessions;
+    &same_cap != old
+}
+
+/// Reloads now: applies the file if it is valid, ends affected sessions. Returns
+/// whether the file was applied.
+pub fn reload_now(shared: &Shared, path: &PathBuf) -> bool {
+    let new = match UsersFile::load(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(file = %path.display(), "users file not reloaded, keeping the last good one: {e}");
+            return false;
+        }
+    };
+    let old = shared.users();
+    let mut ended = Vec::new();
+    for user in old.users() {
+        if must_end_sessions(user, new.get(&user.username)) {
+            ended.push(user.username.clone());
+        }
+    }
+    let count = new.users().len();
+    shared.set_users(new);
+    tracing::info!(file = %path.display(), users = count, "users file reloaded");
+    for name in ended {
+        let sessions = shared.registry.kick(&name);
+        if sessions > 0 {
+            tracing::info!(user = %name, sessions, "account changed or removed: closing its sessions");
+        }
+    }
+    true
+}
+
+/// Watches `path` until shutdown; `hup` is notified on SIGHUP for an immediate reload.
+pub async fn watch(shared: Arc<Shared>, path: PathBuf, hup: Arc<Notify>) {
+    let mut last = stamp(&path);
+    loop {
+        let forced = tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            _ = hup.notified() => true,
+            _ = tokio::time::sleep(POLL) => false,
+        };
+        let now = stamp(&path);
+        if forced || now != last {
+            if forced {
+                tracing::info!(file = %path.display(), "SIGHUP: reloading the users file");
+            }
+            last = now;
+            // Let a writer that is not atomic finish before reading.
+            if !forced {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                last = stamp(&path);
+            }
+            reload_now(&shared, &path);
+        }
+    }
+}
