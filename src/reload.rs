@@ -8,7 +8,7 @@
 //! filesystem, without a watcher dependency.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +27,7 @@ struct Stamp {
     inode: u64,
 }
 
-fn stamp(path: &PathBuf) -> Option<Stamp> {
+fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
         modified: meta.modified().ok(),
@@ -50,7 +50,7 @@ pub fn must_end_sessions(old: &User, new: Option<&User>) -> bool {
 
 /// Reloads now: applies the file if it is valid, ends affected sessions. Returns
 /// whether the file was applied.
-pub fn reload_now(shared: &Shared, path: &PathBuf) -> bool {
+pub fn reload_now(shared: &Shared, path: &Path) -> bool {
     let new = match UsersFile::load(path) {
         Ok(f) => f,
         Err(e) => {
