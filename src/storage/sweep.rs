@@ -47,10 +47,14 @@ pub async fn sweep_orphans(
                 .await
                 .map_err(|e| s3_error("ListMultipartUploads", e))?;
             for upload in page.uploads() {
-                report.seen += 1;
                 let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
                     continue;
                 };
+                // Never trust the server's prefix filter with an abort (moto ignores it).
+                if !key.starts_with(prefix.as_str()) {
+                    continue;
+                }
+                report.seen += 1;
                 let started = upload.initiated().and_then(to_system_time);
                 if started.is_none_or(|t| t > cutoff) {
                     continue;
