@@ -57,5 +57,8 @@ async fn s3_request_id_of_a_failure_is_logged() {
         .lines()
         .find(|l| l.contains("WARN") && l.contains("FAULT-"))
         .unwrap_or_else(|| panic!("no warning with the request id in:\n{text}"));
-    assert!(line.contains("PutObject"), "the warning names the operation: {line}");
+    assert!(
+        line.contains("PutObject"),
+        "the warning names the operation: {line}"
+    );
 }

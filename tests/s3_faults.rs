@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::fault_proxy::{start_behind_proxy, Fault, Op};
 use common::*;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 /// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
 fn quick_retries(c: &mut s3sftp::server::ServerConfig, attempts: u32, timeout: Duration) {
@@ -66,7 +67,8 @@ async fn resets_and_a_cut_body_on_get_are_retried() {
     let (t, proxy, view) =
         start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
     let data = random_bytes(PART + 54_321, 3);
-    view.put(&format!("{}down.bin", t.alice.prefix), &data).await;
+    view.put(&format!("{}down.bin", t.alice.prefix), &data)
+        .await;
     proxy.add(Op::GetObject, Fault::Reset, 2);
     proxy.add(Op::GetObject, Fault::Truncate(1000), 1);
     let local = t.dir.path().join("down.bin");
@@ -101,15 +103,12 @@ async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
         "put {fine_local} fine.bin\nget fine.bin {}\n",
         fine_back.display()
     );
-    let (alice, bob) = tokio::join!(
-        t.sftp(&t.alice, &alice_batch),
-        t.sftp(&t.bob, &bob_batch)
-    );
+    let (alice, bob) = tokio::join!(t.sftp(&t.alice, &alice_batch), t.sftp(&t.bob, &bob_batch));
 
     assert!(!alice.status.success(), "the upload fails");
     let err = stderr(&alice);
     assert!(
-        err.contains("doomed.bin") && err.contains("Failure"),
+        err.contains("close remote") && err.contains("Failure"),
         "the client is told: {err}"
     );
     assert_eq!(proxy.injected(Op::CompleteMultipartUpload), 3, "retried");
@@ -117,6 +116,39 @@ async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
     assert_eq!(view.object(&key).await, None, "no object at the key");
     assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
     assert!(proxy.hits(Op::AbortMultipartUpload) >= 1);
+
+    // OpenSSH shows only the status code; the FAILURE message itself says what failed.
+    let s = t.russh_sftp(&t.alice).await;
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let h = s
+        .raw
+        .open("/doomed-raw.bin", flags, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    for (i, piece) in doomed[..PART + 1].chunks(32 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 32 * 1024) as u64, piece.to_vec())
+            .await
+            .expect("write");
+    }
+    let closed = s.raw.close(&h).await;
+    assert_eq!(status_code(&closed), Some(StatusCode::Failure));
+    let Err(russh_sftp::client::error::Error::Status(status)) = closed else {
+        unreachable!()
+    };
+    assert!(
+        status.error_message.contains("CompleteMultipartUpload")
+            && status.error_message.contains("InternalError"),
+        "FAILURE says why: {}",
+        status.error_message
+    );
+    assert_eq!(
+        view.object(&format!("{}doomed-raw.bin", t.alice.prefix))
+            .await,
+        None
+    );
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
 
     assert!(bob.status.success(), "bob carries on: {}", stderr(&bob));
     let stored = view.object(&format!("{}fine.bin", t.bob.prefix)).await;
@@ -146,10 +178,15 @@ async fn scp_reports_the_failed_file_and_sends_the_next() {
     assert!(!out.status.success(), "scp reports the failure");
     let err = stderr(&out);
     assert!(
-        err.lines().any(|l| l.starts_with("scp: ") && l.contains("S3")),
+        err.lines().any(|l| l.starts_with("scp: ")
+            && l.contains("first.bin")
+            && l.contains("CompleteMultipartUpload failed")),
         "an scp error line: {err}"
     );
-    assert_eq!(view.object(&format!("{}first.bin", t.alice.prefix)).await, None);
+    assert_eq!(
+        view.object(&format!("{}first.bin", t.alice.prefix)).await,
+        None
+    );
     let stored = view.object(&format!("{}second.bin", t.alice.prefix)).await;
     assert_eq!(stored.as_deref().map(sha256), Some(sha256(&second)));
     assert!(no_pending(&view, &t.alice.prefix).await.is_empty());

@@ -210,7 +210,8 @@ async fn fetch_range(
             Ok(body) => return Ok((body, reservation)),
             Err(Fetch::Body(message)) if attempt < BODY_ATTEMPTS => {
                 tracing::info!(%key, start, attempt, "GetObject body failed, retrying: {message}");
-                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                    .await;
                 attempt += 1;
             }
             Err(Fetch::Body(message)) => {

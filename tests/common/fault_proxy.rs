@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The S3 operation of a request, from its method, path, query and headers.
@@ -147,7 +147,13 @@ impl FaultProxy {
 
     /// Requests of `op` seen so far (forwarded or not).
     pub fn hits(&self, op: Op) -> u32 {
-        self.state.hits.lock().unwrap().get(&op).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(&op)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests of `op` that got a fault so far.
@@ -231,7 +237,11 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
     let mut request_line = head.split("\r\n").next().unwrap_or("").split(' ');
     let method = request_line.next().unwrap_or("").to_string();
     let target = request_line.next().unwrap_or("").to_string();
-    let op = classify(&method, &target, header(&head, "x-amz-copy-source").is_some());
+    let op = classify(
+        &method,
+        &target,
+        header(&head, "x-amz-copy-source").is_some(),
+    );
     let fault = state.take(op, &target);
     let body_len: usize = header(&head, "content-length")
         .and_then(|v| v.parse().ok())
@@ -254,9 +264,14 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
             // Take in the whole request body first, so closing does not reset the
             // connection before the client has read the answer.
             let left = body_len.saturating_sub(rest.len()) as u64;
-            let drain = tokio::io::copy(&mut (&mut client).take(left), &mut tokio::io::sink());
+            let mut body = (&mut client).take(left);
+            let mut sink = tokio::io::sink();
+            let drain = tokio::io::copy(&mut body, &mut sink);
             let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-            let id = format!("FAULT-{}", state.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+            let id = format!(
+                "FAULT-{}",
+                state.next_id.fetch_add(1, Ordering::Relaxed) + 1
+            );
             let (reason, code, message) = if status == 503 {
                 ("Slow Down", "SlowDown", "Please reduce your request rate.")
             } else {
@@ -321,7 +336,9 @@ async fn forward(
                 client_write.shutdown().await
             }
             Some(n) => {
-                let mut rest = std::io::Cursor::new(extra).chain(&mut up_read).take(n as u64);
+                let mut rest = std::io::Cursor::new(extra)
+                    .chain(&mut up_read)
+                    .take(n as u64);
                 tokio::io::copy(&mut rest, &mut client_write).await?;
                 client_write.flush().await
             }
