@@ -211,3 +211,27 @@ async fn a_stalled_put_times_out_instead_of_hanging() {
     assert_eq!(view.object(&key).await, None, "nothing at the key");
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_body_that_stalls_midway_times_out_and_is_retried() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(2))).await;
+    let data = random_bytes(3 * MIB + 17, 10);
+    view.put(&format!("{}slow.bin", t.alice.prefix), &data)
+        .await;
+    proxy.add(Op::GetObject, Fault::StallBody(1000), 1);
+    let local = t.dir.path().join("slow.bin");
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.sftp(&t.alice, &format!("get slow.bin {}\n", local.display())),
+    )
+    .await
+    .expect("the download does not hang on a stalled body");
+    assert!(out.status.success(), "download succeeds: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(proxy.injected(Op::GetObject), 1);
+    let got = std::fs::read(&local).expect("downloaded file");
+    assert_eq!(sha256(&got), sha256(&data));
+    t.shutdown().await;
+}

@@ -44,6 +44,9 @@ pub enum Fault {
     Stall,
     /// The real answer, with its body cut off after this many bytes.
     Truncate(usize),
+    /// The real answer up to this many bytes of body, then silence with the connection
+    /// held open, until the client gives up.
+    StallBody(usize),
 }
 
 struct Rule {
@@ -247,8 +250,9 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     match fault {
-        None => forward(client, &upstream, &head, rest, None).await,
-        Some(Fault::Truncate(n)) => forward(client, &upstream, &head, rest, Some(n)).await,
+        None => forward(client, &upstream, &head, rest, None, false).await,
+        Some(Fault::Truncate(n)) => forward(client, &upstream, &head, rest, Some(n), false).await,
+        Some(Fault::StallBody(n)) => forward(client, &upstream, &head, rest, Some(n), true).await,
         Some(Fault::Reset) => {
             client.set_zero_linger()?;
             drop(client);
@@ -303,20 +307,22 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
     }
 }
 
-/// Sends the request upstream and the answer back, its body cut after `truncate` bytes.
+/// Sends the request upstream and the answer back, its body cut after `truncate` bytes
+/// (then the connection is closed, or with `stall` held open until the client leaves).
 async fn forward(
     client: TcpStream,
     upstream: &str,
     head: &str,
     rest: Vec<u8>,
     truncate: Option<usize>,
+    stall: bool,
 ) -> std::io::Result<()> {
     let up = TcpStream::connect(upstream).await?;
     let (mut up_read, mut up_write) = up.into_split();
     let (mut client_read, mut client_write) = client.into_split();
     up_write.write_all(close_head(head).as_bytes()).await?;
     up_write.write_all(&rest).await?;
-    let requests = tokio::spawn(async move {
+    let mut requests = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
         let _ = up_write.shutdown().await;
     });
@@ -345,6 +351,11 @@ async fn forward(
         }
     }
     .await;
+    if stall && result.is_ok() {
+        // The request side ends when the client hangs up.
+        let _ = (&mut requests).await;
+        drop(client_write);
+    }
     requests.abort();
     result
 }
