@@ -3,6 +3,8 @@
 //! it with real clients: OpenSSH `sftp`/`scp` as processes, and russh + russh-sftp.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;

@@ -1,0 +1,64 @@
+//! The S3 request id of a failed request shows up in the server's warning. Its own test
+//! binary: it installs the global tracing subscriber that captures the logs.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::fault_proxy::{start_behind_proxy, Fault, Op};
+use common::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_request_id_of_a_failure_is_logged() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("s3sftp=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let (t, proxy, view) = start_behind_proxy(|c| {
+        let s3 = c.s3.as_mut().expect("s3 settings");
+        s3.max_attempts = 2;
+        s3.attempt_timeout = Duration::from_secs(5);
+    })
+    .await;
+    proxy.add(Op::PutObject, Fault::Status(500), u32::MAX);
+    let local = t.dir.path().join("f.bin");
+    std::fs::write(&local, random_bytes(1000, 9)).expect("local file");
+    let out = t
+        .sftp(&t.alice, &format!("put {} f.bin\n", local.display()))
+        .await;
+    assert!(!out.status.success(), "the upload fails");
+    assert_eq!(proxy.injected(Op::PutObject), 2);
+    assert_eq!(view.object(&format!("{}f.bin", t.alice.prefix)).await, None);
+    t.shutdown().await;
+
+    let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("FAULT-"))
+        .unwrap_or_else(|| panic!("no warning with the request id in:\n{text}"));
+    assert!(
+        line.contains("PutObject"),
+        "the warning names the operation: {line}"
+    );
+}

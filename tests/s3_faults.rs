@@ -1,0 +1,237 @@
+//! S3 faults, injected by a proxy between the server and the real S3 server, seen through
+//! real OpenSSH clients: transient errors are retried and transfers come out whole;
+//! permanent ones fail the one transfer cleanly (no object, no pending multipart upload)
+//! while other sessions carry on; a stalled S3 request times out.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fault_proxy::{start_behind_proxy, Fault, Op};
+use common::*;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+
+/// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
+fn quick_retries(c: &mut s3sftp::server::ServerConfig, attempts: u32, timeout: Duration) {
+    let s3 = c.s3.as_mut().expect("s3 settings");
+    s3.max_attempts = attempts;
+    s3.attempt_timeout = timeout;
+}
+
+fn write_local(t: &TestServer, name: &str, data: &[u8]) -> String {
+    let path = t.dir.path().join(name);
+    std::fs::write(&path, data).expect("write local file");
+    path.display().to_string()
+}
+
+async fn no_pending(view: &common::fault_proxy::BucketView, prefix: &str) -> Vec<String> {
+    for _ in 0..100 {
+        if view.pending_uploads(prefix).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    view.pending_uploads(prefix).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_down_on_parts_and_puts_is_retried() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    proxy.add(Op::UploadPart, Fault::Status(503), 2);
+    proxy.add(Op::PutObject, Fault::Status(503), 2);
+    let big = random_bytes(2 * PART + 12_345, 1);
+    let small = random_bytes(100_000, 2);
+    let big_local = write_local(&t, "big.bin", &big);
+    let small_local = write_local(&t, "small.bin", &small);
+    let out = t
+        .sftp(
+            &t.alice,
+            &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
+        )
+        .await;
+    assert!(out.status.success(), "uploads succeed: {}", stderr(&out));
+    assert_eq!(proxy.injected(Op::UploadPart), 2);
+    assert_eq!(proxy.injected(Op::PutObject), 2);
+    assert!(proxy.hits(Op::UploadPart) >= 3 + 2, "parts were sent again");
+    let stored = view.object(&format!("{}big.bin", t.alice.prefix)).await;
+    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&big)));
+    let stored = view.object(&format!("{}small.bin", t.alice.prefix)).await;
+    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&small)));
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resets_and_a_cut_body_on_get_are_retried() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    let data = random_bytes(PART + 54_321, 3);
+    view.put(&format!("{}down.bin", t.alice.prefix), &data)
+        .await;
+    proxy.add(Op::GetObject, Fault::Reset, 2);
+    proxy.add(Op::GetObject, Fault::Truncate(1000), 1);
+    let local = t.dir.path().join("down.bin");
+    let out = t
+        .sftp(&t.alice, &format!("get down.bin {}\n", local.display()))
+        .await;
+    assert!(out.status.success(), "download succeeds: {}", stderr(&out));
+    assert_eq!(proxy.injected(Op::GetObject), 3);
+    let got = std::fs::read(&local).expect("downloaded file");
+    assert_eq!(got.len(), data.len());
+    assert_eq!(sha256(&got), sha256(&data));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    proxy.add_for(
+        Op::CompleteMultipartUpload,
+        "doomed",
+        Fault::Status(500),
+        u32::MAX,
+    );
+    let doomed = random_bytes(2 * PART + 7, 4);
+    let doomed_local = write_local(&t, "doomed.bin", &doomed);
+    let fine = random_bytes(PART + 99, 5);
+    let fine_local = write_local(&t, "fine.bin", &fine);
+    let fine_back = t.dir.path().join("fine.back");
+    let alice_batch = format!("put {doomed_local} doomed.bin\n");
+    let bob_batch = format!(
+        "put {fine_local} fine.bin\nget fine.bin {}\n",
+        fine_back.display()
+    );
+    let (alice, bob) = tokio::join!(t.sftp(&t.alice, &alice_batch), t.sftp(&t.bob, &bob_batch));
+
+    assert!(!alice.status.success(), "the upload fails");
+    let err = stderr(&alice);
+    assert!(
+        err.contains("close remote") && err.contains("Failure"),
+        "the client is told: {err}"
+    );
+    assert_eq!(proxy.injected(Op::CompleteMultipartUpload), 3, "retried");
+    let key = format!("{}doomed.bin", t.alice.prefix);
+    assert_eq!(view.object(&key).await, None, "no object at the key");
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(proxy.hits(Op::AbortMultipartUpload) >= 1);
+
+    // OpenSSH shows only the status code; the FAILURE message itself says what failed.
+    let s = t.russh_sftp(&t.alice).await;
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let h = s
+        .raw
+        .open("/doomed-raw.bin", flags, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    for (i, piece) in doomed[..PART + 1].chunks(32 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 32 * 1024) as u64, piece.to_vec())
+            .await
+            .expect("write");
+    }
+    let closed = s.raw.close(&h).await;
+    assert_eq!(status_code(&closed), Some(StatusCode::Failure));
+    let Err(russh_sftp::client::error::Error::Status(status)) = closed else {
+        unreachable!()
+    };
+    assert!(
+        status.error_message.contains("CompleteMultipartUpload")
+            && status.error_message.contains("InternalError"),
+        "FAILURE says why: {}",
+        status.error_message
+    );
+    assert_eq!(
+        view.object(&format!("{}doomed-raw.bin", t.alice.prefix))
+            .await,
+        None
+    );
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+
+    assert!(bob.status.success(), "bob carries on: {}", stderr(&bob));
+    let stored = view.object(&format!("{}fine.bin", t.bob.prefix)).await;
+    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&fine)));
+    let back = std::fs::read(&fine_back).expect("bob's download");
+    assert_eq!(sha256(&back), sha256(&fine));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scp_reports_the_failed_file_and_sends_the_next() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    proxy.add_for(
+        Op::CompleteMultipartUpload,
+        "first",
+        Fault::Status(500),
+        u32::MAX,
+    );
+    let first = random_bytes(PART + 1, 6);
+    let second = random_bytes(PART + 2, 7);
+    let first_local = write_local(&t, "first.bin", &first);
+    let second_local = write_local(&t, "second.bin", &second);
+    let out = t
+        .scp(&t.alice, &["-O", &first_local, &second_local, "REMOTE:"])
+        .await;
+    assert!(!out.status.success(), "scp reports the failure");
+    let err = stderr(&out);
+    assert!(
+        err.lines().any(|l| l.starts_with("scp: ")
+            && l.contains("first.bin")
+            && l.contains("CompleteMultipartUpload failed")),
+        "an scp error line: {err}"
+    );
+    assert_eq!(
+        view.object(&format!("{}first.bin", t.alice.prefix)).await,
+        None
+    );
+    let stored = view.object(&format!("{}second.bin", t.alice.prefix)).await;
+    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&second)));
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_put_times_out_instead_of_hanging() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(2))).await;
+    proxy.add(Op::PutObject, Fault::Stall, u32::MAX);
+    let data = random_bytes(10_000, 8);
+    let local = write_local(&t, "stuck.bin", &data);
+    let started = Instant::now();
+    let out = t.sftp(&t.alice, &format!("put {local} stuck.bin\n")).await;
+    let took = started.elapsed();
+    assert!(!out.status.success(), "the upload fails");
+    assert!(took < Duration::from_secs(20), "failed after {took:?}");
+    assert_eq!(proxy.injected(Op::PutObject), 2, "one stall per attempt");
+    proxy.clear();
+    let key = format!("{}stuck.bin", t.alice.prefix);
+    assert_eq!(view.object(&key).await, None, "nothing at the key");
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_body_that_stalls_midway_times_out_and_is_retried() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(2))).await;
+    let data = random_bytes(3 * MIB + 17, 10);
+    view.put(&format!("{}slow.bin", t.alice.prefix), &data)
+        .await;
+    proxy.add(Op::GetObject, Fault::StallBody(1000), 1);
+    let local = t.dir.path().join("slow.bin");
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.sftp(&t.alice, &format!("get slow.bin {}\n", local.display())),
+    )
+    .await
+    .expect("the download does not hang on a stalled body");
+    assert!(out.status.success(), "download succeeds: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(proxy.injected(Op::GetObject), 1);
+    let got = std::fs::read(&local).expect("downloaded file");
+    assert_eq!(sha256(&got), sha256(&data));
+    t.shutdown().await;
+}
