@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::own_store::start_with_own_store;
 use common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
@@ -155,84 +156,6 @@ async fn write_at(s: &RusshSftp, handle: &str, offset: u64, data: &[u8]) {
     }
 }
 
-/// A view of the bucket that outlives the server (the embedded store a server starts
-/// stops with it, so shutdown tests give the server a store of their own).
-struct BucketView {
-    client: aws_sdk_s3::Client,
-    bucket: String,
-    _store: Option<s3sftp::embedded::EmbeddedS3>,
-    _dir: tempfile::TempDir,
-}
-
-impl BucketView {
-    async fn object_sha256(&self, key: &str) -> Option<String> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        let body = out.body.collect().await.ok()?.into_bytes();
-        Some(sha256(&body))
-    }
-
-    async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .expect("list uploads");
-        out.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect()
-    }
-}
-
-async fn start_with_own_store(
-    tweak: impl FnOnce(&mut s3sftp::server::ServerConfig),
-) -> (TestServer, BucketView) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (settings, store) = match external_s3() {
-        Some(s) => (s, None),
-        None => {
-            let store = s3sftp::embedded::EmbeddedS3::start(
-                &dir.path().join("data"),
-                "own-store",
-                "127.0.0.1:0".parse().expect("addr"),
-            )
-            .await
-            .expect("embedded store");
-            let settings = s3sftp::storage::client::S3Settings::custom(
-                &store.endpoint(),
-                store.bucket(),
-                store.region(),
-                store.access_key(),
-                store.secret_key(),
-            );
-            (settings, Some(store))
-        }
-    };
-    let client = s3sftp::storage::client::build_client(&settings).await;
-    let view = BucketView {
-        client,
-        bucket: settings.bucket.clone(),
-        _store: store,
-        _dir: dir,
-    };
-    let t = TestServer::start_with(move |c| {
-        c.s3 = Some(settings);
-        tweak(c);
-    })
-    .await;
-    (t, view)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_lets_transfers_in_flight_finish() {
     let (mut t, view) = start_with_own_store(|c| c.shutdown_grace = Duration::from_secs(30)).await;
@@ -261,7 +184,10 @@ async fn shutdown_lets_transfers_in_flight_finish() {
         .expect("shutdown ends once the transfer is done")
         .expect("join");
     let key = format!("{}in-flight.bin", t.alice.prefix);
-    assert_eq!(view.object_sha256(&key).await, Some(sha256(&data)));
+    assert_eq!(
+        view.object(&key).await.map(|d| sha256(&d)),
+        Some(sha256(&data))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -291,10 +217,7 @@ async fn shutdown_aborts_what_is_left_after_the_grace_period() {
         .await
         .expect("shutdown ends after the grace period");
     assert!(view.pending_uploads(&prefix).await.is_empty(), "aborted");
-    assert_eq!(
-        view.object_sha256(&format!("{prefix}stalled.bin")).await,
-        None
-    );
+    assert_eq!(view.object(&format!("{prefix}stalled.bin")).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,37 +3,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fault_proxy::{start_behind_proxy, Fault, Op};
+use common::log_capture::Capture;
 use common::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_request_id_of_a_failure_is_logged() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("s3sftp=info"))
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = Capture::install("s3sftp=info");
 
     let (t, proxy, view) = start_behind_proxy(|c| {
         let s3 = c.s3.as_mut().expect("s3 settings");
@@ -52,7 +30,7 @@ async fn s3_request_id_of_a_failure_is_logged() {
     assert_eq!(view.object(&format!("{}f.bin", t.alice.prefix)).await, None);
     t.shutdown().await;
 
-    let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let text = capture.text();
     let line = text
         .lines()
         .find(|l| l.contains("WARN") && l.contains("FAULT-"))

@@ -4,35 +4,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use common::log_capture::Capture;
 use common::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_is_ever_logged() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = Capture::install("trace");
 
     let wrong = "Wr0ng-Pa55word-xyzzy";
     let t = TestServer::start().await;
@@ -70,7 +47,7 @@ async fn no_secret_is_ever_logged() {
     drop(s);
     t.shutdown().await;
 
-    let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let text = capture.text();
     assert!(
         text.contains("login"),
         "the capture holds the server's logs"

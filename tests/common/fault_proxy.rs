@@ -360,88 +360,16 @@ async fn forward(
     result
 }
 
-/// The bucket as seen directly, not through the proxy (for checks while faults are on).
-pub struct BucketView {
-    pub client: aws_sdk_s3::Client,
-    pub bucket: String,
-    _store: Option<s3sftp::embedded::EmbeddedS3>,
-    _dir: tempfile::TempDir,
-}
-
-impl BucketView {
-    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(out.body.collect().await.ok()?.into_bytes().to_vec())
-    }
-
-    pub async fn put(&self, key: &str, data: &[u8]) {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(data.to_vec().into())
-            .send()
-            .await
-            .expect("put");
-    }
-
-    /// Multipart uploads not completed or aborted under `prefix`.
-    pub async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .expect("list uploads");
-        out.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect()
-    }
-}
+use super::own_store::own_store;
+pub use super::own_store::BucketView;
 
 /// A test server whose S3 goes through a fault proxy, in front of the external S3 (if
 /// `S3SFTP_TEST_S3_*` names a plain-HTTP one) or an embedded store owned by the test.
 pub async fn start_behind_proxy(
     tweak: impl FnOnce(&mut s3sftp::server::ServerConfig),
 ) -> (super::TestServer, FaultProxy, BucketView) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (direct, store) = match super::external_s3() {
-        Some(s) => (s, None),
-        None => {
-            let store = s3sftp::embedded::EmbeddedS3::start(
-                &dir.path().join("data"),
-                "faults",
-                "127.0.0.1:0".parse().expect("addr"),
-            )
-            .await
-            .expect("embedded store");
-            let settings = s3sftp::storage::client::S3Settings::custom(
-                &store.endpoint(),
-                store.bucket(),
-                store.region(),
-                store.access_key(),
-                store.secret_key(),
-            );
-            (settings, Some(store))
-        }
-    };
+    let (direct, view) = own_store("faults").await;
     let proxy = FaultProxy::start(direct.endpoint.as_deref().expect("an S3 endpoint")).await;
-    let view = BucketView {
-        client: s3sftp::storage::client::build_client(&direct).await,
-        bucket: direct.bucket.clone(),
-        _store: store,
-        _dir: dir,
-    };
     let mut proxied = direct;
     proxied.endpoint = Some(proxy.endpoint());
     let t = super::TestServer::start_with(move |c| {

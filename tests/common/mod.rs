@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod log_capture;
+pub mod own_store;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
