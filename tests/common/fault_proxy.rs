@@ -33,7 +33,7 @@ pub enum Op {
 }
 
 /// What a matching request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// An S3 error answer: 503 is `SlowDown`, anything else `InternalError`; the answer
     /// carries `x-amz-request-id: FAULT-<n>`.
@@ -49,6 +49,19 @@ pub enum Fault {
     StallBody(usize),
 }
 
+impl Fault {
+    /// A short name for reports: `503`, `500`, `reset`, `stall`, `cut-body`, `stall-body`.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Status(code) => code.to_string(),
+            Fault::Reset => "reset".into(),
+            Fault::Stall => "stall".into(),
+            Fault::Truncate(_) => "cut-body".into(),
+            Fault::StallBody(_) => "stall-body".into(),
+        }
+    }
+}
+
 struct Rule {
     op: Op,
     /// Only requests whose path contains this (e.g. a file name).
@@ -62,6 +75,8 @@ struct State {
     rules: Mutex<Vec<Rule>>,
     hits: Mutex<HashMap<Op, u32>>,
     injected: Mutex<HashMap<Op, u32>>,
+    /// Faults given, by operation and kind ([`Fault::kind`]).
+    by_kind: Mutex<HashMap<(Op, String), u32>>,
     next_id: AtomicU64,
 }
 
@@ -79,6 +94,8 @@ impl State {
             rule.remaining -= 1;
         }
         *self.injected.lock().unwrap().entry(op).or_default() += 1;
+        let key = (op, rule.fault.kind());
+        *self.by_kind.lock().unwrap().entry(key).or_default() += 1;
         Some(rule.fault)
     }
 }
@@ -135,7 +152,9 @@ impl FaultProxy {
     }
 
     fn add_rule(&self, op: Op, path_contains: Option<String>, fault: Fault, count: u32) {
-        self.state.rules.lock().unwrap().push(Rule {
+        let mut rules = self.state.rules.lock().unwrap();
+        rules.retain(|r| r.remaining > 0);
+        rules.push(Rule {
             op,
             path_contains,
             fault,
@@ -157,6 +176,37 @@ impl FaultProxy {
             .get(&op)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Faults not yet given out by the rules still active (`u32::MAX` rules count once).
+    pub fn outstanding(&self) -> u64 {
+        let rules = self.state.rules.lock().unwrap();
+        rules
+            .iter()
+            .map(|r| u64::from(r.remaining.min(1 << 20)))
+            .sum()
+    }
+
+    /// Every fault given so far: operation, kind ([`Fault::kind`]) and count, sorted.
+    pub fn injected_by_kind(&self) -> Vec<(Op, String, u32)> {
+        let by_kind = self.state.by_kind.lock().unwrap();
+        let mut out: Vec<_> = by_kind
+            .iter()
+            .map(|((op, kind), n)| (*op, kind.clone(), *n))
+            .collect();
+        out.sort_by(|a, b| format!("{:?}{}", a.0, a.1).cmp(&format!("{:?}{}", b.0, b.1)));
+        out
+    }
+
+    /// Requests seen so far, every operation together.
+    pub fn total_hits(&self) -> u64 {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .values()
+            .map(|&n| u64::from(n))
+            .sum()
     }
 
     /// Requests of `op` that got a fault so far.
