@@ -235,3 +235,40 @@ async fn a_get_body_that_stalls_midway_times_out_and_is_retried() {
     assert_eq!(sha256(&got), sha256(&data));
     t.shutdown().await;
 }
+
+/// Found by the soak test: a READ whose chunk had failed (GET retries exhausted) left the
+/// finished fetch in the read-ahead window, and the next READ of that range polled it
+/// again, which panicked the session. Now the failed READ gets FAILURE and the next one
+/// fetches the range again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_a_failed_chunk_fetches_it_again() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(10))).await;
+    // One download chunk (the test servers fetch 2 MiB at a time).
+    let data = random_bytes(MIB + 4321, 11);
+    view.put(&format!("{}one-chunk.bin", t.alice.prefix), &data)
+        .await;
+    let s = t.russh_sftp(&t.alice).await;
+    let h = s
+        .raw
+        .open("/one-chunk.bin", OpenFlags::READ, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    proxy.add(Op::GetObject, Fault::Status(500), 2);
+    let first = s.raw.read(&h, 0, 32 * 1024).await;
+    assert_eq!(status_code(&first), Some(StatusCode::Failure), "{first:?}");
+    assert_eq!(proxy.injected(Op::GetObject), 2, "both attempts failed");
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        let d = s
+            .raw
+            .read(&h, back.len() as u64, 32 * 1024)
+            .await
+            .expect("the session lives on and reads again");
+        back.extend_from_slice(&d.data);
+    }
+    assert_eq!(sha256(&back), sha256(&data));
+    s.raw.close(&h).await.expect("close");
+    t.shutdown().await;
+}
