@@ -73,6 +73,43 @@ impl Ledger {
     }
 }
 
+/// A client's ledger, shared with the harness so that a client stuck in an operation at
+/// the end still has its files checked. Paths an operation may touch are marked uncertain
+/// before it starts.
+#[derive(Debug, Clone, Default)]
+pub struct SharedLedger(std::sync::Arc<Mutex<Ledger>>);
+
+impl SharedLedger {
+    pub fn fresh_path(&self, client: usize, dir: &str, tag: &str) -> String {
+        self.0.lock().unwrap().fresh_path(client, dir, tag)
+    }
+
+    pub fn set(&self, path: &str, state: State) {
+        self.0.lock().unwrap().set(path, state)
+    }
+
+    pub fn pick_acked(&self, rng: &mut impl rand::Rng) -> Option<(String, String, u64)> {
+        self.0.lock().unwrap().pick_acked(rng)
+    }
+
+    pub fn acked_in(&self, dir: &str) -> Vec<String> {
+        self.0.lock().unwrap().acked_in(dir)
+    }
+
+    pub fn get(&self, path: &str) -> Option<State> {
+        self.0.lock().unwrap().get(path).cloned()
+    }
+
+    /// A copy of the ledger as it is now.
+    pub fn snapshot(&self) -> Ledger {
+        let inner = self.0.lock().unwrap();
+        Ledger {
+            paths: inner.paths.clone(),
+            next_name: inner.next_name,
+        }
+    }
+}
+
 /// `"/in/x"` → `"/in"`, `"/x"` → `""`.
 pub fn parent(path: &str) -> &str {
     path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")

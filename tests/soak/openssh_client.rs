@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::common::{random_bytes, sha256};
-use super::ledger::{Ledger, Outcome, State, Stats};
+use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::russh_client::upload_size;
 use super::{ClientSpec, Op, DIRS};
 
@@ -115,15 +115,25 @@ fn ok(out: &Option<Output>) -> bool {
     out.as_ref().is_some_and(|o| o.status.success())
 }
 
-pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf) -> Ledger {
+/// Runs the client until `spec.stop` is set, recording what it knows in `ledger`.
+pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger: SharedLedger) {
     std::fs::create_dir_all(&work_dir).expect("client work dir");
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let mut ledger = Ledger::default();
     let tools = Tools {
         spec: spec.clone(),
         dir: work_dir.clone(),
     };
     let mut dirs: Vec<&str> = vec![""];
+    for d in DIRS {
+        let sha = sha256(b"");
+        ledger.set(
+            d,
+            State::Uncertain {
+                sha,
+                why: "mkdir in flight",
+            },
+        );
+    }
     let batch: String = DIRS.iter().map(|d| format!("mkdir {d}\n")).collect();
     let out = tools.sftp(&batch).await;
     stats.op(
@@ -176,6 +186,11 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf) -> Ledg
                     ("sftp upload", "sftp")
                 };
                 let path = ledger.fresh_path(spec.id, dir, tag);
+                let in_flight = State::Uncertain {
+                    sha: sha.clone(),
+                    why: "upload in flight",
+                };
+                ledger.set(&path, in_flight);
                 let out = if use_scp {
                     tools.scp(&local, &path, true).await
                 } else {
@@ -290,6 +305,21 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf) -> Ledg
                 };
                 let to_dir = dirs[rng.random_range(0..dirs.len())];
                 let to = ledger.fresh_path(spec.id, to_dir, "mv");
+                let why = "rename in flight";
+                ledger.set(
+                    &from,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
+                ledger.set(
+                    &to,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
                 let out = tools.sftp(&format!("rename {from} {to}\n")).await;
                 stats.op(
                     "login",
@@ -331,6 +361,14 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf) -> Ledg
                 let Some((path, sha, _)) = ledger.pick_acked(&mut rng) else {
                     continue;
                 };
+                let why = "remove in flight";
+                ledger.set(
+                    &path,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
                 let out = tools.sftp(&format!("rm {path}\n")).await;
                 stats.op(
                     "login",
@@ -359,5 +397,4 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf) -> Ledg
         let pause = rng.random_range(0..spec.think_ms.max(1));
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
-    ledger
 }

@@ -13,7 +13,7 @@ use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 use super::common::{random_bytes, sha256, AcceptAll, RusshSftp};
-use super::ledger::{Ledger, Outcome, State, Stats};
+use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::{ClientSpec, Op, DIRS};
 
 /// SFTP data per READ/WRITE request, and requests in flight (OpenSSH: 32 KiB, 64).
@@ -92,23 +92,23 @@ async fn upload(s: &RusshSftp, path: &str, data: &[u8], kill_after: Option<usize
         .take(kill_after.unwrap_or(usize::MAX))
         .map(|(i, c)| ((i * CHUNK) as u64, c.to_vec()))
         .collect();
-    let results: Vec<_> = futures::stream::iter(chunks)
+    let mut writes = futures::stream::iter(chunks)
         .map(|(offset, chunk)| s.raw.write(&handle, offset, chunk))
-        .buffered(IN_FLIGHT)
-        .collect()
-        .await;
-    if kill_after.is_some() {
-        return Upload::Killed;
-    }
+        .buffered(IN_FLIGHT);
     let mut refused = None;
-    for r in results {
+    while let Some(r) = writes.next().await {
         match r {
             Ok(_) => {}
             Err(e) if status(&e).is_some() => {
-                refused.get_or_insert(format!("write {}", describe(&e)));
+                refused = Some(format!("write {}", describe(&e)));
+                break;
             }
             Err(e) => return Upload::Lost(format!("write: {e}")),
         }
+    }
+    drop(writes);
+    if kill_after.is_some() {
+        return Upload::Killed;
     }
     match s.raw.close(&handle).await {
         Ok(_) if refused.is_none() => Upload::Acked,
@@ -130,16 +130,15 @@ async fn download(s: &RusshSftp, path: &str, size: u64) -> Result<Vec<u8>, (bool
     let offsets: Vec<u64> = (0..size.div_ceil(CHUNK as u64))
         .map(|i| i * CHUNK as u64)
         .collect();
-    let replies: Vec<_> = futures::stream::iter(offsets)
+    let mut replies = futures::stream::iter(offsets)
         .map(|off| {
             let h = handle.clone();
             async move { (off, s.raw.read(h, off, CHUNK as u32).await) }
         })
-        .buffered(IN_FLIGHT)
-        .collect()
-        .await;
+        .buffered(IN_FLIGHT);
     let mut data = Vec::with_capacity(size as usize);
-    for (off, reply) in replies {
+    let mut failed = None;
+    'reads: while let Some((off, reply)) = replies.next().await {
         match reply {
             Ok(d) => {
                 data.extend_from_slice(&d.data);
@@ -147,27 +146,44 @@ async fn download(s: &RusshSftp, path: &str, size: u64) -> Result<Vec<u8>, (bool
                 let want = (CHUNK as u64).min(size - off) as usize;
                 let mut got = d.data.len();
                 while got < want {
-                    let more = s
+                    match s
                         .raw
                         .read(&handle, off + got as u64, (want - got) as u32)
                         .await
-                        .map_err(|e| (status(&e).is_none(), format!("read {}", describe(&e))))?;
-                    if more.data.is_empty() {
-                        break;
+                    {
+                        Ok(more) if more.data.is_empty() => break,
+                        Ok(more) => {
+                            got += more.data.len();
+                            data.extend_from_slice(&more.data);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break 'reads;
+                        }
                     }
-                    got += more.data.len();
-                    data.extend_from_slice(&more.data);
                 }
             }
-            Err(e) if status(&e) == Some(StatusCode::Eof) => {
-                let _ = s.raw.close(&handle).await;
-                return Ok(data);
+            Err(e) if status(&e) == Some(StatusCode::Eof) => break,
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
-            Err(e) => return Err((status(&e).is_none(), format!("read {}", describe(&e)))),
         }
     }
-    let _ = s.raw.close(&handle).await;
-    Ok(data)
+    drop(replies);
+    match failed {
+        None => {
+            let _ = s.raw.close(&handle).await;
+            Ok(data)
+        }
+        Some(e) => {
+            let transport = status(&e).is_none();
+            if !transport {
+                let _ = s.raw.close(&handle).await;
+            }
+            Err((transport, format!("read {}", describe(&e))))
+        }
+    }
 }
 
 /// Names in `dir`; `Err((transport, reason))`.
@@ -180,7 +196,12 @@ async fn list(s: &RusshSftp, dir: &str) -> Result<Vec<String>, (bool, String)> {
         match s.raw.readdir(&handle).await {
             Ok(page) => names.extend(page.files.into_iter().map(|f| f.filename)),
             Err(e) if status(&e) == Some(StatusCode::Eof) => break,
-            Err(e) => return Err(err(e)),
+            Err(e) => {
+                if status(&e).is_some() {
+                    let _ = s.raw.close(&handle).await;
+                }
+                return Err(err(e));
+            }
         }
     }
     let _ = s.raw.close(&handle).await;
@@ -211,10 +232,9 @@ pub fn upload_size(rng: &mut StdRng, part: u64) -> usize {
     size as usize
 }
 
-/// Runs the client until `spec.stop` is set; returns what it knows.
-pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
+/// Runs the client until `spec.stop` is set, recording what it knows in `ledger`.
+pub async fn run(spec: ClientSpec, stats: Arc<Stats>, ledger: SharedLedger) {
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let mut ledger = Ledger::default();
     let mut conn: Option<RusshSftp> = None;
     let mut ops_on_conn = 0u32;
     let mut dirs: Vec<&str> = vec![""];
@@ -240,6 +260,14 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
         if !made_dirs {
             made_dirs = true;
             for d in DIRS {
+                let sha = sha256(b"");
+                ledger.set(
+                    d,
+                    State::Uncertain {
+                        sha,
+                        why: "mkdir in flight",
+                    },
+                );
                 match s.raw.mkdir(d, FileAttributes::empty()).await {
                     Ok(_) => {
                         stats.op("mkdir", Outcome::Ok);
@@ -270,6 +298,11 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
                 let kill_after = (size > 4 * CHUNK && rng.random_bool(spec.kill_rate))
                     .then(|| rng.random_range(1..size / CHUNK));
                 let sha = sha256(&data);
+                let in_flight = State::Uncertain {
+                    sha: sha.clone(),
+                    why: "upload in flight",
+                };
+                ledger.set(&path, in_flight);
                 match upload(s, &path, &data, kill_after).await {
                     Upload::Acked => {
                         stats.op("upload", Outcome::Ok);
@@ -408,6 +441,21 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
                 };
                 let to_dir = dirs[rng.random_range(0..dirs.len())];
                 let to = ledger.fresh_path(spec.id, to_dir, "mv");
+                let why = "rename in flight";
+                ledger.set(
+                    &from,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
+                ledger.set(
+                    &to,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
                 match s.raw.rename(&from, &to).await {
                     Ok(_) => {
                         stats.op("rename", Outcome::Ok);
@@ -444,8 +492,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
                                 },
                             );
                         } else {
-                            resolve_failed_rename(s, &mut ledger, &stats, &from, &to, sha, size)
-                                .await;
+                            resolve_failed_rename(s, &ledger, &stats, &from, &to, sha, size).await;
                         }
                     }
                 }
@@ -454,6 +501,14 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
                 let Some((path, sha, size)) = ledger.pick_acked(&mut rng) else {
                     continue;
                 };
+                let why = "remove in flight";
+                ledger.set(
+                    &path,
+                    State::Uncertain {
+                        sha: sha.clone(),
+                        why,
+                    },
+                );
                 match s.raw.remove(&path).await {
                     Ok(_) => {
                         stats.op("remove", Outcome::Ok);
@@ -486,13 +541,12 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>) -> Ledger {
         let pause = rng.random_range(0..spec.think_ms.max(1));
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
-    ledger
 }
 
 /// A rename the server refused: find out, through the server, where the file is now.
 async fn resolve_failed_rename(
     s: &RusshSftp,
-    ledger: &mut Ledger,
+    ledger: &SharedLedger,
     stats: &Stats,
     from: &str,
     to: &str,
