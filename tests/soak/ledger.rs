@@ -100,6 +100,19 @@ impl SharedLedger {
         self.0.lock().unwrap().get(path).cloned()
     }
 
+    /// Bytes of the acknowledged files.
+    pub fn acked_bytes(&self) -> u64 {
+        let inner = self.0.lock().unwrap();
+        inner
+            .paths
+            .values()
+            .map(|s| match s {
+                State::Acked { size, .. } => *size,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// A copy of the ledger as it is now.
     pub fn snapshot(&self) -> Ledger {
         let inner = self.0.lock().unwrap();
@@ -177,8 +190,16 @@ impl Stats {
         *self.inner.lock().unwrap().notes.entry(what).or_default() += 1;
     }
 
+    /// Every violation once, in the order first seen.
     pub fn violations(&self) -> Vec<String> {
-        self.inner.lock().unwrap().violations.clone()
+        let mut seen = std::collections::HashSet::new();
+        let inner = self.inner.lock().unwrap();
+        inner
+            .violations
+            .iter()
+            .filter(|v| seen.insert(v.as_str()))
+            .cloned()
+            .collect()
     }
 
     pub fn bytes(&self) -> (u64, u64) {

@@ -8,7 +8,8 @@
 //! `SOAK_MEMORY_MIB` (128, the server's --memory-budget-mib), `SOAK_THINK_MS` (400, the
 //! longest pause between two operations of a client), `SOAK_KILL_RATE` (0.02, the share of
 //! uploads whose connection is dropped midway), `SOAK_FAULT_EVERY_MS` (2500, mean time
-//! between fault bursts), `SOAK_OUT` (where the server log and the report go).
+//! between fault bursts), `SOAK_CLIENT_MIB` (40, the data a client keeps at most),
+//! `SOAK_OUT` (where the server log and the report go).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -73,6 +74,8 @@ pub struct ClientSpec {
     pub kill_rate: f64,
     pub think_ms: u64,
     pub ops_per_login: u32,
+    /// Acknowledged bytes a client keeps at most (then it removes instead of uploading).
+    pub data_cap: u64,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -81,16 +84,23 @@ impl ClientSpec {
         self.stop.load(Ordering::SeqCst)
     }
 
-    pub fn pick_op(&self, rng: &mut impl rand::Rng) -> Op {
+    /// The next operation; a client holding more than its data cap removes instead of
+    /// uploading, so the bucket (and the disk under the embedded store) stays bounded.
+    pub fn pick_op(&self, rng: &mut impl rand::Rng, ledger: &SharedLedger) -> Op {
         let total: u32 = WEIGHTS.iter().map(|w| w.1).sum();
         let mut pick = rng.random_range(0..total);
+        let mut chosen = Op::Upload;
         for (op, w) in WEIGHTS {
             if pick < w {
-                return op;
+                chosen = op;
+                break;
             }
             pick -= w;
         }
-        Op::Upload
+        match chosen {
+            Op::Upload if ledger.acked_bytes() > self.data_cap => Op::Remove,
+            op => op,
+        }
     }
 }
 
@@ -111,6 +121,7 @@ struct Config {
     think_ms: u64,
     kill_rate: f64,
     fault_every_ms: u64,
+    client_mib: u64,
     out: PathBuf,
 }
 
@@ -132,6 +143,7 @@ impl Config {
             think_ms: env("SOAK_THINK_MS", 400),
             kill_rate: env("SOAK_KILL_RATE", 0.02),
             fault_every_ms: env("SOAK_FAULT_EVERY_MS", 2500),
+            client_mib: env("SOAK_CLIENT_MIB", 40),
             out,
         }
     }
@@ -259,6 +271,7 @@ async fn soak() {
             kill_rate: cfg.kill_rate,
             think_ms: cfg.think_ms,
             ops_per_login: 25,
+            data_cap: cfg.client_mib * MIB,
             stop: stop.clone(),
         };
         let stats = stats.clone();
@@ -309,7 +322,7 @@ async fn soak() {
         let left = Duration::from_secs(400).saturating_sub(stop_started.elapsed());
         match tokio::time::timeout(left, &mut task).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("client {id} panicked: {e}"),
+            Ok(Err(e)) => stats.violation(format!("client {id} panicked: {e}")),
             Err(_) => {
                 // Its ledger marks what it was doing as uncertain; the rest is checked.
                 stats.violation(format!("client {id} still busy 400 s after the stop"));
@@ -339,6 +352,7 @@ async fn soak() {
         kill_rate: 0.0,
         think_ms: 0,
         ops_per_login: 1,
+        data_cap: 0,
         stop: stop.clone(),
     };
     let fresh = fresh_login_check(&spec0).await;

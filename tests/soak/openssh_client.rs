@@ -59,7 +59,7 @@ impl Tools {
 
     async fn sftp(&self, batch: &str) -> Option<Output> {
         let file = self.dir.join("batch");
-        std::fs::write(&file, batch).expect("batch file");
+        std::fs::write(&file, batch).ok()?;
         let mut cmd = tokio::process::Command::new("sftp");
         cmd.args(self.options())
             .arg("-P")
@@ -111,13 +111,28 @@ fn failure(out: &Option<Output>) -> (bool, String) {
     (broken, line)
 }
 
+fn kind_of(scp: bool) -> &'static str {
+    if scp {
+        "scp upload"
+    } else {
+        "sftp upload"
+    }
+}
+
 fn ok(out: &Option<Output>) -> bool {
     out.as_ref().is_some_and(|o| o.status.success())
 }
 
 /// Runs the client until `spec.stop` is set, recording what it knows in `ledger`.
 pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger: SharedLedger) {
-    std::fs::create_dir_all(&work_dir).expect("client work dir");
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        stats.violation(format!(
+            "{}: cannot make {}: {e}",
+            spec.user.name,
+            work_dir.display()
+        ));
+        return;
+    }
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let tools = Tools {
         spec: spec.clone(),
@@ -168,7 +183,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
     while !spec.stopped() {
         let dir = dirs[rng.random_range(0..dirs.len())];
         let use_scp = rng.random_bool(0.5);
-        let op = match spec.pick_op(&mut rng) {
+        let op = match spec.pick_op(&mut rng, &ledger) {
             // Each operation is a login; a stat is just a short list here.
             Op::Stat => Op::List,
             op => op,
@@ -178,7 +193,15 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                 // Smaller files than the in-process clients: each run also pays a login.
                 let size = upload_size(&mut rng, spec.part).min(2 * spec.part as usize);
                 let data = random_bytes(size, rng.random());
-                std::fs::write(&local, &data).expect("local file");
+                if let Err(e) = std::fs::write(&local, &data) {
+                    stats.failure(
+                        kind_of(use_scp),
+                        Outcome::Failed,
+                        &format!("local file: {e}"),
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 let sha = sha256(&data);
                 let (kind, tag) = if use_scp {
                     ("scp upload", "scp")

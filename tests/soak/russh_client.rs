@@ -290,7 +290,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, ledger: SharedLedger) {
         }
         let dir = dirs[rng.random_range(0..dirs.len())];
         let mut drop_conn = false;
-        match spec.pick_op(&mut rng) {
+        match spec.pick_op(&mut rng, &ledger) {
             Op::Upload => {
                 let size = upload_size(&mut rng, spec.part);
                 let data = random_bytes(size, rng.random());
