@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,6 +68,14 @@ struct Rule {
     path_contains: Option<String>,
     fault: Fault,
     remaining: u32,
+    /// The rule ends at this time, whatever is left of `remaining`.
+    until: Option<Instant>,
+}
+
+impl Rule {
+    fn active(&self) -> bool {
+        self.remaining > 0 && self.until.is_none_or(|t| Instant::now() < t)
+    }
 }
 
 #[derive(Default)]
@@ -86,9 +94,7 @@ impl State {
         *self.hits.lock().unwrap().entry(op).or_default() += 1;
         let mut rules = self.rules.lock().unwrap();
         let rule = rules.iter_mut().find(|r| {
-            r.op == op
-                && r.remaining > 0
-                && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
+            r.op == op && r.active() && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
         })?;
         if rule.remaining != u32::MAX {
             rule.remaining -= 1;
@@ -151,15 +157,31 @@ impl FaultProxy {
         self.add_rule(op, Some(path_contains.to_string()), fault, count);
     }
 
+    /// Every request of `op` gets `fault` for the next `duration` (an outage).
+    pub fn add_for_duration(&self, op: Op, fault: Fault, duration: Duration) {
+        self.push(Rule {
+            op,
+            path_contains: None,
+            fault,
+            remaining: u32::MAX,
+            until: Some(Instant::now() + duration),
+        });
+    }
+
     fn add_rule(&self, op: Op, path_contains: Option<String>, fault: Fault, count: u32) {
-        let mut rules = self.state.rules.lock().unwrap();
-        rules.retain(|r| r.remaining > 0);
-        rules.push(Rule {
+        self.push(Rule {
             op,
             path_contains,
             fault,
             remaining: count,
+            until: None,
         });
+    }
+
+    fn push(&self, rule: Rule) {
+        let mut rules = self.state.rules.lock().unwrap();
+        rules.retain(Rule::active);
+        rules.push(rule);
     }
 
     /// Removes every rule.
@@ -176,15 +198,6 @@ impl FaultProxy {
             .get(&op)
             .copied()
             .unwrap_or(0)
-    }
-
-    /// Faults not yet given out by the rules still active (`u32::MAX` rules count once).
-    pub fn outstanding(&self) -> u64 {
-        let rules = self.state.rules.lock().unwrap();
-        rules
-            .iter()
-            .map(|r| u64::from(r.remaining.min(1 << 20)))
-            .sum()
     }
 
     /// Every fault given so far: operation, kind ([`Fault::kind`]) and count, sorted.

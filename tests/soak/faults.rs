@@ -1,5 +1,5 @@
-//! The fault schedule: every few seconds a burst of faults on one S3 operation, through
-//! the fault proxy between the server and S3.
+//! The fault schedule: every few seconds a burst of faults on one S3 operation, and now
+//! and then an outage of one operation, through the fault proxy between the server and S3.
 //!
 //! Bursts are counted in requests. The server makes up to 4 attempts per request, so a
 //! burst of 1-3 is usually absorbed by retries and a longer one fails whichever requests
@@ -16,10 +16,13 @@ use rand::{RngExt, SeedableRng};
 
 use super::common::fault_proxy::{Fault, FaultProxy, Op};
 
+/// Makes a fault (some kinds take a random size).
+type MakeFault = fn(&mut StdRng) -> Fault;
+
 /// One kind of burst: operation, fault, and the range of its length.
 struct Burst {
     op: Op,
-    fault: fn(&mut StdRng) -> Fault,
+    fault: MakeFault,
     count: (u32, u32),
     weight: u32,
 }
@@ -55,7 +58,7 @@ fn menu() -> Vec<Burst> {
     };
     use Op::*;
     vec![
-        b(UploadPart, slow_down as fn(&mut StdRng) -> Fault, (1, 8), 6),
+        b(UploadPart, slow_down as MakeFault, (1, 8), 6),
         b(UploadPart, internal, (1, 5), 3),
         b(UploadPart, reset, (1, 4), 3),
         b(UploadPart, stall, (1, 1), 1),
@@ -85,17 +88,48 @@ fn menu() -> Vec<Burst> {
     ]
 }
 
-/// Adds bursts every `every.0..every.1` ms until `stop` is set. Returns bursts added.
+/// Outages: every request of one operation fails for a few seconds, longer than the
+/// server's retries last, so requests really fail and the failure paths are exercised.
+fn outages() -> Vec<(Op, MakeFault)> {
+    use Op::*;
+    vec![
+        (UploadPart, slow_down as MakeFault),
+        (UploadPart, reset),
+        (PutObject, internal),
+        (PutObject, slow_down),
+        (CreateMultipartUpload, slow_down),
+        (CompleteMultipartUpload, internal),
+        (CompleteMultipartUpload, cut_small),
+        (GetObject, reset),
+        (GetObject, slow_down),
+        (HeadObject, slow_down),
+        (ListObjectsV2, slow_down),
+        (CopyObject, slow_down),
+        (CopyObject, cut_small),
+        (DeleteObject, slow_down),
+    ]
+}
+
+/// What the schedule did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scheduled {
+    pub bursts: u32,
+    pub outages: u32,
+}
+
+/// Adds a burst every `every.0..every.1` ms, and one outage in eight times instead, until
+/// `stop` is set.
 pub async fn schedule(
     proxy: Arc<FaultProxy>,
     seed: u64,
     every_ms: (u64, u64),
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> u32 {
+) -> Scheduled {
     let mut rng = StdRng::seed_from_u64(seed);
     let menu = menu();
+    let outages = outages();
     let total: u32 = menu.iter().map(|b| b.weight).sum();
-    let mut added = 0;
+    let mut added = Scheduled::default();
     loop {
         let wait = rng.random_range(every_ms.0..every_ms.1.max(every_ms.0 + 1));
         let mut slept = 0;
@@ -105,6 +139,13 @@ pub async fn schedule(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             slept += 100;
+        }
+        if rng.random_ratio(1, 8) {
+            let (op, fault) = outages[rng.random_range(0..outages.len())];
+            let seconds = rng.random_range(2.0..5.0);
+            proxy.add_for_duration(op, fault(&mut rng), Duration::from_secs_f64(seconds));
+            added.outages += 1;
+            continue;
         }
         let mut pick = rng.random_range(0..total);
         let burst = menu
@@ -121,6 +162,6 @@ pub async fn schedule(
         let fault = (burst.fault)(&mut rng);
         let count = rng.random_range(burst.count.0..=burst.count.1);
         proxy.add(burst.op, fault, count);
-        added += 1;
+        added.bursts += 1;
     }
 }

@@ -314,7 +314,7 @@ async fn soak() {
 
     // Stop the load: no new faults, no new operations; those in flight finish.
     stop_faults.store(true, Ordering::SeqCst);
-    let bursts = fault_task.await.unwrap_or(0);
+    let scheduled = fault_task.await.unwrap_or_default();
     proxy.clear();
     stop.store(true, Ordering::SeqCst);
     let stop_started = Instant::now();
@@ -451,8 +451,10 @@ async fn soak() {
     let injected = proxy.injected_by_kind();
     let _ = writeln!(
         r,
-        "\nS3 requests through the proxy: {}; fault bursts: {bursts}; faults given: {}",
+        "\nS3 requests through the proxy: {}; fault bursts: {}, outages (2-5 s): {}; faults given: {}",
         proxy.total_hits(),
+        scheduled.bursts,
+        scheduled.outages,
         injected.iter().map(|f| f.2).sum::<u32>()
     );
     for (op, kind, n) in &injected {

@@ -189,7 +189,7 @@ async fn download(s: &RusshSftp, path: &str, size: u64) -> Result<Vec<u8>, (bool
 /// Names in `dir`; `Err((transport, reason))`.
 async fn list(s: &RusshSftp, dir: &str) -> Result<Vec<String>, (bool, String)> {
     let dir = if dir.is_empty() { "/" } else { dir };
-    let err = |e: SftpError| (status(&e).is_none(), format!("{}", describe(&e)));
+    let err = |e: SftpError| (status(&e).is_none(), describe(&e));
     let handle = s.raw.opendir(dir).await.map_err(err)?.handle;
     let mut names = Vec::new();
     loop {
@@ -220,7 +220,7 @@ async fn exists(s: &RusshSftp, path: &str) -> Option<bool> {
 /// A random upload size: mostly small files, some a few multipart parts long.
 pub fn upload_size(rng: &mut StdRng, part: u64) -> usize {
     let r: f64 = rng.random();
-    let size = if r < 0.35 {
+    if r < 0.35 {
         rng.random_range(0..64 * 1024)
     } else if r < 0.70 {
         rng.random_range(64 * 1024..1024 * 1024)
@@ -228,8 +228,7 @@ pub fn upload_size(rng: &mut StdRng, part: u64) -> usize {
         rng.random_range(1024 * 1024..part as usize)
     } else {
         rng.random_range(part as usize..3 * part as usize + 1)
-    };
-    size as usize
+    }
 }
 
 /// Runs the client until `spec.stop` is set, recording what it knows in `ledger`.
