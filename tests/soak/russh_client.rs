@@ -208,13 +208,18 @@ async fn list(s: &RusshSftp, dir: &str) -> Result<Vec<String>, (bool, String)> {
     Ok(names)
 }
 
-/// After a failed rename or remove: whether each path exists, if the server can tell.
+/// After a failed rename or remove: whether the path exists, if the server can tell
+/// within a few tries (S3 outages in the soak last at most 5 s).
 async fn exists(s: &RusshSftp, path: &str) -> Option<bool> {
-    match s.raw.stat(path).await {
-        Ok(_) => Some(true),
-        Err(e) if status(&e) == Some(StatusCode::NoSuchFile) => Some(false),
-        Err(_) => None,
+    for _ in 0..4 {
+        match s.raw.stat(path).await {
+            Ok(_) => return Some(true),
+            Err(e) if status(&e) == Some(StatusCode::NoSuchFile) => return Some(false),
+            Err(e) if status(&e).is_none() => return None,
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
     }
+    None
 }
 
 /// A random upload size: mostly small files, some a few multipart parts long.
