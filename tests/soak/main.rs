@@ -481,6 +481,12 @@ async fn soak() {
         mib(limit),
         if peak <= limit { "ok" } else { "OVER" }
     );
+    let _ = writeln!(
+        r,
+        "  measured excess over budget + idle: {:.1} MiB ({:.2} MiB per connection)",
+        (mib(peak) - cfg.memory_mib as f64 - mib(idle)).max(0.0),
+        (mib(peak) - cfg.memory_mib as f64 - mib(idle)).max(0.0) / cfg.clients as f64
+    );
     let timeline: Vec<String> = memory
         .timeline
         .iter()
