@@ -311,6 +311,11 @@ pub struct ServeArgs {
     /// Size of one ranged GET of the download read-ahead, in MiB.
     #[arg(long, env = "S3SFTP_DOWNLOAD_CHUNK_MIB", default_value_t = 8)]
     pub download_chunk_mib: u64,
+    /// Seconds a session trusts what a listing or HEAD told it about a file (so the STAT,
+    /// REMOVE or OPEN that follows a listing costs no extra request); 0 turns it off.
+    /// Changes made by other sessions show after at most this long.
+    #[arg(long, env = "S3SFTP_METADATA_CACHE_SECS", default_value_t = 30)]
+    pub metadata_cache_secs: u64,
     /// Open files and directories per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_HANDLES", default_value_t = 256)]
     pub max_handles: usize,

@@ -102,6 +102,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         transfer_budget: args.transfer_budget_mib * MIB,
         global_budget: args.memory_budget_mib * MIB,
         download_chunk: args.download_chunk_mib * MIB,
+        metadata_ttl: Duration::from_secs(args.metadata_cache_secs),
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {

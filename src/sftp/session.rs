@@ -373,10 +373,11 @@ impl Session {
         }
         let mode = WriteMode {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
+            replace: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::TRUNCATE),
         };
         match self.store.open_write(&v, mode, attrs.size).await {
             Ok(upload) => {
-                let existed = upload.replaces_existing();
+                let existed = upload.replaces_existing() == Some(true);
                 if !existed && !flags.contains(OpenFlags::CREATE) {
                     return codec::status(
                         id,

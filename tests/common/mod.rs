@@ -128,6 +128,7 @@ impl TestServer {
             global_budget: 64 * PART as u64,
             download_chunk: 2 * MIB as u64,
             reorder_window: 4 * MIB as u64,
+            ..TransferSettings::default()
         };
         config.ssh.auth_failure_delay = Duration::from_millis(100);
         config.shutdown_grace = Duration::from_secs(5);
