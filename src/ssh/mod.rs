@@ -123,9 +123,25 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         keepalive_interval: Some(Duration::from_secs(60)),
         keepalive_max: 3,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            ..russh::Preferred::default()
+        },
         ..Default::default()
     })
 }
+
+/// Ciphers offered, AES-GCM first: with AES-NI it is the fastest here, and russh's own
+/// default list has no aes128-gcm. (The client's order decides; OpenSSH's puts
+/// chacha20-poly1305 first.)
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
 
 /// Accepts connections until `shared.draining` is cancelled.
 pub async fn accept_loop(
