@@ -284,7 +284,10 @@ mod tests {
         let admitted = g.reserve().unwrap().admit(ip(3)).unwrap();
         assert_eq!(g.reserve().unwrap_err(), Refusal::TotalLimit(2));
         drop(admitted);
-        assert!(g.admit(ip(3)).is_ok(), "dropping an admission frees both counts");
+        assert!(
+            g.admit(ip(3)).is_ok(),
+            "dropping an admission frees both counts"
+        );
     }
 
     #[test]

@@ -167,8 +167,13 @@ pub async fn accept_loop(
         let settings = settings.clone();
         shared.tasks.spawn(async move {
             let mut socket = socket;
-            let Some(client) =
-                client_address(&mut socket, peer, settings.proxy_protocol.as_ref(), &shared2).await
+            let Some(client) = client_address(
+                &mut socket,
+                peer,
+                settings.proxy_protocol.as_ref(),
+                &shared2,
+            )
+            .await
             else {
                 return;
             };

@@ -238,10 +238,7 @@ fn v1_malformed() {
     ] {
         let result = decode(line);
         assert!(
-            matches!(
-                result,
-                Err(ProxyError::V1(_) | ProxyError::NotProxy { .. })
-            ),
+            matches!(result, Err(ProxyError::V1(_) | ProxyError::NotProxy { .. })),
             "{:?}: {result:?}",
             line.escape_ascii().to_string()
         );
@@ -293,7 +290,11 @@ fn v2_malformed() {
 fn v2_oversized_is_refused_from_the_fixed_part() {
     let mut fixed = V2_SIGNATURE.to_vec();
     fixed.extend_from_slice(&[0x21, 0x11]);
-    fixed.extend_from_slice(&u16::try_from(V2_MAX_PAYLOAD + 1).expect("u16").to_be_bytes());
+    fixed.extend_from_slice(
+        &u16::try_from(V2_MAX_PAYLOAD + 1)
+            .expect("u16")
+            .to_be_bytes(),
+    );
     assert!(matches!(
         decode(&fixed),
         Err(ProxyError::V2TooLong(n)) if n == V2_MAX_PAYLOAD + 1
