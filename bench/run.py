@@ -7,17 +7,17 @@ with pip if they are missing; needs the OpenSSH client, /usr/sbin/sshd from Debi
 
     python3 bench/run.py [--quick] [--runs N] [--size-mib N]
 
-The full run takes about 10 minutes on 2 cores (256 MiB file on moto, 3 runs of the big
-transfers, 1 run of the small-file workloads); --quick about 5.
+The full run takes about 10-15 minutes on 2 cores (1 GiB file, 3 runs of the big transfers, 1 run
+of the small-file workloads); --quick about 5.
 
 Everything runs on loopback, on free ports, in a temporary directory that is removed at exit:
 
-* S3 server (`--s3-server`): `moto_server` (default; in memory, Python) or `rclone serve s3
-  --auth-key KEY,SECRET` over a temp dir, bucket `bench`. Every S3-backed system below uses this
-  one bucket, under the prefix `data/`. (rclone serve s3 v1.75.2 answers CreateMultipartUpload
-  with an `<InitiateMultipartUpload>` root element, which the AWS Rust SDK in s3sftp rejects, so
-  s3sftp's multipart uploads fail against it; boto3 and rclone accept it.)
-* s3sftp (release build) on that bucket, and a second s3sftp on its own embedded store (its
+* S3 server (`--s3-server`): `embedded` (default: s3sftp's own store, run standalone from
+  examples/s3_store.rs over a temp dir, so every system can share its bucket), `rclone` (`rclone
+  serve s3 --auth-key KEY,SECRET` over a temp dir: independent, Go) or `moto` (moto_server: in
+  memory, Python; slow, so the default file is 256 MiB there). Bucket `bench`; every S3-backed
+  system below uses that one bucket, under the prefix `data/`.
+* s3sftp (release build) on that bucket, and (except with `--s3-server embedded`) a second s3sftp on its own embedded store (its
   keys are random and private, so no other client can share that bucket: it is reported as a
   separate backend, without an S3 ceiling of its own).
 * `rclone serve sftp` on an S3 remote pointing at the same bucket, `--vfs-cache-mode off` and

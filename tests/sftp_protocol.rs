@@ -180,7 +180,8 @@ async fn status_codes_follow_the_design() {
     // Extensions.
     let limits = s.raw.limits().await.expect("limits");
     assert_eq!(limits.max_packet_len, 256 * 1024);
-    assert!(limits.max_read_len >= 255 * 1024 && limits.max_read_len < 256 * 1024);
+    assert_eq!(limits.max_read_len, 64 * 1024);
+    assert!(limits.max_write_len >= 255 * 1024 && limits.max_write_len < 256 * 1024);
     let vfs = s.raw.statvfs("/").await.expect("statvfs");
     assert!(vfs.blocks > 0 && vfs.block_size > 0);
     assert_eq!(

@@ -11,7 +11,7 @@ use russh_sftp::protocol::{
 };
 
 use super::attrs;
-use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET};
+use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
 use crate::storage::{
     DirLister, Download, Entry, EntryKind, PathError, StorageError, Upload, UserStore, VirtualPath,
     WriteMode,
@@ -407,7 +407,7 @@ impl Session {
             }
             None => return bad_handle(id),
         };
-        let len = len.min(MAX_DATA);
+        let len = len.min(MAX_READ);
         match download.read(offset, u64::from(len)).await {
             Ok(data) if data.is_empty() => codec::status(id, StatusCode::Eof, "end of file"),
             Ok(data) => codec::data(id, &data),
@@ -545,7 +545,7 @@ impl Session {
                 id,
                 &[
                     u64::from(MAX_PACKET),
-                    u64::from(MAX_DATA),
+                    u64::from(MAX_READ),
                     u64::from(MAX_DATA),
                     self.limits.max_handles as u64,
                 ],
