@@ -494,11 +494,16 @@ impl UserStore {
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).
+    /// One LIST in the usual case; the HEAD only when a directory has the name (a file of
+    /// the same name wins, and may be replaced).
     async fn refuse_directory(&self, path: &VirtualPath) -> Result<()> {
-        match self.stat(path).await {
-            Ok(entry) if entry.is_dir() => Err(StorageError::IsADirectory),
-            Ok(_) | Err(StorageError::NotFound) => Ok(()),
-            Err(e) => Err(e),
+        let key = self.jail.file_key(path)?;
+        if self.cache.get(&key).is_some() || self.dir_entry(path).await?.is_none() {
+            return Ok(());
+        }
+        match self.head(&key).await? {
+            Some(_) => Ok(()),
+            None => Err(StorageError::IsADirectory),
         }
     }
 
