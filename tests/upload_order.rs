@@ -239,7 +239,7 @@ fn every_allowed_write_order_stores_the_exact_bytes() {
 /// How a good sequence is spoiled.
 #[derive(Debug, Clone)]
 enum Spoil {
-    /// One write (not the first) never comes.
+    /// One write (not the first or the last of the file) never comes.
     Gap { which: usize },
     /// An extra write that starts past the written end but inside, or at the start of, a
     /// write still to come: it is held and then collides.
@@ -264,11 +264,15 @@ impl Spoil {
     fn apply(&self, writes: &[(u64, u64)], size: u64) -> Option<Vec<(u64, u64)>> {
         match *self {
             Spoil::Gap { which } => {
-                if writes.len() < 2 {
+                // Any write but the first and the last of the file (without the last, the
+                // file is merely shorter: nothing to detect).
+                let last = writes.iter().map(|w| w.0).max()?;
+                let candidates: Vec<usize> = (0..writes.len())
+                    .filter(|&i| writes[i].0 != 0 && writes[i].0 != last)
+                    .collect();
+                if candidates.is_empty() {
                     return None;
                 }
-                // Any write but the one at offset 0.
-                let candidates: Vec<usize> = (0..writes.len()).filter(|&i| writes[i].0 != 0).collect();
                 let drop = candidates[which % candidates.len()];
                 let mut out = writes.to_vec();
                 out.remove(drop);
