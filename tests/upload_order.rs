@@ -228,7 +228,11 @@ fn every_allowed_write_order_stores_the_exact_bytes() {
                 prop_assert_eq!(size, plan.size as u64);
                 let (object, pending) = fx.outcome(&path).await;
                 let object = object.ok_or_else(|| TestCaseError::fail("no object stored"))?;
-                prop_assert!(object == data[..], "stored bytes differ ({} bytes)", object.len());
+                prop_assert!(
+                    object == data[..],
+                    "stored bytes differ ({} bytes)",
+                    object.len()
+                );
                 prop_assert!(pending.is_empty(), "pending uploads: {pending:?}");
                 Ok(())
             })
@@ -243,7 +247,11 @@ enum Spoil {
     Gap { which: usize },
     /// An extra write that starts past the written end but inside, or at the start of, a
     /// write still to come: it is held and then collides.
-    Overlap { at_step: usize, shift: u64, len: u64 },
+    Overlap {
+        at_step: usize,
+        shift: u64,
+        len: u64,
+    },
 }
 
 fn spoils() -> impl Strategy<Value = Spoil> {
@@ -278,7 +286,11 @@ impl Spoil {
                 out.remove(drop);
                 Some(out)
             }
-            Spoil::Overlap { at_step, shift, len } => {
+            Spoil::Overlap {
+                at_step,
+                shift,
+                len,
+            } => {
                 // Insert after step `i` (at least the first write), where the written end
                 // is short of the file's end.
                 let i = 1 + at_step % writes.len();

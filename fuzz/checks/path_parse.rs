@@ -34,7 +34,10 @@ pub fn check(raw: &[u8]) {
     assert_eq!(v.is_root(), s == "/");
     if !v.is_root() {
         for seg in s[1..].split('/') {
-            assert!(!seg.is_empty() && seg != "." && seg != "..", "bad segment in {s:?}");
+            assert!(
+                !seg.is_empty() && seg != "." && seg != "..",
+                "bad segment in {s:?}"
+            );
             assert!(!seg.contains('\\'), "{s:?}");
         }
     }

@@ -75,7 +75,9 @@ pub fn check(line: &[u8]) {
 
 /// Parses a rendered line back, without the one `\n` that ends it (as the wire does).
 fn reparse(rendered: &str) -> Control {
-    let line = rendered.strip_suffix('\n').expect("rendered lines end in a newline");
+    let line = rendered
+        .strip_suffix('\n')
+        .expect("rendered lines end in a newline");
     parse_line(line.as_bytes()).unwrap_or_else(|e| panic!("{rendered:?} does not parse: {e}"))
 }
 

@@ -80,9 +80,16 @@ fn frame(cut: u8, stream: &[u8]) -> Vec<Bytes> {
         loop {
             match framer.next_frame() {
                 Ok(Some(f)) => {
-                    assert!(!f.is_empty() && f.len() <= MAX_FRAME, "frame of {}", f.len());
+                    assert!(
+                        !f.is_empty() && f.len() <= MAX_FRAME,
+                        "frame of {}",
+                        f.len()
+                    );
                     let header = &stream[consumed..consumed + 4];
-                    assert_eq!(u32::from_be_bytes(header.try_into().unwrap()) as usize, f.len());
+                    assert_eq!(
+                        u32::from_be_bytes(header.try_into().unwrap()) as usize,
+                        f.len()
+                    );
                     consumed += 4;
                     assert_eq!(&stream[consumed..consumed + f.len()], &f[..]);
                     consumed += f.len();
@@ -183,7 +190,11 @@ fn check_listing_entry(name: &str, seed: u32) {
     };
     let entry = Entry {
         name: name.to_string(),
-        kind: if seed & 2 == 0 { EntryKind::File } else { EntryKind::Dir },
+        kind: if seed & 2 == 0 {
+            EntryKind::File
+        } else {
+            EntryKind::Dir
+        },
         size: u64::from(seed) << (seed % 32),
         modified: Some(modified),
     };
@@ -193,7 +204,10 @@ fn check_listing_entry(name: &str, seed: u32) {
         id: seed,
         files: vec![file],
     }));
-    assert_eq!(u32::from_be_bytes(reply[..4].try_into().unwrap()) as usize, reply.len() - 4);
+    assert_eq!(
+        u32::from_be_bytes(reply[..4].try_into().unwrap()) as usize,
+        reply.len() - 4
+    );
 }
 
 /// Every reply is one length-prefixed packet of a reply type, within the advertised
@@ -446,7 +460,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
