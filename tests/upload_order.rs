@@ -206,12 +206,19 @@ async fn write_all(
 fn every_allowed_write_order_stores_the_exact_bytes() {
     let fx = Fixture::new();
     let mut runner = Fixture::runner(32);
+    let (multipart, reordered) = (AtomicU64::new(0), AtomicU64::new(0));
     runner
         .run(&plans(0), |plan| {
             fx.rt.block_on(async {
                 let path = fx.fresh_path();
                 let data = Bytes::from(random_bytes(plan.size, plan.seed));
                 let writes = plan.order();
+                if plan.size > PART {
+                    multipart.fetch_add(1, Ordering::Relaxed);
+                }
+                if writes.windows(2).any(|w| w[0].0 > w[1].0) {
+                    reordered.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut upload = fx
                     .store
                     .open_write(&path, WriteMode::default(), None)
@@ -238,6 +245,13 @@ fn every_allowed_write_order_stores_the_exact_bytes() {
             })
         })
         .unwrap();
+    // Not vacuous: the cases did reach multipart uploads and out-of-order writes.
+    let (multipart, reordered) = (multipart.into_inner(), reordered.into_inner());
+    eprintln!("{multipart} multipart cases, {reordered} with out-of-order writes, of 32");
+    assert!(
+        multipart >= 3 && reordered >= 8,
+        "{multipart} multipart, {reordered} reordered"
+    );
 }
 
 /// How a good sequence is spoiled.
@@ -326,12 +340,14 @@ impl Spoil {
 fn gaps_and_overlaps_fail_and_leave_nothing() {
     let fx = Fixture::new();
     let mut runner = Fixture::runner(24);
+    let spoiled_cases = AtomicU64::new(0);
     runner
         .run(&(plans(2), spoils()), |(plan, spoil)| {
             let writes = plan.order();
             let Some(spoiled) = spoil.apply(&writes, plan.size as u64) else {
                 return Ok(());
             };
+            spoiled_cases.fetch_add(1, Ordering::Relaxed);
             fx.rt.block_on(async {
                 let path = fx.fresh_path();
                 // Longer than the file: the extra write may reach past its end.
@@ -354,6 +370,10 @@ fn gaps_and_overlaps_fail_and_leave_nothing() {
             })
         })
         .unwrap();
+    // Not vacuous: most plans could be spoiled (tiny files cannot).
+    let spoiled = spoiled_cases.into_inner();
+    eprintln!("{spoiled} of 24 cases spoiled");
+    assert!(spoiled >= 8, "only {spoiled} of 24 cases were spoiled");
 }
 
 #[test]
