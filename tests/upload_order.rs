@@ -56,6 +56,7 @@ impl Fixture {
                     global_budget: 16 * PART as u64,
                     download_chunk: 2 * MIB as u64,
                     reorder_window: WINDOW,
+                    ..TransferSettings::default()
                 },
             );
             let prefix = format!("{PREFIX}{:016x}/", rand::random::<u64>());

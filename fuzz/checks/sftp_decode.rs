@@ -14,7 +14,7 @@
 //! that carries the request's id.
 //!
 //! Shared by the fuzz target and by `tests/fuzz_corpus.rs`, which replays the corpus.
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -266,9 +266,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A fresh user view for each input (it holds the session's metadata cache, which must
+/// not carry over from one input to the next), over one shared client.
 async fn store() -> UserStore {
-    static STORE: OnceLock<UserStore> = OnceLock::new();
-    STORE
+    static STORAGE: OnceLock<Arc<Storage>> = OnceLock::new();
+    STORAGE
         .get_or_init(|| {
             let conf = aws_sdk_s3::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
@@ -289,10 +291,11 @@ async fn store() -> UserStore {
                 download_chunk: 64 * 1024,
                 // Small, so inputs of a few KiB reach both sides of the window.
                 reorder_window: 4096,
+                ..TransferSettings::default()
             };
-            Storage::new(client, BUCKET, settings).user_store("users/fuzz/")
+            Storage::new(client, BUCKET, settings)
         })
-        .clone()
+        .user_store("users/fuzz/")
 }
 
 const BUCKET: &str = "fuzz-bucket";
