@@ -235,3 +235,80 @@ async fn a_get_body_that_stalls_midway_times_out_and_is_retried() {
     assert_eq!(sha256(&got), sha256(&data));
     t.shutdown().await;
 }
+
+/// Found by the soak test: a READ whose chunk had failed (GET retries exhausted) left the
+/// finished fetch in the read-ahead window, and the next READ of that range polled it
+/// again, which panicked the session. Now the failed READ gets FAILURE and the next one
+/// fetches the range again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_a_failed_chunk_fetches_it_again() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(10))).await;
+    // One download chunk (the test servers fetch 2 MiB at a time).
+    let data = random_bytes(MIB + 4321, 11);
+    view.put(&format!("{}one-chunk.bin", t.alice.prefix), &data)
+        .await;
+    let s = t.russh_sftp(&t.alice).await;
+    let h = s
+        .raw
+        .open("/one-chunk.bin", OpenFlags::READ, FileAttributes::empty())
+        .await
+        .expect("open")
+        .handle;
+    proxy.add(Op::GetObject, Fault::Status(500), 2);
+    let first = s.raw.read(&h, 0, 32 * 1024).await;
+    assert_eq!(status_code(&first), Some(StatusCode::Failure), "{first:?}");
+    assert_eq!(proxy.injected(Op::GetObject), 2, "both attempts failed");
+    let mut back = Vec::new();
+    while back.len() < data.len() {
+        let d = s
+            .raw
+            .read(&h, back.len() as u64, 32 * 1024)
+            .await
+            .expect("the session lives on and reads again");
+        back.extend_from_slice(&d.data);
+    }
+    assert_eq!(sha256(&back), sha256(&data));
+    s.raw.close(&h).await.expect("close");
+    t.shutdown().await;
+}
+
+/// Found by the soak test: S3 carried out a CompleteMultipartUpload but its answer was lost;
+/// the SDK's retry got NoSuchUpload (as from MinIO and most S3-compatible servers; AWS
+/// answers a repeated Complete with success), and the client was told the upload failed
+/// although the object was in place. The server now recognises its own object at the key
+/// (the multipart ETag of the parts it sent) and acknowledges the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complete_whose_answer_is_lost_is_still_acknowledged() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    proxy.add(Op::CompleteMultipartUpload, Fault::Truncate(10), 1);
+    let data = random_bytes(2 * PART + 555, 12);
+    let local = write_local(&t, "lost-answer.bin", &data);
+    let out = t
+        .sftp(&t.alice, &format!("put {local} lost-answer.bin\n"))
+        .await;
+    assert_eq!(proxy.injected(Op::CompleteMultipartUpload), 1);
+    assert!(
+        out.status.success(),
+        "the upload is acknowledged: {}",
+        stderr(&out)
+    );
+    let stored = view
+        .object(&format!("{}lost-answer.bin", t.alice.prefix))
+        .await;
+    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&data)));
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+
+    // A Complete that really failed is still a failure, with nothing at the key.
+    proxy.add(Op::CompleteMultipartUpload, Fault::Status(500), 3);
+    let local = write_local(&t, "failed.bin", &data);
+    let out = t.sftp(&t.alice, &format!("put {local} failed.bin\n")).await;
+    assert!(!out.status.success(), "the upload fails");
+    assert_eq!(
+        view.object(&format!("{}failed.bin", t.alice.prefix)).await,
+        None
+    );
+    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    t.shutdown().await;
+}

@@ -23,6 +23,8 @@ struct Chunk {
 enum ChunkState {
     Fetching(JoinHandle<Result<(Bytes, Reservation)>>),
     Ready(Bytes, #[allow(dead_code)] Reservation),
+    /// The fetch failed (already reported); its finished handle must not be polled again.
+    Failed,
 }
 
 impl Chunk {
@@ -32,14 +34,17 @@ impl Chunk {
 
     async fn data(&mut self) -> Result<&Bytes> {
         if let ChunkState::Fetching(handle) = &mut self.state {
-            let (bytes, reservation) = handle
-                .await
+            let joined = handle.await;
+            self.state = ChunkState::Failed;
+            let (bytes, reservation) = joined
                 .map_err(|e| StorageError::Invalid(format!("download task failed: {e}")))??;
             self.state = ChunkState::Ready(bytes, reservation);
         }
         match &self.state {
             ChunkState::Ready(bytes, _) => Ok(bytes),
-            ChunkState::Fetching(_) => Err(StorageError::Invalid("chunk not fetched".into())),
+            ChunkState::Fetching(_) | ChunkState::Failed => {
+                Err(StorageError::Invalid("chunk not fetched".into()))
+            }
         }
     }
 }
@@ -225,7 +230,15 @@ impl Download {
             }
             let from = (pos - chunk.start) as usize;
             let to = (end.min(chunk.end()) - chunk.start) as usize;
-            let data = chunk.data().await?;
+            let data = match chunk.data().await {
+                Ok(data) => data,
+                Err(e) => {
+                    // Forget the window: a later read fetches its range again.
+                    self.window.clear();
+                    self.next_fetch = offset;
+                    return Err(e);
+                }
+            };
             if to > data.len() || from >= to {
                 return Err(StorageError::Invalid("S3 returned a short range".into()));
             }

@@ -276,8 +276,9 @@ impl Upload {
         let parts = std::mem::take(&mut mp.done);
         let upload_id = mp.upload_id.clone();
         let count = parts.len();
+        let expected_etag = multipart_etag(&parts);
         let storage = self.store.storage();
-        storage
+        let completed = storage
             .client()
             .complete_multipart_upload()
             .bucket(storage.bucket())
@@ -290,10 +291,33 @@ impl Upload {
             )
             .send()
             .await
-            .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
+            .map_err(|e| s3_error("CompleteMultipartUpload", e));
+        if let Err(err) = completed {
+            // S3 may have carried out a Complete whose answer was lost: the SDK's retry
+            // then gets NoSuchUpload (from most S3-compatible servers; AWS answers success)
+            // or the error of the lost answer. If the object at the key is exactly the one
+            // these parts make, the upload did complete.
+            if !self.is_at_key(expected_etag.as_deref(), size).await {
+                return Err(err);
+            }
+            tracing::info!(key = %self.key, "CompleteMultipartUpload failed but the object is in place: {err}");
+            // In case an identical object was already there and this upload is still open.
+            abort_quietly(&self.store, &self.key, &upload_id).await;
+        }
         self.multipart = None;
         tracing::debug!(key = %self.key, size, parts = count, "multipart object stored");
         Ok(size)
+    }
+
+    /// Whether the object at the key has `etag` and `size` (false if unknown).
+    async fn is_at_key(&self, etag: Option<&str>, size: u64) -> bool {
+        let Some(etag) = etag else { return false };
+        match self.store.head(&self.key).await {
+            Ok(Some(head)) => {
+                head.size == size && head.etag.as_deref().map(|e| e.trim_matches('"')) == Some(etag)
+            }
+            _ => false,
+        }
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -464,6 +488,44 @@ async fn abort_multipart(store: &UserStore, key: &str, upload_id: &str) {
     }
 }
 
+/// Aborts an upload that may no longer exist, without complaint if it does not.
+async fn abort_quietly(store: &UserStore, key: &str, upload_id: &str) {
+    let storage = store.storage();
+    let aborted = storage
+        .client()
+        .abort_multipart_upload()
+        .bucket(storage.bucket())
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    if let Err(e) = aborted {
+        let failure = super::error::S3Failure::from_sdk(&e);
+        if !failure.is_not_found() {
+            tracing::warn!(%key, %upload_id, "could not abort multipart upload: {}", failure.message);
+        }
+    }
+}
+
+/// The ETag S3 gives the object these parts make (MD5 of the parts' MD5s, `-` part count),
+/// when every part's ETag is a plain MD5 (not with SSE-KMS or SSE-C).
+fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
+    use md5::{Digest, Md5};
+    let mut hasher = Md5::new();
+    for part in parts {
+        let hex = part.e_tag()?.trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        hasher.update(hex::decode(hex).ok()?);
+    }
+    Some(format!(
+        "{}-{}",
+        hex::encode(hasher.finalize()),
+        parts.len()
+    ))
+}
+
 fn joined_part(
     joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
 ) -> Result<CompletedPart> {
@@ -499,6 +561,22 @@ mod tests {
             size = grown_part_size(size, part);
         }
         assert!(total >= 5u64 << 40, "{total}");
+    }
+
+    #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        let part = |n, etag: &str| CompletedPart::builder().part_number(n).e_tag(etag).build();
+        // Two parts whose MD5s are those of "a" and "b".
+        let parts = [
+            part(1, "\"0cc175b9c0f1b6a831c399e269772661\""),
+            part(2, "92eb5ffee6ae2fec3ad71c777531578f"),
+        ];
+        let mut both = hex::decode("0cc175b9c0f1b6a831c399e269772661").unwrap();
+        both.extend(hex::decode("92eb5ffee6ae2fec3ad71c777531578f").unwrap());
+        use md5::Digest;
+        let want = format!("{}-2", hex::encode(md5::Md5::digest(&both)));
+        assert_eq!(multipart_etag(&parts), Some(want));
+        assert_eq!(multipart_etag(&[part(1, "not-an-md5")]), None);
     }
 
     #[test]

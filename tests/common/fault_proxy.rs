@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +33,7 @@ pub enum Op {
 }
 
 /// What a matching request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// An S3 error answer: 503 is `SlowDown`, anything else `InternalError`; the answer
     /// carries `x-amz-request-id: FAULT-<n>`.
@@ -49,12 +49,33 @@ pub enum Fault {
     StallBody(usize),
 }
 
+impl Fault {
+    /// A short name for reports: `503`, `500`, `reset`, `stall`, `cut-body`, `stall-body`.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Status(code) => code.to_string(),
+            Fault::Reset => "reset".into(),
+            Fault::Stall => "stall".into(),
+            Fault::Truncate(_) => "cut-body".into(),
+            Fault::StallBody(_) => "stall-body".into(),
+        }
+    }
+}
+
 struct Rule {
     op: Op,
     /// Only requests whose path contains this (e.g. a file name).
     path_contains: Option<String>,
     fault: Fault,
     remaining: u32,
+    /// The rule ends at this time, whatever is left of `remaining`.
+    until: Option<Instant>,
+}
+
+impl Rule {
+    fn active(&self) -> bool {
+        self.remaining > 0 && self.until.is_none_or(|t| Instant::now() < t)
+    }
 }
 
 #[derive(Default)]
@@ -62,6 +83,8 @@ struct State {
     rules: Mutex<Vec<Rule>>,
     hits: Mutex<HashMap<Op, u32>>,
     injected: Mutex<HashMap<Op, u32>>,
+    /// Faults given, by operation and kind ([`Fault::kind`]).
+    by_kind: Mutex<HashMap<(Op, String), u32>>,
     next_id: AtomicU64,
 }
 
@@ -71,14 +94,14 @@ impl State {
         *self.hits.lock().unwrap().entry(op).or_default() += 1;
         let mut rules = self.rules.lock().unwrap();
         let rule = rules.iter_mut().find(|r| {
-            r.op == op
-                && r.remaining > 0
-                && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
+            r.op == op && r.active() && r.path_contains.as_deref().is_none_or(|p| path.contains(p))
         })?;
         if rule.remaining != u32::MAX {
             rule.remaining -= 1;
         }
         *self.injected.lock().unwrap().entry(op).or_default() += 1;
+        let key = (op, rule.fault.kind());
+        *self.by_kind.lock().unwrap().entry(key).or_default() += 1;
         Some(rule.fault)
     }
 }
@@ -134,13 +157,31 @@ impl FaultProxy {
         self.add_rule(op, Some(path_contains.to_string()), fault, count);
     }
 
+    /// Every request of `op` gets `fault` for the next `duration` (an outage).
+    pub fn add_for_duration(&self, op: Op, fault: Fault, duration: Duration) {
+        self.push(Rule {
+            op,
+            path_contains: None,
+            fault,
+            remaining: u32::MAX,
+            until: Some(Instant::now() + duration),
+        });
+    }
+
     fn add_rule(&self, op: Op, path_contains: Option<String>, fault: Fault, count: u32) {
-        self.state.rules.lock().unwrap().push(Rule {
+        self.push(Rule {
             op,
             path_contains,
             fault,
             remaining: count,
+            until: None,
         });
+    }
+
+    fn push(&self, rule: Rule) {
+        let mut rules = self.state.rules.lock().unwrap();
+        rules.retain(Rule::active);
+        rules.push(rule);
     }
 
     /// Removes every rule.
@@ -157,6 +198,28 @@ impl FaultProxy {
             .get(&op)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every fault given so far: operation, kind ([`Fault::kind`]) and count, sorted.
+    pub fn injected_by_kind(&self) -> Vec<(Op, String, u32)> {
+        let by_kind = self.state.by_kind.lock().unwrap();
+        let mut out: Vec<_> = by_kind
+            .iter()
+            .map(|((op, kind), n)| (*op, kind.clone(), *n))
+            .collect();
+        out.sort_by(|a, b| format!("{:?}{}", a.0, a.1).cmp(&format!("{:?}{}", b.0, b.1)));
+        out
+    }
+
+    /// Requests seen so far, every operation together.
+    pub fn total_hits(&self) -> u64 {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .values()
+            .map(|&n| u64::from(n))
+            .sum()
     }
 
     /// Requests of `op` that got a fault so far.

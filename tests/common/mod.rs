@@ -414,7 +414,8 @@ pub struct RusshSftp {
 }
 
 impl RusshSftp {
-    async fn open(handle: russh::client::Handle<AcceptAll>) -> Result<RusshSftp, String> {
+    /// Opens the SFTP subsystem on an authenticated connection.
+    pub async fn open(handle: russh::client::Handle<AcceptAll>) -> Result<RusshSftp, String> {
         let channel = handle
             .channel_open_session()
             .await

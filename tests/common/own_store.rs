@@ -37,20 +37,59 @@ impl BucketView {
             .expect("put");
     }
 
-    /// Multipart uploads not completed or aborted under `prefix`.
+    /// Multipart uploads not completed or aborted under `prefix` (every page).
     pub async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .expect("list uploads");
-        out.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect()
+        let mut keys = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut req = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix);
+            if let Some((key, id)) = &marker {
+                req = req.key_marker(key).upload_id_marker(id);
+            }
+            let out = req.send().await.expect("list uploads");
+            keys.extend(
+                out.uploads()
+                    .iter()
+                    .filter_map(|u| u.key().map(str::to_string)),
+            );
+            match (
+                out.is_truncated(),
+                out.next_key_marker(),
+                out.next_upload_id_marker(),
+            ) {
+                (Some(true), Some(key), Some(id)) => marker = Some((key.into(), id.into())),
+                _ => return keys,
+            }
+        }
+    }
+
+    /// Every key under `prefix` with its size (every page).
+    pub async fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix);
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let out = req.send().await.expect("list objects");
+            keys.extend(out.contents().iter().filter_map(|o| {
+                let size = o.size().unwrap_or(0).max(0) as u64;
+                o.key().map(|k| (k.to_string(), size))
+            }));
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return keys;
+            }
+        }
     }
 }
 
