@@ -7,17 +7,17 @@ with pip if they are missing; needs the OpenSSH client, /usr/sbin/sshd from Debi
 
     python3 bench/run.py [--quick] [--runs N] [--size-mib N]
 
-The full run takes about 10 minutes on 2 cores (256 MiB file on moto, 3 runs of the big
-transfers, 1 run of the small-file workloads); --quick about 5.
+The full run takes about 10-15 minutes on 2 cores (1 GiB file, 3 runs of the big transfers, 1 run
+of the small-file workloads); --quick about 5.
 
 Everything runs on loopback, on free ports, in a temporary directory that is removed at exit:
 
-* S3 server (`--s3-server`): `moto_server` (default; in memory, Python) or `rclone serve s3
-  --auth-key KEY,SECRET` over a temp dir, bucket `bench`. Every S3-backed system below uses this
-  one bucket, under the prefix `data/`. (rclone serve s3 v1.75.2 answers CreateMultipartUpload
-  with an `<InitiateMultipartUpload>` root element, which the AWS Rust SDK in s3sftp rejects, so
-  s3sftp's multipart uploads fail against it; boto3 and rclone accept it.)
-* s3sftp (release build) on that bucket, and a second s3sftp on its own embedded store (its
+* S3 server (`--s3-server`): `embedded` (default: s3sftp's own store, run standalone from
+  examples/s3_store.rs over a temp dir, so every system can share its bucket), `rclone` (`rclone
+  serve s3 --auth-key KEY,SECRET` over a temp dir: independent, Go) or `moto` (moto_server: in
+  memory, Python; slow, so the default file is 256 MiB there). Bucket `bench`; every S3-backed
+  system below uses that one bucket, under the prefix `data/`.
+* s3sftp (release build) on that bucket, and (except with `--s3-server embedded`) a second s3sftp on its own embedded store (its
   keys are random and private, so no other client can share that bucket: it is reported as a
   separate backend, without an S3 ceiling of its own).
 * `rclone serve sftp` on an S3 remote pointing at the same bucket, `--vfs-cache-mode off` and
@@ -65,6 +65,10 @@ BUCKET = "bench"
 PREFIX = "data/"
 ACCESS_KEY = "BENCHACCESSKEY"
 SECRET_KEY = "benchsecretkey0123456789"
+
+
+def REPO_TARGET() -> Path:  # noqa: N802
+    return Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 
 
 def log(msg: str) -> None:
@@ -316,7 +320,7 @@ class Bench:
         self.quick = args.quick
         # moto copies the whole object for each ranged GET, so a 1 GiB download through it takes
         # minutes: the full run defaults to 256 MiB on moto to stay under 15 minutes.
-        default_mib = 128 if self.quick else (1024 if args.s3_server == "rclone" else 256)
+        default_mib = 128 if self.quick else (256 if args.s3_server == "moto" else 1024)
         self.size = (args.size_mib if args.size_mib else default_mib) * MIB
         self.runs = args.runs if args.runs else 3
         # Small-file workloads are slow on moto (per-request cost); the full run does them once
@@ -376,13 +380,27 @@ class Bench:
         # The shared S3 server.
         self.s3_port = free_port()
         self.s3_endpoint = f"http://127.0.0.1:{self.s3_port}"
-        if self.args.s3_server == "rclone":
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
+        if self.args.s3_server == "embedded":
+            # s3sftp's own store, standalone (examples/s3_store.rs), so every system shares it.
+            lf = t / "s3store.log"
+            store = REPO_TARGET() / "release" / "examples" / "s3_store"
+            self.s3_proc = subprocess.Popen(
+                [str(store), str(t / "s3store"), BUCKET, f"127.0.0.1:{self.s3_port}"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(lf, "wb"))
+            PROCS.append(self.s3_proc)
+            info = json.loads(self.s3_proc.stdout.readline() or b"{}")
+            if "access_key" not in info:
+                sys.exit(f"s3_store did not start: {tail(lf)}")
+            self.access_key, self.secret_key = info["access_key"], info["secret_key"]
+            self.s3_label = "s3sftp's embedded store, standalone (local disk)"
+        elif self.args.s3_server == "rclone":
             s3root = t / "s3root"
             (s3root / BUCKET).mkdir(parents=True)
             lf = t / "rclone-s3.log"
             self.s3_proc = spawn(
                 [self.rclone, "serve", "s3", "--addr", f"127.0.0.1:{self.s3_port}",
-                 "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--config", "/dev/null",
+                 "--auth-key", f"{self.access_key},{self.secret_key}", "--config", "/dev/null",
                  "--cache-dir", str(t / "rclone-s3-cache"), str(s3root)], lf)
             self.s3_label = "rclone serve s3 (local disk)"
         else:
@@ -397,15 +415,15 @@ class Bench:
         import boto3
         from botocore.config import Config
         self.s3 = boto3.client(
-            "s3", endpoint_url=self.s3_endpoint, aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+            "s3", endpoint_url=self.s3_endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, max_pool_connections=32,
                           retries={"max_attempts": 3},
                           # like s3sftp's default for custom endpoints
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"),
         )
-        if self.args.s3_server != "rclone":
+        if self.args.s3_server == "moto":
             self.s3.create_bucket(Bucket=BUCKET)
         self.s3.head_bucket(Bucket=BUCKET)
         # 1-byte objects: with rclone serve s3 v1.75.2, an empty-body PutObject leaves its
@@ -416,6 +434,9 @@ class Bench:
                         range(self.nlist)))
 
         wanted = set(a.systems.split(",")) if a.systems else None
+        if wanted is None and a.s3_server == "embedded":
+            # s3sftp already runs on the embedded store: a second copy inside s3sftp adds nothing.
+            wanted = {"s3sftp", "rclone-off", "rclone-writes", "sshd", "raw-s3"}
         builders = [
             ("s3sftp", self.start_s3sftp),
             ("s3sftp-emb", self.start_s3sftp_embedded),
@@ -439,10 +460,11 @@ class Bench:
     def build(self) -> Path:
         if self.args.binary:
             return Path(self.args.binary).resolve()
-        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+        target = REPO_TARGET()
         if not self.args.no_build:
             log(f"cargo build --release (target dir {target})")
-            subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+            subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "s3sftp",
+                            "--example", "s3_store"], cwd=REPO, check=True)
         exe = target / "release" / "s3sftp"
         if not exe.exists():
             sys.exit(f"{exe} not found")
@@ -475,8 +497,8 @@ class Bench:
         return self._s3sftp_common(
             "s3sftp", "s3sftp",
             ["--bucket", BUCKET, "--s3-endpoint", self.s3_endpoint, "--s3-region", "us-east-1",
-             "--s3-path-style", "--s3-access-key", ACCESS_KEY],
-            {"S3SFTP_S3_SECRET_KEY": SECRET_KEY})
+             "--s3-path-style", "--s3-access-key", self.access_key],
+            {"S3SFTP_S3_SECRET_KEY": self.secret_key})
 
     def start_s3sftp_embedded(self) -> System:
         s = self._s3sftp_common("s3sftp-emb", "s3sftp (embedded store)", [], {})
@@ -488,8 +510,8 @@ class Bench:
             os.environ,
             RCLONE_CONFIG_BENCHS3_TYPE="s3", RCLONE_CONFIG_BENCHS3_PROVIDER="Other",
             RCLONE_CONFIG_BENCHS3_ENDPOINT=self.s3_endpoint,
-            RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID=ACCESS_KEY,
-            RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY=SECRET_KEY,
+            RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID=self.access_key,
+            RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY=self.secret_key,
             RCLONE_CONFIG_BENCHS3_REGION="us-east-1",
             RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE="true",
         )
@@ -1179,9 +1201,9 @@ def main():
     ap.add_argument("--sessions", type=int, help="idle sessions in the memory section (default 200)")
     ap.add_argument("--cipher", help="force this cipher (default: first of aes128-gcm, aes256-gcm, aes128-ctr, chacha20 that every server offers)")
     ap.add_argument("--systems", help="comma list: s3sftp,s3sftp-emb,rclone-off,rclone-writes,sshd,raw-s3")
-    ap.add_argument("--s3-server", choices=["moto", "rclone"], default="moto",
-                    help="shared S3 server (default moto_server; rclone serve s3 v1.75.2 answers "
-                         "CreateMultipartUpload with an XML root the AWS Rust SDK rejects)")
+    ap.add_argument("--s3-server", choices=["embedded", "rclone", "moto"], default="embedded",
+                    help="shared S3 server: s3sftp's embedded store run standalone (default), "
+                         "rclone serve s3 (independent, Go), or moto_server (independent, Python, slow)")
     ap.add_argument("--binary", help="s3sftp binary to use (skips the build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
     ap.add_argument("--skip-memory", action="store_true")

@@ -311,6 +311,11 @@ pub struct ServeArgs {
     /// Size of one ranged GET of the download read-ahead, in MiB.
     #[arg(long, env = "S3SFTP_DOWNLOAD_CHUNK_MIB", default_value_t = 8)]
     pub download_chunk_mib: u64,
+    /// Seconds a session trusts what a listing or HEAD told it about a file (so the STAT,
+    /// REMOVE or OPEN that follows a listing costs no extra request); 0 turns it off.
+    /// Changes made by other sessions show after at most this long.
+    #[arg(long, env = "S3SFTP_METADATA_CACHE_SECS", default_value_t = 30)]
+    pub metadata_cache_secs: u64,
     /// Open files and directories per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_HANDLES", default_value_t = 256)]
     pub max_handles: usize,
@@ -342,6 +347,21 @@ pub struct ServeArgs {
     /// Open connections allowed in total; 0 means no limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS", default_value_t = 2000)]
     pub max_connections: usize,
+    /// Behind a load balancer: connections from --proxy-trusted-cidrs must begin with a PROXY
+    /// protocol (v1 or v2) header, whose client address is then used for bans, limits,
+    /// allowed_ips and logs. Other connections are served as direct clients.
+    #[arg(long, env = "S3SFTP_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    /// The load balancers' networks, comma-separated CIDRs (e.g. 10.0.0.0/8,192.0.2.10/32);
+    /// required by --proxy-protocol, ignored without it.
+    #[arg(
+        long,
+        env = "S3SFTP_PROXY_TRUSTED_CIDRS",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        value_parser = parse_trusted_cidr
+    )]
+    pub proxy_trusted_cidrs: Vec<IpNet>,
     /// On SIGTERM/SIGINT: seconds to let transfers in flight finish (new connections are
     /// refused, idle sessions closed at once); then the rest are disconnected and their
     /// uploads aborted.
@@ -354,4 +374,9 @@ pub struct ServeArgs {
     /// Hours between orphan sweeps after the one at start; 0 sweeps only at start.
     #[arg(long, env = "S3SFTP_ORPHAN_SWEEP_HOURS", default_value_t = 0)]
     pub orphan_sweep_hours: u64,
+}
+
+/// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).
+fn parse_trusted_cidr(text: &str) -> Result<IpNet, String> {
+    users::parse_cidr(text.trim())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cli::ServeArgs;
 use crate::server::ServerConfig;
 use crate::sftp::SessionLimits;
-use crate::ssh::{GuardSettings, SshSettings};
+use crate::ssh::{GuardSettings, ProxySettings, SshSettings};
 use crate::storage::client::S3Settings;
 use crate::storage::TransferSettings;
 
@@ -79,6 +79,13 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
             return Err(bad("--s3-endpoint", "must be an http:// or https:// URL"));
         }
     }
+    if args.proxy_protocol && args.proxy_trusted_cidrs.is_empty() {
+        return Err(bad(
+            "--proxy-protocol",
+            "needs --proxy-trusted-cidrs (S3SFTP_PROXY_TRUSTED_CIDRS), the load balancers' networks; \
+             a PROXY header from anyone else could claim any client address",
+        ));
+    }
     let s3 = args.bucket.as_ref().map(|bucket| S3Settings {
         bucket: bucket.clone(),
         endpoint: args.s3_endpoint.clone(),
@@ -102,6 +109,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         transfer_budget: args.transfer_budget_mib * MIB,
         global_budget: args.memory_budget_mib * MIB,
         download_chunk: args.download_chunk_mib * MIB,
+        metadata_ttl: Duration::from_secs(args.metadata_cache_secs),
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {
@@ -116,6 +124,9 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
             max_total: args.max_connections,
             ..GuardSettings::default()
         },
+        proxy_protocol: args
+            .proxy_protocol
+            .then(|| ProxySettings::new(args.proxy_trusted_cidrs.clone())),
         ..SshSettings::default()
     };
     config.sftp = SessionLimits {
@@ -128,4 +139,54 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     config.orphan_sweep_every =
         (args.orphan_sweep_hours > 0).then(|| Duration::from_secs(args.orphan_sweep_hours * 3600));
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let argv = ["s3sftp", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Serve(args)) => *args,
+            Ok(_) => panic!("not serve"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_is_off_by_default() {
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert!(config.ssh.proxy_protocol.is_none());
+        let config = from_args(&serve_args(&["--proxy-trusted-cidrs", "10.0.0.0/8"]))
+            .expect("trusted networks alone change nothing");
+        assert!(config.ssh.proxy_protocol.is_none());
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks() {
+        let err = from_args(&serve_args(&["--proxy-protocol"])).expect_err("refused");
+        assert_eq!(err.flag, "--proxy-protocol");
+        assert!(err.message.contains("--proxy-trusted-cidrs"), "{err}");
+    }
+
+    #[test]
+    fn proxy_trusted_cidrs_are_a_comma_separated_list() {
+        let config = from_args(&serve_args(&[
+            "--proxy-protocol",
+            "--proxy-trusted-cidrs",
+            "10.0.0.0/8, 192.0.2.10/32,2001:db8::/32",
+        ]))
+        .expect("valid");
+        let proxy = config.ssh.proxy_protocol.expect("on");
+        assert_eq!(proxy.trusted.len(), 3);
+        assert!(proxy.trusts("192.0.2.10".parse().expect("ip")));
+        assert!(!proxy.trusts("192.0.2.11".parse().expect("ip")));
+        let argv = ["s3sftp", "serve", "--proxy-trusted-cidrs", "10.0.0.1"];
+        let err = Cli::try_parse_from(argv).expect_err("a bare address is refused");
+        assert!(err.to_string().contains("10.0.0.1/32"), "{err}");
+    }
 }

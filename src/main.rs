@@ -38,6 +38,7 @@ fn main() -> ExitCode {
 
 fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let config = s3sftp::config::from_args(args)?;
+    tune_allocator();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = s3sftp::server::start(config).await?;
@@ -83,3 +84,25 @@ fn error_chain(err: &anyhow::Error) -> String {
     }
     out
 }
+
+/// Transfer buffers are parts and chunks of several MiB. glibc's default mmap threshold
+/// rises to the size of the first large buffer freed, after which such buffers come from
+/// per-thread arenas that keep the memory when the buffer is freed: RSS then grows past
+/// the transfer budgets. A fixed threshold (which also turns off that adjustment) maps each
+/// large buffer on its own and gives it back when it is freed. `MALLOC_MMAP_THRESHOLD_` in
+/// the environment still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime
+    // starts any thread, and the value is within glibc's accepted range.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    if ok == 0 {
+        tracing::debug!("mallopt(M_MMAP_THRESHOLD) was refused; keeping glibc's default");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}

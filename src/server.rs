@@ -72,6 +72,11 @@ pub enum StartError {
     Bucket(#[from] ConnectError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[error(
+        "PROXY protocol is on but no load balancer is trusted: set --proxy-trusted-cidrs \
+         (S3SFTP_PROXY_TRUSTED_CIDRS), or a header from anyone could claim any client address"
+    )]
+    ProxyWithoutTrust,
     #[error("cannot listen on {addr}: {source} (check --listen / S3SFTP_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -154,6 +159,14 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(15);
 
 /// Starts the server described by `config`.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    if config
+        .ssh
+        .proxy_protocol
+        .as_ref()
+        .is_some_and(|p| p.trusted.is_empty())
+    {
+        return Err(StartError::ProxyWithoutTrust);
+    }
     hostkey::warn_if_readable_by_others(&config.users_file);
     let users = UsersFile::load(&config.users_file)?;
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
@@ -223,6 +236,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         reload.clone(),
     ));
     tracing::info!(%addr, "listening for SSH");
+    if let Some(proxy) = &config.ssh.proxy_protocol {
+        let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
+        tracing::info!(
+            trusted = %trusted.join(","),
+            "PROXY protocol on: connections from the trusted networks must begin with a PROXY header"
+        );
+    }
     Ok(RunningServer {
         addr,
         shared,

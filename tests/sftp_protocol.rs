@@ -180,7 +180,8 @@ async fn status_codes_follow_the_design() {
     // Extensions.
     let limits = s.raw.limits().await.expect("limits");
     assert_eq!(limits.max_packet_len, 256 * 1024);
-    assert!(limits.max_read_len >= 255 * 1024 && limits.max_read_len < 256 * 1024);
+    assert_eq!(limits.max_read_len, 64 * 1024);
+    assert!(limits.max_write_len >= 255 * 1024 && limits.max_write_len < 256 * 1024);
     let vfs = s.raw.statvfs("/").await.expect("statvfs");
     assert!(vfs.blocks > 0 && vfs.block_size > 0);
     assert_eq!(
@@ -354,6 +355,116 @@ async fn reads_are_pinned_to_the_version_seen_at_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opens_that_answer_early_still_refuse_and_read_exactly() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let p = t.alice.prefix.clone();
+    s.raw.mkdir("/d", attrs()).await.expect("mkdir");
+    write_file(&s, "/d/inner", b"kept").await;
+
+    // CREATE|TRUNCATE answers before S3 is asked; writing onto a directory's name then
+    // fails at CLOSE at the latest, and nothing is stored.
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let h = s.raw.open("/d", flags, attrs()).await.expect("open").handle;
+    let mut refused = false;
+    for i in 0..4u64 {
+        if s.raw.write(&h, i * 4, b"data".to_vec()).await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    let closed = s.raw.close(&h).await;
+    assert!(
+        refused || status_code(&closed) == Some(StatusCode::Failure),
+        "upload onto a directory name must fail: {closed:?}"
+    );
+    assert_eq!(
+        t.object(&format!("{p}d")).await,
+        None,
+        "no object at the directory's name"
+    );
+    assert_eq!(
+        t.object(&format!("{p}d/inner")).await.as_deref(),
+        Some(&b"kept"[..])
+    );
+    // Without TRUNCATE the open looks first and refuses at once.
+    assert_eq!(
+        status_code(
+            &s.raw
+                .open("/d", OpenFlags::WRITE | OpenFlags::CREATE, attrs())
+                .await
+        ),
+        Some(StatusCode::Failure)
+    );
+
+    // An empty file opens (a ranged GET of it is refused by S3; the open falls back to HEAD).
+    write_file(&s, "/empty", b"").await;
+    let h = s
+        .raw
+        .open("/empty", OpenFlags::READ, attrs())
+        .await
+        .expect("open empty")
+        .handle;
+    assert_eq!(s.raw.fstat(&h).await.expect("fstat").attrs.size, Some(0));
+    assert_eq!(
+        status_code(&s.raw.read(&h, 0, 100).await),
+        Some(StatusCode::Eof)
+    );
+    s.raw.close(&h).await.expect("close");
+
+    // A small file is read whole from the GET made at open; FSTAT has its size.
+    let small = random_bytes(70_000, 5);
+    t.put(&format!("{p}small.bin"), &small).await;
+    let h = s
+        .raw
+        .open("/small.bin", OpenFlags::READ, attrs())
+        .await
+        .expect("open small")
+        .handle;
+    assert_eq!(
+        s.raw.fstat(&h).await.expect("fstat").attrs.size,
+        Some(small.len() as u64)
+    );
+    let mut got = Vec::new();
+    while let Ok(d) = s.raw.read(&h, got.len() as u64, 32 * 1024).await {
+        got.extend_from_slice(&d.data);
+    }
+    assert_eq!(got, small);
+    s.raw.close(&h).await.expect("close");
+    assert_eq!(
+        status_code(&s.raw.open("/nothing", OpenFlags::READ, attrs()).await),
+        Some(StatusCode::NoSuchFile)
+    );
+    assert_eq!(
+        status_code(&s.raw.open("/d", OpenFlags::READ, attrs()).await),
+        Some(StatusCode::Failure),
+        "reading a directory"
+    );
+
+    // After a listing, STAT and REMOVE are answered from it; this session's own REMOVE is
+    // seen at once (the next STAT and REMOVE say the file is gone).
+    let dir = s.raw.opendir("/").await.expect("opendir").handle;
+    let names = s.raw.readdir(&dir).await.expect("readdir");
+    assert!(names.files.iter().any(|f| f.filename == "small.bin"));
+    s.raw.close(&dir).await.expect("closedir");
+    assert_eq!(
+        s.raw.stat("/small.bin").await.expect("stat").attrs.size,
+        Some(small.len() as u64)
+    );
+    s.raw.remove("/small.bin").await.expect("remove");
+    assert_eq!(t.object(&format!("{p}small.bin")).await, None);
+    assert_eq!(
+        status_code(&s.raw.stat("/small.bin").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    assert_eq!(
+        status_code(&s.raw.remove("/small.bin").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_reads_return_exact_ranges() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
@@ -378,7 +489,8 @@ async fn random_reads_return_exact_ranges() {
             .await
             .expect("read")
             .data;
-        let end = (off + len).min(data.len());
+        // READ replies are at most the advertised 64 KiB (a short read is valid SFTP).
+        let end = (off + len.min(64 * 1024)).min(data.len());
         assert_eq!(got, &data[off..end], "read at {off}");
     }
     // A READ longer than the advertised limit is clamped, never longer than a packet.

@@ -162,7 +162,14 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut upload = match store
-        .open_write(path, WriteMode::default(), Some(size))
+        .open_write(
+            path,
+            WriteMode {
+                replace: true,
+                ..WriteMode::default()
+            },
+            Some(size),
+        )
         .await
     {
         Ok(u) => u,

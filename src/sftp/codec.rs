@@ -15,6 +15,10 @@ pub const SSH_FXP_EXTENDED_REPLY: u8 = 201;
 pub const MAX_PACKET: u32 = 256 * 1024;
 /// Largest READ/WRITE payload we advertise: leaves room for the packet header.
 pub const MAX_DATA: u32 = MAX_PACKET - 1024;
+/// Largest READ reply. Replies wait in a queue as deep as the client's pipeline (64
+/// requests for OpenSSH) while SSH flow control holds them back: 64 KiB each keeps that
+/// queue at 4 MiB per session instead of 16 MiB, and loopback downloads are as fast.
+pub const MAX_READ: u32 = 64 * 1024;
 /// Incoming frames may exceed MAX_PACKET a little (clients count the payload only).
 const MAX_FRAME: usize = MAX_PACKET as usize + 16 * 1024;
 

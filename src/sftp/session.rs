@@ -11,7 +11,7 @@ use russh_sftp::protocol::{
 };
 
 use super::attrs;
-use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET};
+use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
 use crate::storage::{
     DirLister, Download, Entry, EntryKind, PathError, StorageError, Upload, UserStore, VirtualPath,
     WriteMode,
@@ -373,10 +373,11 @@ impl Session {
         }
         let mode = WriteMode {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
+            replace: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::TRUNCATE),
         };
         match self.store.open_write(&v, mode, attrs.size).await {
             Ok(upload) => {
-                let existed = upload.replaces_existing();
+                let existed = upload.replaces_existing() == Some(true);
                 if !existed && !flags.contains(OpenFlags::CREATE) {
                     return codec::status(
                         id,
@@ -406,7 +407,7 @@ impl Session {
             }
             None => return bad_handle(id),
         };
-        let len = len.min(MAX_DATA);
+        let len = len.min(MAX_READ);
         match download.read(offset, u64::from(len)).await {
             Ok(data) if data.is_empty() => codec::status(id, StatusCode::Eof, "end of file"),
             Ok(data) => codec::data(id, &data),
@@ -544,7 +545,7 @@ impl Session {
                 id,
                 &[
                     u64::from(MAX_PACKET),
-                    u64::from(MAX_DATA),
+                    u64::from(MAX_READ),
                     u64::from(MAX_DATA),
                     self.limits.max_handles as u64,
                 ],

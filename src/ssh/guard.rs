@@ -84,20 +84,62 @@ pub enum Refusal {
     TotalLimit(usize),
 }
 
-/// Holds one connection's place in the counts; released on drop.
+/// A connection's place in the total count, taken when it is accepted (before its client
+/// address is known, which behind a load balancer takes a PROXY header); released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    guard: Arc<Guard>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.guard.lock();
+        state.total = state.total.saturating_sub(1);
+    }
+}
+
+/// A connection admitted for its client address: its slot plus its place in that address's
+/// count; released on drop.
 #[derive(Debug)]
 pub struct Admission {
-    guard: Arc<Guard>,
+    slot: Slot,
     ip: IpAddr,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let mut state = self.guard.lock();
-        state.total = state.total.saturating_sub(1);
+        // The slot (total count) is released right after, when the field drops.
+        let mut state = self.slot.guard.lock();
         if let Some(r) = state.by_ip.get_mut(&self.ip) {
             r.connections = r.connections.saturating_sub(1);
         }
+    }
+}
+
+impl Slot {
+    /// Admits the connection for its client address `ip`: refused if `ip` is banned or has
+    /// too many connections (the slot is then released).
+    pub fn admit(self, ip: IpAddr) -> Result<Admission, Refusal> {
+        let now = Instant::now();
+        let s = &self.guard.settings;
+        let mut state = self.guard.lock();
+        if state.by_ip.len() > 10_000 {
+            // Forget addresses with nothing to remember, so the map stays bounded.
+            state.by_ip.retain(|_, r| !r.is_idle(now, s.window));
+        }
+        let record = state.by_ip.entry(ip).or_default();
+        if let Some(until) = record.banned_until {
+            if until > now {
+                return Err(Refusal::Banned(until.duration_since(now).as_secs() + 1));
+            }
+            record.banned_until = None;
+        }
+        if s.max_per_ip > 0 && record.connections >= s.max_per_ip {
+            return Err(Refusal::PerIpLimit(s.max_per_ip));
+        }
+        record.connections += 1;
+        drop(state);
+        Ok(Admission { slot: self, ip })
     }
 }
 
@@ -116,34 +158,23 @@ impl Guard {
         }
     }
 
-    /// Lets a new connection from `ip` in, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
-        let now = Instant::now();
-        let s = &self.settings;
+    /// Takes a place in the total count for a new connection, or says why not.
+    pub fn reserve(self: &Arc<Self>) -> Result<Slot, Refusal> {
+        let max_total = self.settings.max_total;
         let mut state = self.lock();
-        if state.by_ip.len() > 10_000 {
-            // Forget addresses with nothing to remember, so the map stays bounded.
-            state.by_ip.retain(|_, r| !r.is_idle(now, s.window));
+        if max_total > 0 && state.total >= max_total {
+            return Err(Refusal::TotalLimit(max_total));
         }
-        if s.max_total > 0 && state.total >= s.max_total {
-            return Err(Refusal::TotalLimit(s.max_total));
-        }
-        let record = state.by_ip.entry(ip).or_default();
-        if let Some(until) = record.banned_until {
-            if until > now {
-                return Err(Refusal::Banned(until.duration_since(now).as_secs() + 1));
-            }
-            record.banned_until = None;
-        }
-        if s.max_per_ip > 0 && record.connections >= s.max_per_ip {
-            return Err(Refusal::PerIpLimit(s.max_per_ip));
-        }
-        record.connections += 1;
         state.total += 1;
-        Ok(Admission {
+        Ok(Slot {
             guard: self.clone(),
-            ip,
         })
+    }
+
+    /// Lets a new connection from `ip` in, or says why not: [`Guard::reserve`], then
+    /// [`Slot::admit`].
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        self.reserve()?.admit(ip)
     }
 
     /// Counts a failed login; returns the ban length if this failure started a ban.
@@ -228,6 +259,35 @@ mod tests {
         assert_eq!(g.admit(ip(3)).unwrap_err(), Refusal::TotalLimit(3));
         drop(a);
         assert!(g.admit(ip(1)).is_ok());
+    }
+
+    #[test]
+    fn a_slot_counts_in_the_total_before_its_address_is_known() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 1,
+            max_per_ip: 1,
+            max_total: 2,
+            ..Default::default()
+        });
+        let waiting = g.reserve().unwrap();
+        let _other = g.admit(ip(2)).unwrap();
+        assert_eq!(g.reserve().unwrap_err(), Refusal::TotalLimit(2));
+        // A refusal for the address gives the slot back.
+        g.failed_login(ip(1));
+        assert!(matches!(waiting.admit(ip(1)), Err(Refusal::Banned(_))));
+        let slot = g.reserve().expect("the refused slot was released");
+        assert_eq!(
+            slot.admit(ip(2)).unwrap_err(),
+            Refusal::PerIpLimit(1),
+            "the per-address limit applies to the address given to the slot"
+        );
+        let admitted = g.reserve().unwrap().admit(ip(3)).unwrap();
+        assert_eq!(g.reserve().unwrap_err(), Refusal::TotalLimit(2));
+        drop(admitted);
+        assert!(
+            g.admit(ip(3)).is_ok(),
+            "dropping an admission frees both counts"
+        );
     }
 
     #[test]

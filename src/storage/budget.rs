@@ -23,6 +23,19 @@ pub struct Reservation {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Reservation {
+    /// Gives back everything above `bytes` (the buffer turned out smaller than reserved).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let keep = usize::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(usize::MAX);
+        if let Some(permit) = self._permit.as_mut() {
+            let held = permit.num_permits();
+            if held > keep {
+                drop(permit.split(held - keep));
+            }
+        }
+    }
+}
+
 impl MemoryBudget {
     pub fn new(total_bytes: u64) -> Self {
         let total_units = u32::try_from(total_bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
@@ -76,6 +89,10 @@ mod tests {
         assert!(budget.try_reserve(6 * 1024).is_none());
         drop(a);
         assert!(budget.try_reserve(6 * 1024).is_some());
+        let mut c = budget.reserve(4 * 1024).await;
+        c.shrink_to(1);
+        assert_eq!(budget.in_use(), 1024);
+        drop(c);
         // Larger than the whole budget: clamped, not stuck forever.
         let big = budget.reserve(1 << 30).await;
         assert_eq!(budget.in_use(), 10 * 1024);

@@ -135,7 +135,9 @@ pub async fn build_client(settings: &S3Settings) -> Client {
         builder = builder.region(Region::new("us-east-1"));
     }
     if let Some(endpoint) = &settings.endpoint {
-        builder = builder.endpoint_url(endpoint);
+        builder = builder
+            .endpoint_url(endpoint)
+            .interceptor(super::compat::MultipartRootFix);
     }
     builder = match checksum {
         ChecksumMode::WhenRequired => builder

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use super::budget::Reservation;
-use super::error::s3_error;
-use super::{ObjectHead, Result, StorageError, UserStore};
+use super::error::{s3_error, S3Failure};
+use super::{to_system_time, ObjectHead, Result, StorageError, UserStore};
 
 /// One ranged GET, in flight or done.
 struct Chunk {
@@ -99,6 +99,87 @@ impl Download {
             next_fetch: 0,
             last_end: 0,
         }
+    }
+
+    /// Opens `key` with a GET of its first chunk instead of a HEAD: the response headers
+    /// give the size, ETag and date the rest of the download is pinned to, and its body
+    /// is the start of the read-ahead (for a small file, the whole file in one request).
+    /// `None` if there is no such object.
+    pub(crate) async fn open(store: UserStore, key: String) -> Result<Option<Self>> {
+        let settings = store.storage().settings();
+        let chunk_size = settings.download_chunk.max(64 * 1024);
+        let mut reservation = store.storage().budget().reserve(chunk_size).await;
+        let storage = store.storage();
+        let sent = storage
+            .client()
+            .get_object()
+            .bucket(storage.bucket())
+            .key(&key)
+            .range(format!("bytes=0-{}", chunk_size - 1))
+            .send()
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                if failure.is_not_found() {
+                    return Ok(None);
+                }
+                if failure.status == Some(416) {
+                    // An empty object has no byte 0 to range over.
+                    drop(reservation);
+                    return Ok(store
+                        .head(&key)
+                        .await?
+                        .map(|head| Download::new(store.clone(), key, head)));
+                }
+                return Err(s3_error("GetObject", err));
+            }
+        };
+        let size = match out.content_range().and_then(range_total) {
+            Some(total) => total,
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let head = ObjectHead {
+            size,
+            etag: out.e_tag().map(str::to_string),
+            modified: out.last_modified().and_then(to_system_time),
+        };
+        store.cache().insert(&key, head.clone());
+        let first_len = chunk_size.min(size);
+        reservation.shrink_to(first_len);
+        let mut download = Download::new(store, key, head);
+        if first_len == 0 {
+            return Ok(Some(download));
+        }
+        let retry = (
+            download.store.clone(),
+            download.key.clone(),
+            download.etag.clone(),
+        );
+        let body = out.body;
+        let handle = tokio::spawn(async move {
+            match read_body(body, first_len).await {
+                Ok(data) if data.len() as u64 == first_len => Ok((data, reservation)),
+                Ok(data) => {
+                    tracing::info!(key = %retry.1, got = data.len(), expected = first_len, "first GetObject body was short, retrying");
+                    drop(reservation);
+                    fetch_range(retry.0, retry.1, retry.2, 0, first_len).await
+                }
+                Err(e) => {
+                    tracing::info!(key = %retry.1, "first GetObject body failed, retrying: {e}");
+                    drop(reservation);
+                    fetch_range(retry.0, retry.1, retry.2, 0, first_len).await
+                }
+            }
+        });
+        download.window.push_back(Chunk {
+            start: 0,
+            len: first_len,
+            state: ChunkState::Fetching(handle),
+        });
+        download.next_fetch = first_len;
+        Ok(Some(download))
     }
 
     pub fn size(&self) -> u64 {
@@ -205,6 +286,27 @@ impl Download {
     }
 }
 
+/// Reads a GET body of `expected` bytes into one buffer, copying each piece as it arrives
+/// (collecting the pieces first would hold the chunk twice). Stops early past `expected`.
+async fn read_body(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    expected: u64,
+) -> std::result::Result<Bytes, aws_sdk_s3::primitives::ByteStreamError> {
+    let mut buf = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    while let Some(piece) = body.try_next().await? {
+        buf.extend_from_slice(&piece);
+        if buf.len() as u64 > expected {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The object's total size from a `Content-Range: bytes a-b/total` header.
+fn range_total(header: &str) -> Option<u64> {
+    header.rsplit_once('/')?.1.trim().parse().ok()
+}
+
 /// Attempts per chunk when the response body fails mid-way (the SDK retries a request
 /// only until its body starts streaming; a body cut short is retried here).
 const BODY_ATTEMPTS: u32 = 3;
@@ -271,12 +373,9 @@ async fn get_range(
             other => other,
         })
     })?;
-    let body = out
-        .body
-        .collect()
+    let body = read_body(out.body, len)
         .await
-        .map_err(|e| Fetch::Body(format!("reading the body failed: {e}")))?
-        .into_bytes();
+        .map_err(|e| Fetch::Body(format!("reading the body failed: {e}")))?;
     if body.len() as u64 != len {
         return Err(Fetch::Body(format!(
             "expected {len} bytes at offset {start}, got {}",

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::error::s3_error;
-use super::{to_system_time, Entry, EntryKind, Result, UserStore};
+use super::{to_system_time, Entry, EntryKind, ObjectHead, Result, UserStore};
 
 /// Keys per ListObjectsV2 page (the S3 maximum).
 const PAGE: i32 = 1000;
@@ -61,8 +61,20 @@ impl DirLister {
             .send()
             .await
             .map_err(|e| s3_error("ListObjectsV2", e))?;
+        let cache = self.store.cache();
         let files = out.contents().iter().filter_map(|o| {
-            let name = o.key()?.strip_prefix(&self.prefix)?;
+            let key = o.key()?;
+            let name = key.strip_prefix(&self.prefix)?;
+            if !name.is_empty() {
+                cache.insert(
+                    key,
+                    ObjectHead {
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().map(str::to_string),
+                        modified: o.last_modified().and_then(to_system_time),
+                    },
+                );
+            }
             Some(Entry {
                 name: name.to_string(),
                 kind: EntryKind::File,

@@ -3,7 +3,9 @@
 //! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
 
 pub mod budget;
+pub(crate) mod cache;
 pub mod client;
+pub mod compat;
 pub mod download;
 pub mod error;
 pub mod list;
@@ -13,12 +15,14 @@ pub mod sweep;
 pub mod upload;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use budget::MemoryBudget;
+use cache::MetaCache;
 pub use download::Download;
 pub use error::{Result, StorageError};
 pub use list::DirLister;
@@ -44,6 +48,8 @@ pub struct TransferSettings {
     pub download_chunk: u64,
     /// How far ahead of the written end out-of-order WRITEs are accepted and reordered.
     pub reorder_window: u64,
+    /// How long a session trusts what a listing or HEAD told it about an object.
+    pub metadata_ttl: Duration,
 }
 
 impl Default for TransferSettings {
@@ -54,6 +60,7 @@ impl Default for TransferSettings {
             global_budget: 1024 * MIB,
             download_chunk: 8 * MIB,
             reorder_window: 4 * MIB,
+            metadata_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -100,6 +107,7 @@ impl Storage {
             storage: self.clone(),
             jail: Jail::new(prefix),
             permissions: None,
+            cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
     }
 
@@ -113,6 +121,7 @@ impl Storage {
             storage: self.clone(),
             jail: Jail::new(prefix),
             permissions: Some(permissions),
+            cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
     }
 }
@@ -161,13 +170,14 @@ pub(crate) struct ObjectHead {
 }
 
 /// One user's view of the bucket. Every operation takes virtual paths and builds keys
-/// only through the [`Jail`].
+/// only through the [`Jail`]. Clones share one metadata cache: one view per session.
 #[derive(Debug, Clone)]
 pub struct UserStore {
     storage: Arc<Storage>,
     jail: Jail,
     /// What the user may do where; `None` allows everything.
     permissions: Option<Arc<Permissions>>,
+    cache: Arc<MetaCache>,
 }
 
 impl UserStore {
@@ -199,6 +209,18 @@ impl UserStore {
         &self.storage.client
     }
 
+    pub(crate) fn cache(&self) -> &MetaCache {
+        &self.cache
+    }
+
+    /// Whether `permission` is granted at `path`, without logging a denial.
+    fn allows(&self, permission: Permission, path: &VirtualPath) -> bool {
+        match &self.permissions {
+            Some(p) => p.permissions_for(path.as_str()).contains(permission),
+            None => true,
+        }
+    }
+
     fn bucket(&self) -> &str {
         &self.storage.bucket
     }
@@ -213,11 +235,15 @@ impl UserStore {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(ObjectHead {
-                size: out.content_length().unwrap_or(0).max(0) as u64,
-                etag: out.e_tag().map(str::to_string),
-                modified: out.last_modified().and_then(to_system_time),
-            })),
+            Ok(out) => {
+                let head = ObjectHead {
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    etag: out.e_tag().map(str::to_string),
+                    modified: out.last_modified().and_then(to_system_time),
+                };
+                self.cache.insert(key, head.clone());
+                Ok(Some(head))
+            }
             Err(err) => {
                 let failure = S3Failure::from_sdk(&err);
                 if failure.is_not_found() {
@@ -226,6 +252,14 @@ impl UserStore {
                     Err(failure.into_error("HeadObject"))
                 }
             }
+        }
+    }
+
+    /// What this session recently learnt about `key`, else a HEAD.
+    pub(crate) async fn cached_head(&self, key: &str) -> Result<Option<ObjectHead>> {
+        match self.cache.get(key) {
+            Some(head) => Ok(Some(head)),
+            None => self.head(key).await,
         }
     }
 
@@ -278,16 +312,37 @@ impl UserStore {
             return Ok(Entry::dir("/", Some(SystemTime::now())));
         }
         let key = self.jail.file_key(path)?;
-        let (file, dir) = tokio::join!(self.head(&key), self.dir_entry(path));
-        if let Some(head) = file? {
-            return Ok(Entry {
-                name: path.file_name().to_string(),
-                kind: EntryKind::File,
-                size: head.size,
-                modified: head.modified,
-            });
+        let file_entry = |head: ObjectHead| Entry {
+            name: path.file_name().to_string(),
+            kind: EntryKind::File,
+            size: head.size,
+            modified: head.modified,
+        };
+        if let Some(head) = self.cache.get(&key) {
+            return Ok(file_entry(head));
         }
-        dir?.ok_or(StorageError::NotFound)
+        // HEAD and the directory LIST go out together; a file answers without waiting
+        // for the LIST (a file wins over a directory of the same name).
+        let head = self.head(&key);
+        let dir = self.dir_entry(path);
+        tokio::pin!(head, dir);
+        let mut dir_done = None;
+        let file = tokio::select! {
+            biased;
+            file = &mut head => file,
+            listed = &mut dir => {
+                dir_done = Some(listed);
+                head.await
+            }
+        };
+        if let Some(head) = file? {
+            return Ok(file_entry(head));
+        }
+        let listed = match dir_done {
+            Some(listed) => listed,
+            None => dir.await,
+        };
+        listed?.ok_or(StorageError::NotFound)
     }
 
     /// Creates a directory by writing its `dir/` marker.
@@ -339,7 +394,7 @@ impl UserStore {
     pub async fn remove(&self, path: &VirtualPath) -> Result<()> {
         self.check(Permission::Delete, path)?;
         let key = self.jail.file_key(path)?;
-        if path.is_root() || self.head(&key).await?.is_none() {
+        if path.is_root() || self.cached_head(&key).await?.is_none() {
             return Err(match self.dir_entry(path).await? {
                 Some(_) => StorageError::IsADirectory,
                 None => StorageError::NotFound,
@@ -349,6 +404,7 @@ impl UserStore {
     }
 
     pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
+        self.cache.forget(key);
         self.client()
             .delete_object()
             .bucket(self.bucket())
@@ -373,8 +429,8 @@ impl UserStore {
         self.check(Permission::Download, path)?;
         let key = self.jail.file_key(path)?;
         if !path.is_root() {
-            if let Some(head) = self.head(&key).await? {
-                return Ok(Download::new(self.clone(), key, head));
+            if let Some(download) = Download::open(self.clone(), key).await? {
+                return Ok(download);
             }
         }
         Err(match self.dir_entry(path).await? {
@@ -385,6 +441,11 @@ impl UserStore {
 
     /// Opens a file for writing. Nothing is visible at the key until the upload is
     /// finished; an upload that is dropped unfinished is aborted.
+    ///
+    /// With `mode.replace` (create or truncate, not exclusive) and the right to overwrite,
+    /// whether a file is already there changes nothing, so the open answers at once and
+    /// the check that no directory has the name runs alongside the first writes; the
+    /// upload is refused at the latest when it is finished.
     pub async fn open_write(
         &self,
         path: &VirtualPath,
@@ -395,7 +456,23 @@ impl UserStore {
             return Err(StorageError::IsADirectory);
         }
         let key = self.jail.file_key(path)?;
-        let (file, dir) = tokio::join!(self.head(&key), self.dir_entry(path));
+        if mode.replace
+            && !mode.exclusive
+            && self.allows(Permission::Upload, path)
+            && self.allows(Permission::Overwrite, path)
+        {
+            let store = self.clone();
+            let target = path.clone();
+            let check = tokio::spawn(async move { store.refuse_directory(&target).await });
+            return Ok(Upload::new(
+                self.clone(),
+                key,
+                size_hint,
+                None,
+                Some(AbortOnDropHandle::new(check)),
+            ));
+        }
+        let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry(path));
         let exists = file?.is_some();
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
@@ -407,7 +484,27 @@ impl UserStore {
         if exists {
             self.check(Permission::Overwrite, path)?;
         }
-        Ok(Upload::new(self.clone(), key, size_hint, exists))
+        Ok(Upload::new(
+            self.clone(),
+            key,
+            size_hint,
+            Some(exists),
+            None,
+        ))
+    }
+
+    /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).
+    /// One LIST in the usual case; the HEAD only when a directory has the name (a file of
+    /// the same name wins, and may be replaced).
+    async fn refuse_directory(&self, path: &VirtualPath) -> Result<()> {
+        let key = self.jail.file_key(path)?;
+        if self.cache.get(&key).is_some() || self.dir_entry(path).await?.is_none() {
+            return Ok(());
+        }
+        match self.head(&key).await? {
+            Some(_) => Ok(()),
+            None => Err(StorageError::IsADirectory),
+        }
     }
 
     /// Free space as statvfs reports it: S3 has no limit, so large round numbers.

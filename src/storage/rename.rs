@@ -59,7 +59,11 @@ impl UserStore {
     async fn rename_file(&self, from: &VirtualPath, to: &VirtualPath) -> Result<()> {
         let src = self.jail().file_key(from)?;
         let dst = self.jail().file_key(to)?;
-        let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
+        let head = self
+            .cached_head(&src)
+            .await?
+            .ok_or(StorageError::NotFound)?;
+        self.cache().forget(&dst);
         self.copy_object(&src, &dst, &head).await?;
         self.delete_key(&src).await?;
         tracing::debug!(from = %src, to = %dst, "renamed");

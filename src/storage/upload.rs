@@ -12,6 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::Reservation;
 use super::error::s3_error;
@@ -30,6 +31,9 @@ const MIB: u64 = 1024 * 1024;
 pub struct WriteMode {
     /// Fail if the file exists (SFTP `EXCL`).
     pub exclusive: bool,
+    /// The file is created or truncated: whether one exists does not matter to the caller
+    /// (SFTP `CREAT|TRUNC`, SCP), so the open need not wait to find out.
+    pub replace: bool,
 }
 
 /// A multipart upload in progress.
@@ -57,8 +61,10 @@ pub struct Upload {
     /// Set after the first failure; every later call reports it.
     failed: Option<String>,
     finished: bool,
-    /// An object already exists at the key (it is replaced at finish).
-    existed: bool,
+    /// Whether an object existed at the key when opened (`None`: not looked up).
+    existed: Option<bool>,
+    /// The check, still running, that the name is not a directory.
+    preflight: Option<AbortOnDropHandle<Result<()>>>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -99,7 +105,8 @@ impl Upload {
         store: UserStore,
         key: String,
         size_hint: Option<u64>,
-        existed: bool,
+        existed: Option<bool>,
+        preflight: Option<AbortOnDropHandle<Result<()>>>,
     ) -> Self {
         let settings = store.storage().settings();
         let part_size = initial_part_size(settings.part_size, size_hint);
@@ -118,6 +125,7 @@ impl Upload {
             failed: None,
             finished: false,
             existed,
+            preflight,
         }
     }
 
@@ -126,8 +134,9 @@ impl Upload {
         &self.key
     }
 
-    /// True if an object existed at the key when the upload was opened.
-    pub fn replaces_existing(&self) -> bool {
+    /// Whether an object existed at the key when the upload was opened; `None` when the
+    /// open did not look (see [`WriteMode::replace`]).
+    pub fn replaces_existing(&self) -> Option<bool> {
         self.existed
     }
 
@@ -148,6 +157,9 @@ impl Upload {
     /// Accepts `data` at `offset`. Waits when the memory budget is spent.
     pub async fn write(&mut self, offset: u64, data: Bytes) -> Result<()> {
         self.check_usable()?;
+        if self.preflight.as_ref().is_some_and(|p| p.is_finished()) {
+            self.await_preflight().await?;
+        }
         if data.is_empty() {
             return Ok(());
         }
@@ -209,8 +221,25 @@ impl Upload {
         self.abort_now().await;
     }
 
+    /// Waits for the open's background check; its refusal fails the upload.
+    async fn await_preflight(&mut self) -> Result<()> {
+        let Some(check) = self.preflight.take() else {
+            return Ok(());
+        };
+        let result = check
+            .await
+            .map_err(|e| StorageError::Invalid(format!("open check failed: {e}")))
+            .and_then(|r| r);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail_with(e),
+        }
+    }
+
     async fn commit(&mut self) -> Result<u64> {
         self.check_usable()?;
+        self.await_preflight().await?;
+        self.store.cache().forget(&self.key);
         if let Some(&gap_end) = self.pending.keys().next() {
             return self.fail(format!(
                 "the upload has a gap: bytes {}..{gap_end} were never written",
@@ -406,6 +435,7 @@ impl Upload {
     }
 
     async fn abort_now(&mut self) {
+        self.preflight = None;
         self.buffer = BytesMut::new();
         self.reservation = None;
         self.pending.clear();

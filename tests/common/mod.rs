@@ -128,6 +128,7 @@ impl TestServer {
             global_budget: 64 * PART as u64,
             download_chunk: 2 * MIB as u64,
             reorder_window: 4 * MIB as u64,
+            ..TransferSettings::default()
         };
         config.ssh.auth_failure_delay = Duration::from_millis(100);
         config.shutdown_grace = Duration::from_secs(5);
@@ -273,12 +274,17 @@ impl TestServer {
 
     /// Runs OpenSSH `sftp -b` with `batch` as the command file.
     pub async fn sftp(&self, user: &TestUser, batch: &str) -> Output {
+        self.sftp_at(self.port, user, batch).await
+    }
+
+    /// [`TestServer::sftp`] through another port of 127.0.0.1 (a relay in front of the server).
+    pub async fn sftp_at(&self, port: u16, user: &TestUser, batch: &str) -> Output {
         let batch_file = self.dir.path().join(format!("batch-{}", random_tag()));
         std::fs::write(&batch_file, batch).expect("batch");
         let mut cmd = tokio::process::Command::new("sftp");
         cmd.args(self.ssh_options(user))
             .arg("-P")
-            .arg(self.port.to_string())
+            .arg(port.to_string())
             .arg("-b")
             .arg(&batch_file)
             .arg(format!("{}@127.0.0.1", user.name));
