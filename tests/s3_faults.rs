@@ -244,21 +244,30 @@ async fn a_get_body_that_stalls_midway_times_out_and_is_retried() {
 async fn a_read_after_a_failed_chunk_fetches_it_again() {
     let (t, proxy, view) =
         start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(10))).await;
-    // One download chunk (the test servers fetch 2 MiB at a time).
-    let data = random_bytes(MIB + 4321, 11);
-    view.put(&format!("{}one-chunk.bin", t.alice.prefix), &data)
+    // The test servers fetch 2 MiB chunks; the first comes with the OPEN (one GET), so the
+    // fault must hit a later chunk.
+    let data = random_bytes(4 * MIB + 4321, 11);
+    view.put(&format!("{}chunks.bin", t.alice.prefix), &data)
         .await;
     let s = t.russh_sftp(&t.alice).await;
     let h = s
         .raw
-        .open("/one-chunk.bin", OpenFlags::READ, FileAttributes::empty())
+        .open("/chunks.bin", OpenFlags::READ, FileAttributes::empty())
         .await
         .expect("open")
         .handle;
-    proxy.add(Op::GetObject, Fault::Status(500), 2);
-    let first = s.raw.read(&h, 0, 32 * 1024).await;
-    assert_eq!(status_code(&first), Some(StatusCode::Failure), "{first:?}");
-    assert_eq!(proxy.injected(Op::GetObject), 2, "both attempts failed");
+    // Enough faults for every attempt of both later chunks (2 attempts each).
+    proxy.add(Op::GetObject, Fault::Status(500), 4);
+    let first = s.raw.read(&h, 0, 32 * 1024).await.expect("first chunk");
+    assert_eq!(first.data, &data[..32 * 1024]);
+    let failed = s.raw.read(&h, 2 * MIB as u64, 32 * 1024).await;
+    assert_eq!(
+        status_code(&failed),
+        Some(StatusCode::Failure),
+        "{failed:?}"
+    );
+    assert!(proxy.injected(Op::GetObject) >= 2, "both attempts failed");
+    proxy.clear();
     let mut back = Vec::new();
     while back.len() < data.len() {
         let d = s
