@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::Reservation;
-use super::error::s3_error;
+use super::error::{s3_error, S3Failure};
 use super::{Result, StorageError, UserStore};
 
 /// S3's part-count limit.
@@ -469,9 +469,19 @@ impl Drop for Upload {
     }
 }
 
-async fn abort_multipart(store: &UserStore, key: &str, upload_id: &str) {
+type AbortError = aws_sdk_s3::error::SdkError<
+    aws_sdk_s3::operation::abort_multipart_upload::AbortMultipartUploadError,
+    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+>;
+
+/// Sends AbortMultipartUpload for `upload_id`; callers decide how loudly a failure is told.
+async fn send_abort(
+    store: &UserStore,
+    key: &str,
+    upload_id: &str,
+) -> std::result::Result<(), AbortError> {
     let storage = store.storage();
-    match storage
+    storage
         .client()
         .abort_multipart_upload()
         .bucket(storage.bucket())
@@ -479,8 +489,12 @@ async fn abort_multipart(store: &UserStore, key: &str, upload_id: &str) {
         .upload_id(upload_id)
         .send()
         .await
-    {
-        Ok(_) => tracing::info!(%key, %upload_id, "multipart upload aborted"),
+        .map(|_| ())
+}
+
+async fn abort_multipart(store: &UserStore, key: &str, upload_id: &str) {
+    match send_abort(store, key, upload_id).await {
+        Ok(()) => tracing::info!(%key, %upload_id, "multipart upload aborted"),
         Err(e) => {
             let err = s3_error("AbortMultipartUpload", e);
             tracing::error!(%key, %upload_id, "could not abort multipart upload: {err}");
@@ -490,17 +504,8 @@ async fn abort_multipart(store: &UserStore, key: &str, upload_id: &str) {
 
 /// Aborts an upload that may no longer exist, without complaint if it does not.
 async fn abort_quietly(store: &UserStore, key: &str, upload_id: &str) {
-    let storage = store.storage();
-    let aborted = storage
-        .client()
-        .abort_multipart_upload()
-        .bucket(storage.bucket())
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await;
-    if let Err(e) = aborted {
-        let failure = super::error::S3Failure::from_sdk(&e);
+    if let Err(e) = send_abort(store, key, upload_id).await {
+        let failure = S3Failure::from_sdk(&e);
         if !failure.is_not_found() {
             tracing::warn!(%key, %upload_id, "could not abort multipart upload: {}", failure.message);
         }
