@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::storage::client::ChecksumMode;
+use crate::storage::signing::PayloadSigning;
 use crate::users::{self, edit, PermissionSet, Settings};
 
 #[derive(Debug, Parser)]
@@ -285,6 +286,10 @@ pub struct ServeArgs {
     /// when-supported for AWS.
     #[arg(long, env = "S3SFTP_S3_CHECKSUM", value_enum)]
     pub s3_checksum: Option<ChecksumMode>,
+    /// Whether upload bodies are hashed into the request signature: auto signs them only
+    /// over plain HTTP to a host that is not loopback (TLS and loopback need no hash).
+    #[arg(long, env = "S3SFTP_S3_PAYLOAD_SIGNING", value_enum, default_value_t = PayloadSigning::Auto)]
+    pub s3_payload_signing: PayloadSigning,
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]
     pub s3_max_attempts: u32,

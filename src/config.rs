@@ -93,6 +93,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         path_style: args.s3_path_style,
         credentials: args.s3_access_key.clone().zip(args.s3_secret_key.clone()),
         checksum: args.s3_checksum,
+        payload_signing: args.s3_payload_signing,
         max_attempts: args.s3_max_attempts.max(1),
         attempt_timeout: Duration::from_secs(args.s3_timeout.max(1)),
         connect_timeout: Duration::from_secs(10),

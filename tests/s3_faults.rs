@@ -321,3 +321,67 @@ async fn a_complete_whose_answer_is_lost_is_still_acknowledged() {
     assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
+
+/// Upload bodies go as `UNSIGNED-PAYLOAD` to a loopback S3 by default (auto) and with
+/// `never`, and are hashed into the signature with `always`; every mode stores the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_bodies_are_signed_only_when_the_setting_says_so() {
+    use s3sftp::storage::signing::PayloadSigning;
+    for mode in [
+        PayloadSigning::Auto,
+        PayloadSigning::Always,
+        PayloadSigning::Never,
+    ] {
+        let (t, proxy, view) = start_behind_proxy(|c| {
+            c.s3.as_mut().expect("s3 settings").payload_signing = mode;
+        })
+        .await;
+        let big = random_bytes(2 * PART + 777, 11);
+        let small = random_bytes(5_000, 12);
+        let big_local = write_local(&t, "big.bin", &big);
+        let small_local = write_local(&t, "small.bin", &small);
+        let out = t
+            .sftp(
+                &t.alice,
+                &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
+            )
+            .await;
+        assert!(
+            out.status.success(),
+            "{mode:?}: uploads succeed: {}",
+            stderr(&out)
+        );
+        let stored = view.object(&format!("{}big.bin", t.alice.prefix)).await;
+        assert_eq!(
+            stored.as_deref().map(sha256),
+            Some(sha256(&big)),
+            "{mode:?}"
+        );
+        let stored = view.object(&format!("{}small.bin", t.alice.prefix)).await;
+        assert_eq!(
+            stored.as_deref().map(sha256),
+            Some(sha256(&small)),
+            "{mode:?}"
+        );
+        let parts = proxy.payload_hashes(Op::UploadPart);
+        let puts = proxy.payload_hashes(Op::PutObject);
+        assert_eq!(parts.len(), 3, "{mode:?}: three parts: {parts:?}");
+        assert_eq!(puts.len(), 1, "{mode:?}: one put: {puts:?}");
+        for hash in parts.iter().chain(&puts) {
+            match mode {
+                PayloadSigning::Always => assert!(
+                    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{mode:?}: a SHA-256 of the body, got {hash:?}"
+                ),
+                _ => assert_eq!(hash, "UNSIGNED-PAYLOAD", "{mode:?}"),
+            }
+        }
+        // Requests without an upload body are signed as before.
+        let listed = proxy.payload_hashes(Op::ListObjectsV2);
+        assert!(
+            listed.iter().all(|h| h.len() == 64),
+            "{mode:?}: listings keep the empty-body hash: {listed:?}"
+        );
+        t.shutdown().await;
+    }
+}

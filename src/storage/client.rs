@@ -11,6 +11,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::Client;
 
 use super::error::S3Failure;
+use super::signing::{PayloadSigning, UnsignedUploads};
 
 /// When the SDK computes request checksums. Many S3-compatible servers reject the
 /// streamed CRC32 trailers the SDK sends by default, so custom endpoints default to
@@ -34,6 +35,8 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
     /// `None` picks `WhenRequired` for custom endpoints and `WhenSupported` for AWS.
     pub checksum: Option<ChecksumMode>,
+    /// Whether PutObject/UploadPart bodies are hashed into the signature.
+    pub payload_signing: PayloadSigning,
     /// Attempts per request, including the first (standard retry mode: exponential
     /// backoff with full jitter).
     pub max_attempts: u32,
@@ -57,6 +60,7 @@ impl std::fmt::Debug for S3Settings {
                     .map(|(ak, _)| format!("{ak}:<secret>")),
             )
             .field("checksum", &self.checksum)
+            .field("payload_signing", &self.payload_signing)
             .field("max_attempts", &self.max_attempts)
             .finish()
     }
@@ -72,6 +76,7 @@ impl S3Settings {
             path_style: true,
             credentials: Some((key.to_string(), secret.to_string())),
             checksum: None,
+            payload_signing: PayloadSigning::default(),
             max_attempts: 5,
             attempt_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
@@ -147,6 +152,9 @@ pub async fn build_client(settings: &S3Settings) -> Client {
             .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
             .response_checksum_validation(ResponseChecksumValidation::WhenSupported),
     };
+    if !settings.payload_signing.signs(settings.endpoint.as_deref()) {
+        builder = builder.interceptor(UnsignedUploads);
+    }
     Client::from_conf(builder.build())
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod list;
 pub mod path;
 pub mod rename;
+pub mod signing;
 pub mod sweep;
 pub mod upload;
 

@@ -40,9 +40,26 @@ pub struct WriteMode {
 struct Multipart {
     upload_id: String,
     next_part: i32,
-    in_flight: JoinSet<Result<CompletedPart>>,
+    in_flight: JoinSet<Result<SentPart>>,
     done: Vec<CompletedPart>,
 }
+
+/// A part S3 has, and the buffer it was sent from, given back for the next part.
+struct SentPart {
+    part: CompletedPart,
+    spare: Option<PartBuffer>,
+}
+
+/// An empty part buffer with the budget reservation that pays for it. Reusing it spares
+/// the allocator a fresh multi-MiB mapping, and the kernel its page faults, for each part.
+struct PartBuffer {
+    buffer: BytesMut,
+    reservation: Reservation,
+}
+
+/// Spare buffers an upload keeps: one is all a steady stream needs, since a part is only
+/// sent after one in flight has come back.
+const MAX_SPARES: usize = 2;
 
 /// One file being written. Not `Clone`: exactly one owner decides to finish or abort.
 pub struct Upload {
@@ -58,6 +75,8 @@ pub struct Upload {
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: u64,
     multipart: Option<Multipart>,
+    /// Buffers of parts S3 has, ready to be filled again.
+    spares: Vec<PartBuffer>,
     /// Set after the first failure; every later call reports it.
     failed: Option<String>,
     finished: bool,
@@ -122,6 +141,7 @@ impl Upload {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             multipart: None,
+            spares: Vec::new(),
             failed: None,
             finished: false,
             existed,
@@ -270,8 +290,9 @@ impl Upload {
             return Err(StorageError::Invalid("multipart upload vanished".into()));
         };
         while let Some(joined) = mp.in_flight.join_next().await {
-            mp.done.push(joined_part(joined)?);
+            mp.done.push(joined_part(joined)?.part);
         }
+        self.spares.clear();
         mp.done.sort_by_key(|p| p.part_number());
         let parts = std::mem::take(&mut mp.done);
         let upload_id = mp.upload_id.clone();
@@ -343,9 +364,7 @@ impl Upload {
     async fn append(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
             if self.reservation.is_none() {
-                let budget = self.store.storage().budget().clone();
-                self.reservation = Some(budget.reserve(self.part_size).await);
-                self.buffer.reserve(self.part_size as usize);
+                self.take_buffer().await;
             }
             let room = (self.part_size as usize).saturating_sub(self.buffer.len());
             let take = room.min(data.len());
@@ -358,6 +377,22 @@ impl Upload {
             }
         }
         Ok(())
+    }
+
+    /// Makes an empty buffer for the next part: a spare if one is big enough, else a new
+    /// one, reserved in the memory budget first (which may wait).
+    async fn take_buffer(&mut self) {
+        let part_size = self.part_size as usize;
+        while let Some(spare) = self.spares.pop() {
+            if spare.buffer.capacity() >= part_size {
+                self.buffer = spare.buffer;
+                self.reservation = Some(spare.reservation);
+                return;
+            }
+        }
+        let budget = self.store.storage().budget().clone();
+        self.reservation = Some(budget.reserve(self.part_size).await);
+        self.buffer = BytesMut::with_capacity(part_size);
     }
 
     /// Hands the current buffer to a background UploadPart, starting the multipart upload
@@ -389,9 +424,16 @@ impl Upload {
         let Some(mp) = self.multipart.as_mut() else {
             return Err(StorageError::Invalid("multipart upload vanished".into()));
         };
+        while let Some(joined) = mp.in_flight.try_join_next() {
+            let sent = joined_part(joined)?;
+            mp.done.push(sent.part);
+            keep_spare(&mut self.spares, sent.spare);
+        }
         while mp.in_flight.len() >= max_in_flight {
             if let Some(joined) = mp.in_flight.join_next().await {
-                mp.done.push(joined_part(joined)?);
+                let sent = joined_part(joined)?;
+                mp.done.push(sent.part);
+                keep_spare(&mut self.spares, sent.spare);
             }
         }
         if mp.next_part as u64 > MAX_PARTS {
@@ -401,29 +443,41 @@ impl Upload {
         }
         let part_number = mp.next_part;
         mp.next_part += 1;
-        let body = self.buffer.split().freeze();
-        self.buffer = BytesMut::new();
+        let body = std::mem::take(&mut self.buffer).freeze();
         let reservation = self.reservation.take();
         let client = self.store.storage().client().clone();
         let bucket = self.store.storage().bucket().to_string();
         let key = self.key.clone();
         let upload_id = mp.upload_id.clone();
         mp.in_flight.spawn(async move {
-            let _reservation = reservation;
             let out = client
                 .upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(part_number)
-                .body(ByteStream::from(body))
+                .body(ByteStream::from(body.clone()))
                 .send()
                 .await
                 .map_err(|e| s3_error("UploadPart", e))?;
-            Ok(CompletedPart::builder()
-                .part_number(part_number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build())
+            // The SDK has let go of its copies of the body once it has the answer.
+            let spare = match (body.try_into_mut(), reservation) {
+                (Ok(mut buffer), Some(reservation)) => {
+                    buffer.clear();
+                    Some(PartBuffer {
+                        buffer,
+                        reservation,
+                    })
+                }
+                _ => None,
+            };
+            Ok(SentPart {
+                part: CompletedPart::builder()
+                    .part_number(part_number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build(),
+                spare,
+            })
         });
         let grown = grown_part_size(self.part_size, part_number as u64);
         if grown != self.part_size {
@@ -438,6 +492,7 @@ impl Upload {
         self.preflight = None;
         self.buffer = BytesMut::new();
         self.reservation = None;
+        self.spares.clear();
         self.pending.clear();
         if let Some(mut mp) = self.multipart.take() {
             mp.in_flight.abort_all();
@@ -531,9 +586,18 @@ fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
     ))
 }
 
+/// Keeps a returned part buffer for reuse, up to [`MAX_SPARES`].
+fn keep_spare(spares: &mut Vec<PartBuffer>, spare: Option<PartBuffer>) {
+    if let Some(spare) = spare {
+        if spares.len() < MAX_SPARES {
+            spares.push(spare);
+        }
+    }
+}
+
 fn joined_part(
-    joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
-) -> Result<CompletedPart> {
+    joined: std::result::Result<Result<SentPart>, tokio::task::JoinError>,
+) -> Result<SentPart> {
     joined.map_err(|e| StorageError::Invalid(format!("part upload task failed: {e}")))?
 }
 

@@ -85,6 +85,8 @@ struct State {
     injected: Mutex<HashMap<Op, u32>>,
     /// Faults given, by operation and kind ([`Fault::kind`]).
     by_kind: Mutex<HashMap<(Op, String), u32>>,
+    /// The `x-amz-content-sha256` header of every request, by operation.
+    payload_hashes: Mutex<HashMap<Op, Vec<String>>>,
     next_id: AtomicU64,
 }
 
@@ -222,6 +224,12 @@ impl FaultProxy {
             .sum()
     }
 
+    /// The `x-amz-content-sha256` header of each `op` request so far (`""` when absent).
+    pub fn payload_hashes(&self, op: Op) -> Vec<String> {
+        let hashes = self.state.payload_hashes.lock().unwrap();
+        hashes.get(&op).cloned().unwrap_or_default()
+    }
+
     /// Requests of `op` that got a fault so far.
     pub fn injected(&self, op: Op) -> u32 {
         let injected = self.state.injected.lock().unwrap();
@@ -308,6 +316,16 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
         &target,
         header(&head, "x-amz-copy-source").is_some(),
     );
+    let hash = header(&head, "x-amz-content-sha256")
+        .unwrap_or("")
+        .to_string();
+    state
+        .payload_hashes
+        .lock()
+        .unwrap()
+        .entry(op)
+        .or_default()
+        .push(hash);
     let fault = state.take(op, &target);
     let body_len: usize = header(&head, "content-length")
         .and_then(|v| v.parse().ok())
