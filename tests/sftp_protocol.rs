@@ -464,6 +464,89 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
     t.shutdown().await;
 }
 
+/// A file opened just after a listing opens without asking S3 (its GET starts with the
+/// OPEN). If another client replaced or removed it in between, the first read gets the
+/// current version or "no such file"; once bytes were read, the version stays pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_opened_from_a_listing_read_the_current_version() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let p = t.alice.prefix.clone();
+    let replaced_v1 = random_bytes(100_000, 31);
+    let replaced_v2 = random_bytes(150_000, 32);
+    let big_v1 = random_bytes(20 * MIB, 33);
+    t.put(&format!("{p}replaced.bin"), &replaced_v1).await;
+    t.put(&format!("{p}removed.bin"), b"soon gone").await;
+    t.put(&format!("{p}big.bin"), &big_v1).await;
+
+    let dir = s.raw.opendir("/").await.expect("opendir").handle;
+    let names = s.raw.readdir(&dir).await.expect("readdir");
+    assert_eq!(names.files.len(), 3, "{:?}", names.files);
+    s.raw.close(&dir).await.expect("closedir");
+
+    t.put(&format!("{p}replaced.bin"), &replaced_v2).await;
+    t.client()
+        .delete_object()
+        .bucket(t.bucket())
+        .key(format!("{p}removed.bin"))
+        .send()
+        .await
+        .expect("delete");
+
+    let h = s
+        .raw
+        .open("/replaced.bin", OpenFlags::READ, attrs())
+        .await
+        .expect("open")
+        .handle;
+    let mut got = Vec::new();
+    loop {
+        match s.raw.read(&h, got.len() as u64, 32 * 1024).await {
+            Ok(d) => got.extend_from_slice(&d.data),
+            Err(e) => {
+                assert_eq!(status_code::<()>(&Err(e)), Some(StatusCode::Eof));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        sha256(&got),
+        sha256(&replaced_v2),
+        "the current version, whole"
+    );
+    s.raw.close(&h).await.expect("close");
+
+    let h = s
+        .raw
+        .open("/removed.bin", OpenFlags::READ, attrs())
+        .await
+        .expect("open answers from the listing")
+        .handle;
+    assert_eq!(
+        status_code(&s.raw.read(&h, 0, 1024).await),
+        Some(StatusCode::NoSuchFile)
+    );
+    s.raw.close(&h).await.expect("close");
+
+    let h = s
+        .raw
+        .open("/big.bin", OpenFlags::READ, attrs())
+        .await
+        .expect("open")
+        .handle;
+    let first = s.raw.read(&h, 0, 32 * 1024).await.expect("read").data;
+    assert_eq!(first, &big_v1[..32 * 1024]);
+    t.put(&format!("{p}big.bin"), &random_bytes(20 * MIB, 34))
+        .await;
+    let r = s.raw.read(&h, 18 * MIB as u64, 32 * 1024).await;
+    assert_eq!(
+        status_code(&r),
+        Some(StatusCode::Failure),
+        "overwrite after the first read detected: {r:?}"
+    );
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_reads_return_exact_ranges() {
     let t = TestServer::start().await;

@@ -350,7 +350,7 @@ impl Session {
             );
         }
         if !flags.contains(OpenFlags::WRITE) {
-            return match self.store.open_read(&v).await {
+            return match self.store.open_read_listed(&v).await {
                 Ok(d) => self.add_handle(id, OpenHandle::Read(Box::new(d), v)),
                 Err(e) => error_status(id, &e),
             };

@@ -70,6 +70,9 @@ pub struct Download {
     window: VecDeque<Chunk>,
     next_fetch: u64,
     last_end: u64,
+    /// Opened from a cached listing entry and nothing read yet: if that version is gone,
+    /// the first read opens the current one instead of failing.
+    provisional: bool,
 }
 
 impl std::fmt::Debug for Download {
@@ -98,7 +101,20 @@ impl Download {
             window: VecDeque::new(),
             next_fetch: 0,
             last_end: 0,
+            provisional: false,
         }
+    }
+
+    /// Opens `key` as this session's metadata cache knows it (a listing or HEAD moments
+    /// ago) without asking S3: the first GET starts now, pinned to the cached ETag, and the
+    /// first read waits for it. Saves the OPEN its S3 round trip when a client fetches
+    /// the files it has just listed (`get -r`, GUI clients). If the object changed or went
+    /// away since, the first read reopens it (the current version, or "no such file").
+    pub(crate) fn open_listed(store: UserStore, key: String, head: ObjectHead) -> Self {
+        let mut download = Download::new(store, key, head);
+        download.provisional = true;
+        download.fill_window(1);
+        download
     }
 
     /// Opens `key` with a GET of its first chunk instead of a HEAD: the response headers
@@ -197,6 +213,26 @@ impl Download {
     /// Up to `len` bytes at `offset`: exactly `len` unless the file ends first; empty at
     /// or past the end.
     pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        if !self.provisional {
+            return self.read_window(offset, len).await;
+        }
+        self.provisional = false;
+        match self.read_window(offset, len).await {
+            Err(StorageError::Changed) => {
+                tracing::debug!(key = %self.key, "object changed since it was listed, reopening");
+                match Download::open(self.store.clone(), self.key.clone()).await? {
+                    Some(current) => {
+                        *self = current;
+                        self.read_window(offset, len).await
+                    }
+                    None => Err(StorageError::NotFound),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn read_window(&mut self, offset: u64, len: u64) -> Result<Bytes> {
         if offset >= self.size || len == 0 {
             return Ok(Bytes::new());
         }

@@ -440,6 +440,23 @@ impl UserStore {
         })
     }
 
+    /// Like [`open_read`](Self::open_read), but a file this session has just listed or
+    /// looked at (its metadata cache has it, with an ETag) opens at once, without waiting
+    /// for S3; see [`Download::open_listed`]. Its size is the listed one until the first
+    /// read, so callers that announce the size before reading (SCP) use `open_read`.
+    pub async fn open_read_listed(&self, path: &VirtualPath) -> Result<Download> {
+        self.check(Permission::Download, path)?;
+        let key = self.jail.file_key(path)?;
+        if !path.is_root() {
+            if let Some(head) = self.cache().get(&key) {
+                if head.etag.is_some() && head.size > 0 {
+                    return Ok(Download::open_listed(self.clone(), key, head));
+                }
+            }
+        }
+        self.open_read(path).await
+    }
+
     /// Opens a file for writing. Nothing is visible at the key until the upload is
     /// finished; an upload that is dropped unfinished is aborted.
     ///
