@@ -7,6 +7,7 @@
 //! the key until the whole object is committed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -40,14 +41,8 @@ pub struct WriteMode {
 struct Multipart {
     upload_id: String,
     next_part: i32,
-    in_flight: JoinSet<Result<SentPart>>,
+    in_flight: JoinSet<Result<CompletedPart>>,
     done: Vec<CompletedPart>,
-}
-
-/// A part S3 has, and the buffer it was sent from, given back for the next part.
-struct SentPart {
-    part: CompletedPart,
-    spare: Option<PartBuffer>,
 }
 
 /// An empty part buffer with the budget reservation that pays for it. Reusing it spares
@@ -57,9 +52,10 @@ struct PartBuffer {
     reservation: Reservation,
 }
 
-/// Spare buffers an upload keeps: one is all a steady stream needs, since a part is only
-/// sent after one in flight has come back.
-const MAX_SPARES: usize = 2;
+/// Where a finished part task leaves its buffer for the next part. One spare is all a
+/// steady stream needs; a task that finds the slot taken frees its buffer (and its share
+/// of the budget) at once, as does one whose body the SDK still shares.
+type SpareSlot = Arc<std::sync::Mutex<Option<PartBuffer>>>;
 
 /// One file being written. Not `Clone`: exactly one owner decides to finish or abort.
 pub struct Upload {
@@ -75,8 +71,8 @@ pub struct Upload {
     pending: BTreeMap<u64, Bytes>,
     pending_bytes: u64,
     multipart: Option<Multipart>,
-    /// Buffers of parts S3 has, ready to be filled again.
-    spares: Vec<PartBuffer>,
+    /// The buffer of a part S3 has, ready to be filled again.
+    spare: SpareSlot,
     /// Set after the first failure; every later call reports it.
     failed: Option<String>,
     finished: bool,
@@ -141,7 +137,7 @@ impl Upload {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             multipart: None,
-            spares: Vec::new(),
+            spare: SpareSlot::default(),
             failed: None,
             finished: false,
             existed,
@@ -290,9 +286,11 @@ impl Upload {
             return Err(StorageError::Invalid("multipart upload vanished".into()));
         };
         while let Some(joined) = mp.in_flight.join_next().await {
-            mp.done.push(joined_part(joined)?.part);
+            mp.done.push(joined_part(joined)?);
         }
-        self.spares.clear();
+        if let Ok(mut slot) = self.spare.lock() {
+            *slot = None;
+        }
         mp.done.sort_by_key(|p| p.part_number());
         let parts = std::mem::take(&mut mp.done);
         let upload_id = mp.upload_id.clone();
@@ -379,16 +377,22 @@ impl Upload {
         Ok(())
     }
 
+    /// Frees the spare part buffer, if any.
+    fn drop_spare(&self) {
+        if let Ok(mut slot) = self.spare.lock() {
+            *slot = None;
+        }
+    }
+
     /// Makes an empty buffer for the next part: a spare if one is big enough, else a new
     /// one, reserved in the memory budget first (which may wait).
     async fn take_buffer(&mut self) {
         let part_size = self.part_size as usize;
-        while let Some(spare) = self.spares.pop() {
-            if spare.buffer.capacity() >= part_size {
-                self.buffer = spare.buffer;
-                self.reservation = Some(spare.reservation);
-                return;
-            }
+        let spare = self.spare.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(spare) = spare.filter(|s| s.buffer.capacity() >= part_size) {
+            self.buffer = spare.buffer;
+            self.reservation = Some(spare.reservation);
+            return;
         }
         let budget = self.store.storage().budget().clone();
         self.reservation = Some(budget.reserve(self.part_size).await);
@@ -425,15 +429,11 @@ impl Upload {
             return Err(StorageError::Invalid("multipart upload vanished".into()));
         };
         while let Some(joined) = mp.in_flight.try_join_next() {
-            let sent = joined_part(joined)?;
-            mp.done.push(sent.part);
-            keep_spare(&mut self.spares, sent.spare);
+            mp.done.push(joined_part(joined)?);
         }
         while mp.in_flight.len() >= max_in_flight {
             if let Some(joined) = mp.in_flight.join_next().await {
-                let sent = joined_part(joined)?;
-                mp.done.push(sent.part);
-                keep_spare(&mut self.spares, sent.spare);
+                mp.done.push(joined_part(joined)?);
             }
         }
         if mp.next_part as u64 > MAX_PARTS {
@@ -449,6 +449,7 @@ impl Upload {
         let bucket = self.store.storage().bucket().to_string();
         let key = self.key.clone();
         let upload_id = mp.upload_id.clone();
+        let spare_slot = self.spare.clone();
         mp.in_flight.spawn(async move {
             let out = client
                 .upload_part()
@@ -461,23 +462,21 @@ impl Upload {
                 .await
                 .map_err(|e| s3_error("UploadPart", e))?;
             // The SDK has let go of its copies of the body once it has the answer.
-            let spare = match (body.try_into_mut(), reservation) {
-                (Ok(mut buffer), Some(reservation)) => {
-                    buffer.clear();
-                    Some(PartBuffer {
-                        buffer,
-                        reservation,
-                    })
+            if let (Ok(mut buffer), Some(reservation)) = (body.try_into_mut(), reservation) {
+                buffer.clear();
+                if let Ok(mut slot) = spare_slot.lock() {
+                    if slot.is_none() {
+                        *slot = Some(PartBuffer {
+                            buffer,
+                            reservation,
+                        });
+                    }
                 }
-                _ => None,
-            };
-            Ok(SentPart {
-                part: CompletedPart::builder()
-                    .part_number(part_number)
-                    .set_e_tag(out.e_tag().map(str::to_string))
-                    .build(),
-                spare,
-            })
+            }
+            Ok(CompletedPart::builder()
+                .part_number(part_number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build())
         });
         let grown = grown_part_size(self.part_size, part_number as u64);
         if grown != self.part_size {
@@ -492,7 +491,7 @@ impl Upload {
         self.preflight = None;
         self.buffer = BytesMut::new();
         self.reservation = None;
-        self.spares.clear();
+        self.drop_spare();
         self.pending.clear();
         if let Some(mut mp) = self.multipart.take() {
             mp.in_flight.abort_all();
@@ -586,24 +585,18 @@ fn multipart_etag(parts: &[CompletedPart]) -> Option<String> {
     ))
 }
 
-/// Keeps a returned part buffer for reuse, up to [`MAX_SPARES`].
-fn keep_spare(spares: &mut Vec<PartBuffer>, spare: Option<PartBuffer>) {
-    if let Some(spare) = spare {
-        if spares.len() < MAX_SPARES {
-            spares.push(spare);
-        }
-    }
-}
-
 fn joined_part(
-    joined: std::result::Result<Result<SentPart>, tokio::task::JoinError>,
-) -> Result<SentPart> {
+    joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
+) -> Result<CompletedPart> {
     joined.map_err(|e| StorageError::Invalid(format!("part upload task failed: {e}")))?
 }
 
-/// Parts in flight while one more buffer fills, within the per-transfer budget.
+/// Parts in flight while one more buffer fills. The per-transfer budget holds them, the
+/// filling one, and one part's worth of headroom for what else a transfer costs (its SSH
+/// channel and HTTP buffers), so that an upload's whole footprint stays within the budget.
+/// At least one part is in flight whatever the budget.
 fn in_flight_limit(transfer_budget: u64, part_size: u64) -> usize {
-    ((transfer_budget / part_size.max(1)).saturating_sub(1)).max(1) as usize
+    ((transfer_budget / part_size.max(1)).saturating_sub(2)).max(1) as usize
 }
 
 #[cfg(test)]
@@ -650,7 +643,8 @@ mod tests {
 
     #[test]
     fn in_flight_respects_budget() {
-        assert_eq!(in_flight_limit(64 * MIB, 8 * MIB), 7);
+        assert_eq!(in_flight_limit(64 * MIB, 8 * MIB), 6);
+        assert_eq!(in_flight_limit(24 * MIB, 8 * MIB), 1);
         assert_eq!(in_flight_limit(8 * MIB, 8 * MIB), 1);
         assert_eq!(in_flight_limit(8 * MIB, 64 * MIB), 1);
     }
