@@ -222,7 +222,10 @@ async fn shutdown_aborts_what_is_left_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_orphan_sweep_aborts_old_uploads_only() {
-    let t = TestServer::start().await;
+    // The server's own sweep at start must not take this test's upload: on a server that
+    // reports an ancient `Initiated` (moto: 2010) it would, if it ran after the create.
+    let t =
+        TestServer::start_with(|c| c.orphan_age = Duration::from_secs(200 * 365 * 24 * 3600)).await;
     let key = format!("{}orphan.bin", t.alice.prefix);
     t.client()
         .create_multipart_upload()
