@@ -13,14 +13,14 @@ use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
 use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{s3_error, S3Error, S3Result, StdError};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter, ReadBuf};
 
 use super::error::{custom, internal};
 use super::store::{Bucket, TempPath};
 
 /// Size of the chunks a GET body is read and sent in.
 const READ_CHUNK: usize = 256 * 1024;
-/// Bytes of a request body written to its temporary file at a time.
+/// Write buffer between the network and a temporary file.
 const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// A request body stored in a temporary file, with what S3 needs to know about it.
@@ -36,34 +36,31 @@ pub(crate) struct Received {
 /// `expected_len` is the request's Content-Length; a body of another length is
 /// `IncompleteBody`. A failed signature check of the payload surfaces here, at the end of
 /// the stream, which is why nothing is renamed into place before this returns.
-///
-/// Chunks are collected (not copied) into batches of about [`WRITE_BUFFER`] bytes; a batch
-/// is hashed and written on a blocking thread while the next one arrives.
 pub(crate) async fn receive(
     bucket: &Bucket,
     body: Option<StreamingBlob>,
     expected_len: Option<i64>,
 ) -> S3Result<Received> {
     let tmp = bucket.temp_path();
-    let path = tmp.path().to_owned();
-    let file = blocking("create temporary file", move || fs::File::create(path)).await?;
-    let mut sink = Sink::Idle(file, Md5::new());
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut batch_len = 0;
+    let file = tokio::fs::File::create(tmp.path())
+        .await
+        .map_err(|e| internal("create temporary file", e))?;
+    let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut md5 = Md5::new();
     let mut size: u64 = 0;
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(body_error)?;
+            md5.update(&chunk);
             size += chunk.len() as u64;
-            batch_len += chunk.len();
-            batch.push(chunk);
-            if batch_len >= WRITE_BUFFER {
-                sink = sink.write(std::mem::take(&mut batch)).await?;
-                batch_len = 0;
-            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| internal("write temporary file", e))?;
         }
     }
-    let (file, md5) = sink.write(batch).await?.finish().await?;
+    file.flush()
+        .await
+        .map_err(|e| internal("write temporary file", e))?;
     drop(file);
     if expected_len.is_some_and(|expected| u64::try_from(expected).ok() != Some(size)) {
         return Err(s3_error!(
@@ -76,45 +73,6 @@ pub(crate) async fn receive(
         size,
         md5_hex: hex::encode(md5.finalize()),
     })
-}
-
-/// The temporary file a body goes to and the MD5 of what went in, or the blocking task
-/// that holds them while it hashes and writes a batch.
-enum Sink {
-    Idle(fs::File, Md5),
-    Busy(tokio::task::JoinHandle<io::Result<(fs::File, Md5)>>),
-}
-
-impl Sink {
-    /// Hands `batch` to a blocking task, once the previous batch is written.
-    async fn write(self, batch: Vec<Bytes>) -> S3Result<Sink> {
-        if batch.is_empty() {
-            return Ok(self);
-        }
-        let (mut file, mut md5) = self.finish().await?;
-        Ok(Sink::Busy(tokio::task::spawn_blocking(move || {
-            for chunk in &batch {
-                md5.update(chunk);
-                file.write_all(chunk)?;
-            }
-            Ok((file, md5))
-        })))
-    }
-
-    /// Waits for the last batch.
-    async fn finish(self) -> S3Result<(fs::File, Md5)> {
-        match self {
-            Sink::Idle(file, md5) => Ok((file, md5)),
-            Sink::Busy(task) => match task.await {
-                Ok(Ok(done)) => Ok(done),
-                Ok(Err(err)) => Err(internal("write temporary file", err)),
-                Err(err) => Err(internal(
-                    "write temporary file",
-                    io::Error::other(err.to_string()),
-                )),
-            },
-        }
-    }
 }
 
 /// Maps an error of the request body stream to the S3 error the client should see.
