@@ -24,6 +24,33 @@ fn write_local(t: &TestServer, name: &str, data: &[u8]) -> String {
     path.display().to_string()
 }
 
+/// Uploads `big` as big.bin and `small` as small.bin in one OpenSSH `sftp` session as alice.
+async fn put_big_and_small(t: &TestServer, big: &[u8], small: &[u8]) -> std::process::Output {
+    let big_local = write_local(t, "big.bin", big);
+    let small_local = write_local(t, "small.bin", small);
+    t.sftp(
+        &t.alice,
+        &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
+    )
+    .await
+}
+
+/// Asserts that alice's `name` holds exactly `data` in S3.
+async fn assert_stored(
+    t: &TestServer,
+    view: &common::fault_proxy::BucketView,
+    name: &str,
+    data: &[u8],
+    context: &str,
+) {
+    let stored = view.object(&format!("{}{name}", t.alice.prefix)).await;
+    assert_eq!(
+        stored.as_deref().map(sha256),
+        Some(sha256(data)),
+        "{context}: {name}"
+    );
+}
+
 async fn no_pending(view: &common::fault_proxy::BucketView, prefix: &str) -> Vec<String> {
     for _ in 0..100 {
         if view.pending_uploads(prefix).await.is_empty() {
@@ -42,22 +69,13 @@ async fn slow_down_on_parts_and_puts_is_retried() {
     proxy.add(Op::PutObject, Fault::Status(503), 2);
     let big = random_bytes(2 * PART + 12_345, 1);
     let small = random_bytes(100_000, 2);
-    let big_local = write_local(&t, "big.bin", &big);
-    let small_local = write_local(&t, "small.bin", &small);
-    let out = t
-        .sftp(
-            &t.alice,
-            &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
-        )
-        .await;
+    let out = put_big_and_small(&t, &big, &small).await;
     assert!(out.status.success(), "uploads succeed: {}", stderr(&out));
     assert_eq!(proxy.injected(Op::UploadPart), 2);
     assert_eq!(proxy.injected(Op::PutObject), 2);
     assert!(proxy.hits(Op::UploadPart) >= 3 + 2, "parts were sent again");
-    let stored = view.object(&format!("{}big.bin", t.alice.prefix)).await;
-    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&big)));
-    let stored = view.object(&format!("{}small.bin", t.alice.prefix)).await;
-    assert_eq!(stored.as_deref().map(sha256), Some(sha256(&small)));
+    assert_stored(&t, &view, "big.bin", &big, "after retries").await;
+    assert_stored(&t, &view, "small.bin", &small, "after retries").await;
     assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
@@ -338,31 +356,15 @@ async fn upload_bodies_are_signed_only_when_the_setting_says_so() {
         .await;
         let big = random_bytes(2 * PART + 777, 11);
         let small = random_bytes(5_000, 12);
-        let big_local = write_local(&t, "big.bin", &big);
-        let small_local = write_local(&t, "small.bin", &small);
-        let out = t
-            .sftp(
-                &t.alice,
-                &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
-            )
-            .await;
+        let out = put_big_and_small(&t, &big, &small).await;
         assert!(
             out.status.success(),
             "{mode:?}: uploads succeed: {}",
             stderr(&out)
         );
-        let stored = view.object(&format!("{}big.bin", t.alice.prefix)).await;
-        assert_eq!(
-            stored.as_deref().map(sha256),
-            Some(sha256(&big)),
-            "{mode:?}"
-        );
-        let stored = view.object(&format!("{}small.bin", t.alice.prefix)).await;
-        assert_eq!(
-            stored.as_deref().map(sha256),
-            Some(sha256(&small)),
-            "{mode:?}"
-        );
+        let context = format!("{mode:?}");
+        assert_stored(&t, &view, "big.bin", &big, &context).await;
+        assert_stored(&t, &view, "small.bin", &small, &context).await;
         let parts = proxy.payload_hashes(Op::UploadPart);
         let puts = proxy.payload_hashes(Op::PutObject);
         assert_eq!(parts.len(), 3, "{mode:?}: three parts: {parts:?}");

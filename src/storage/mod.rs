@@ -427,9 +427,28 @@ impl UserStore {
 
     /// Opens a file for reading, pinned to the version seen now.
     pub async fn open_read(&self, path: &VirtualPath) -> Result<Download> {
+        self.open_read_with(path, false).await
+    }
+
+    /// Like [`open_read`](Self::open_read), but a file this session has just listed or
+    /// looked at (its metadata cache has it, with an ETag) opens at once, without waiting
+    /// for S3; see [`Download::open_listed`]. Its size is the listed one until the first
+    /// read, so callers that announce the size before reading (SCP) use `open_read`.
+    pub async fn open_read_listed(&self, path: &VirtualPath) -> Result<Download> {
+        self.open_read_with(path, true).await
+    }
+
+    async fn open_read_with(&self, path: &VirtualPath, from_listing: bool) -> Result<Download> {
         self.check(Permission::Download, path)?;
         let key = self.jail.file_key(path)?;
         if !path.is_root() {
+            let listed = from_listing
+                .then(|| self.cache().get(&key))
+                .flatten()
+                .filter(|head| head.etag.is_some() && head.size > 0);
+            if let Some(head) = listed {
+                return Ok(Download::open_listed(self.clone(), key, head));
+            }
             if let Some(download) = Download::open(self.clone(), key).await? {
                 return Ok(download);
             }
@@ -438,23 +457,6 @@ impl UserStore {
             Some(_) => StorageError::IsADirectory,
             None => StorageError::NotFound,
         })
-    }
-
-    /// Like [`open_read`](Self::open_read), but a file this session has just listed or
-    /// looked at (its metadata cache has it, with an ETag) opens at once, without waiting
-    /// for S3; see [`Download::open_listed`]. Its size is the listed one until the first
-    /// read, so callers that announce the size before reading (SCP) use `open_read`.
-    pub async fn open_read_listed(&self, path: &VirtualPath) -> Result<Download> {
-        self.check(Permission::Download, path)?;
-        let key = self.jail.file_key(path)?;
-        if !path.is_root() {
-            if let Some(head) = self.cache().get(&key) {
-                if head.etag.is_some() && head.size > 0 {
-                    return Ok(Download::open_listed(self.clone(), key, head));
-                }
-            }
-        }
-        self.open_read(path).await
     }
 
     /// Opens a file for writing. Nothing is visible at the key until the upload is

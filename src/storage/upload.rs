@@ -288,12 +288,11 @@ impl Upload {
         while let Some(joined) = mp.in_flight.join_next().await {
             mp.done.push(joined_part(joined)?);
         }
-        if let Ok(mut slot) = self.spare.lock() {
-            *slot = None;
-        }
         mp.done.sort_by_key(|p| p.part_number());
         let parts = std::mem::take(&mut mp.done);
         let upload_id = mp.upload_id.clone();
+        // Every part is back: no buffer is needed any more.
+        self.drop_spare();
         let count = parts.len();
         let expected_etag = multipart_etag(&parts);
         let storage = self.store.storage();
