@@ -65,7 +65,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 # Renames of the rename file per session (odd, so it ends under its new name).
-RENAMES = 5
+RENAMES = 25
 KIB = 1 << 10
 CLK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench"
