@@ -702,3 +702,56 @@ async fn shell_and_unknown_commands_are_refused() {
     raw.init().await.expect("sftp after a refused exec");
     t.shutdown().await;
 }
+
+/// `rclone serve s3` answers a HEAD of a folder's name with an empty object typed
+/// `application/x-directory` (and s3fs once marked directories that way): such an object
+/// is a directory, also after a listing showed it as an empty entry. An empty object of
+/// any other type stays a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn empty_directory_typed_objects_are_directories() {
+    let t = TestServer::start().await;
+    let p = t.alice.prefix.clone();
+    for (name, content_type) in [
+        ("folder", "application/x-directory"),
+        ("empty.txt", "text/plain"),
+    ] {
+        t.client()
+            .put_object()
+            .bucket(t.bucket())
+            .key(format!("{p}{name}"))
+            .content_type(content_type)
+            .body(Vec::new().into())
+            .send()
+            .await
+            .expect("put");
+    }
+    let s = t.russh_sftp(&t.alice).await;
+    let check = |attrs: &FileAttributes, dir: bool, what: &str| {
+        assert_eq!(attrs.is_dir(), dir, "{what}: {attrs:?}");
+    };
+    check(
+        &s.raw.stat("/folder").await.expect("stat").attrs,
+        true,
+        "folder",
+    );
+    check(
+        &s.raw.stat("/empty.txt").await.expect("stat").attrs,
+        false,
+        "empty.txt",
+    );
+
+    let dir = s.raw.opendir("/").await.expect("opendir").handle;
+    let names = s.raw.readdir(&dir).await.expect("readdir");
+    assert_eq!(names.files.len(), 2, "{:?}", names.files);
+    s.raw.close(&dir).await.expect("closedir");
+    check(
+        &s.raw.stat("/folder").await.expect("stat").attrs,
+        true,
+        "folder after a listing",
+    );
+    check(
+        &s.raw.stat("/empty.txt").await.expect("stat").attrs,
+        false,
+        "empty.txt after a listing",
+    );
+}

@@ -95,6 +95,7 @@ mod tests {
             size,
             etag: Some("\"e\"".into()),
             modified: None,
+            dir_marker: false,
         }
     }
 

@@ -160,6 +160,7 @@ impl Download {
             size,
             etag: out.e_tag().map(str::to_string),
             modified: out.last_modified().and_then(to_system_time),
+            dir_marker: false,
         };
         store.cache().insert(&key, head.clone());
         let first_len = chunk_size.min(size);

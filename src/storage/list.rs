@@ -72,6 +72,7 @@ impl DirLister {
                         size: o.size().unwrap_or(0).max(0) as u64,
                         etag: o.e_tag().map(str::to_string),
                         modified: o.last_modified().and_then(to_system_time),
+                        dir_marker: false,
                     },
                 );
             }

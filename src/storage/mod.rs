@@ -168,7 +168,14 @@ pub(crate) struct ObjectHead {
     pub size: u64,
     pub etag: Option<String>,
     pub modified: Option<SystemTime>,
+    /// An empty object whose Content-Type is `application/x-directory`: how `rclone serve
+    /// s3` answers a HEAD of a folder's name, and how s3fs once marked directories.
+    /// Only a HEAD can tell (listings carry no Content-Type).
+    pub dir_marker: bool,
 }
+
+/// Content-Type of an empty object that stands for a directory.
+const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 
 /// One user's view of the bucket. Every operation takes virtual paths and builds keys
 /// only through the [`Jail`]. Clones share one metadata cache: one view per session.
@@ -237,10 +244,15 @@ impl UserStore {
             .await
         {
             Ok(out) => {
+                let size = out.content_length().unwrap_or(0).max(0) as u64;
                 let head = ObjectHead {
-                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    size,
                     etag: out.e_tag().map(str::to_string),
                     modified: out.last_modified().and_then(to_system_time),
+                    dir_marker: size == 0
+                        && out
+                            .content_type()
+                            .is_some_and(|t| t.starts_with(DIRECTORY_CONTENT_TYPE)),
                 };
                 self.cache.insert(key, head.clone());
                 Ok(Some(head))
@@ -319,7 +331,9 @@ impl UserStore {
             size: head.size,
             modified: head.modified,
         };
-        if let Some(head) = self.cache.get(&key) {
+        // An empty entry from a listing may be a directory marker (see `dir_marker`):
+        // only a HEAD tells.
+        if let Some(head) = self.cache.get(&key).filter(|head| head.size > 0) {
             return Ok(file_entry(head));
         }
         // HEAD and the directory LIST go out together; a file answers without waiting
@@ -337,6 +351,9 @@ impl UserStore {
             }
         };
         if let Some(head) = file? {
+            if head.dir_marker {
+                return Ok(Entry::dir(path.file_name(), head.modified));
+            }
             return Ok(file_entry(head));
         }
         let listed = match dir_done {
