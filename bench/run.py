@@ -387,6 +387,15 @@ class Bench:
         t = self.tmp
         self.client_dir.mkdir(exist_ok=True)
         self.client_fs = first_line(["stat", "-f", "-c", "%T", str(self.client_dir)])
+        # The S3 server keeps every system's copies until each run removes them; near a full
+        # disk, ext4 slows down and rclone's write-back uploads stall (seen at 1.6 GB free).
+        free = shutil.disk_usage(t).free
+        wanted = 6 * self.size + 2 * 1024 * MIB
+        if free < wanted:
+            msg = (f"only {free / 1024 / MIB:.1f} GiB free on the disk of {t} "
+                   f"(about {wanted / 1024 / MIB:.1f} GiB wanted): expect slow or failed runs")
+            log(f"warning: {msg}")
+            self.notes.append(msg)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(t / "client_key")], check=True)
         self.client_pub = (t / "client_key.pub").read_text().strip()
         log(f"temp dir {t}")
