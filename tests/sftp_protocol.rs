@@ -726,32 +726,21 @@ async fn empty_directory_typed_objects_are_directories() {
             .expect("put");
     }
     let s = t.russh_sftp(&t.alice).await;
-    let check = |attrs: &FileAttributes, dir: bool, what: &str| {
-        assert_eq!(attrs.is_dir(), dir, "{what}: {attrs:?}");
+    let check = |when: &'static str| {
+        let s = &s;
+        async move {
+            for (path, dir) in [("/folder", true), ("/empty.txt", false)] {
+                let attrs = s.raw.stat(path).await.expect("stat").attrs;
+                assert_eq!(attrs.is_dir(), dir, "{path} {when}: {attrs:?}");
+            }
+        }
     };
-    check(
-        &s.raw.stat("/folder").await.expect("stat").attrs,
-        true,
-        "folder",
-    );
-    check(
-        &s.raw.stat("/empty.txt").await.expect("stat").attrs,
-        false,
-        "empty.txt",
-    );
+    check("before a listing").await;
 
     let dir = s.raw.opendir("/").await.expect("opendir").handle;
     let names = s.raw.readdir(&dir).await.expect("readdir");
     assert_eq!(names.files.len(), 2, "{:?}", names.files);
     s.raw.close(&dir).await.expect("closedir");
-    check(
-        &s.raw.stat("/folder").await.expect("stat").attrs,
-        true,
-        "folder after a listing",
-    );
-    check(
-        &s.raw.stat("/empty.txt").await.expect("stat").attrs,
-        false,
-        "empty.txt after a listing",
-    );
+    check("after a listing").await;
+    t.shutdown().await;
 }
