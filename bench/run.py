@@ -30,6 +30,12 @@ the client's own disk is not what is compared, and on ext4 creating the 1,000 do
 cost the client 0.4-1.2 CPU-s that varied 2x from run to run. The raw S3 client writes its
 downloads there too.
 
+What the servers store (the S3 server's data, sshd's root, rclone's VFS caches) goes to the
+bench's temp dir on disk, or to --server-dir. With `--server-dir /dev/shm` no system touches
+the disk: this VM's ext4 (no journal, online discard) makes every file it creates pay a scan
+over the inodes deleted in the last minutes, which dominates the small-file workloads of every
+system alike, and its speed for big writes moves by 2x from hour to hour.
+
 Workloads use the real OpenSSH `sftp -b` client with one cipher for all systems (see
 --cipher). Systems are interleaved run by run (order rotated every run). Times include the SSH
 login; the `connect` row shows what a login costs on its own, and "net" times subtract its
@@ -346,6 +352,10 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="s3sftp-bench-"))
         self.client_dir = self.pick_client_dir(args.client_dir)
         self.client_fs = "?"
+        # What the servers store: the S3 server's data, sshd's root, rclone's VFS caches.
+        self.server_dir = (Path(tempfile.mkdtemp(prefix="s3sftp-bench-server-", dir=args.server_dir))
+                           if args.server_dir else self.tmp / "server")
+        self.server_fs = "?"
         self.results: dict[str, dict[str, list[dict]]] = {}
         self.memory: dict[str, object] = {}
         self.notes: list[str] = []
@@ -377,6 +387,13 @@ class Bench:
     def client_dir_label(self) -> str:
         return f"`{self.client_dir.parent}` ({self.client_fs})"
 
+    def server_dir_label(self) -> str:
+        return f"`{self.server_dir.parent}` ({self.server_fs})"
+
+    def storage_word(self) -> str:
+        """How the servers' storage is named in labels: local disk, or tmpfs."""
+        return "tmpfs" if self.server_fs == "tmpfs" else "local disk"
+
     # ------------------------------------------------------------ setup
 
     def setup(self):
@@ -387,12 +404,14 @@ class Bench:
         t = self.tmp
         self.client_dir.mkdir(exist_ok=True)
         self.client_fs = first_line(["stat", "-f", "-c", "%T", str(self.client_dir)])
+        self.server_dir.mkdir(exist_ok=True)
+        self.server_fs = first_line(["stat", "-f", "-c", "%T", str(self.server_dir)])
         # The S3 server keeps every system's copies until each run removes them; near a full
         # disk, ext4 slows down and rclone's write-back uploads stall (seen at 1.6 GB free).
-        free = shutil.disk_usage(t).free
+        free = shutil.disk_usage(self.server_dir).free
         wanted = 6 * self.size + 2 * 1024 * MIB
         if free < wanted:
-            msg = (f"only {free / 1024 / MIB:.1f} GiB free on the disk of {t} "
+            msg = (f"only {free / 1024 / MIB:.1f} GiB free on the file system of {self.server_dir} "
                    f"(about {wanted / 1024 / MIB:.1f} GiB wanted): expect slow or failed runs")
             log(f"warning: {msg}")
             self.notes.append(msg)
@@ -426,23 +445,23 @@ class Bench:
             lf = t / "s3store.log"
             store = REPO_TARGET() / "release" / "examples" / "s3_store"
             self.s3_proc = subprocess.Popen(
-                [str(store), str(t / "s3store"), BUCKET, f"127.0.0.1:{self.s3_port}"],
+                [str(store), str(self.server_dir / "s3store"), BUCKET, f"127.0.0.1:{self.s3_port}"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(lf, "wb"))
             PROCS.append(self.s3_proc)
             info = json.loads(self.s3_proc.stdout.readline() or b"{}")
             if "access_key" not in info:
                 sys.exit(f"s3_store did not start: {tail(lf)}")
             self.access_key, self.secret_key = info["access_key"], info["secret_key"]
-            self.s3_label = "s3sftp's embedded store, standalone (local disk)"
+            self.s3_label = f"s3sftp's embedded store, standalone ({self.storage_word()})"
         elif self.args.s3_server == "rclone":
-            s3root = t / "s3root"
+            s3root = self.server_dir / "s3root"
             (s3root / BUCKET).mkdir(parents=True)
             lf = t / "rclone-s3.log"
             self.s3_proc = spawn(
                 [self.rclone, "serve", "s3", "--addr", f"127.0.0.1:{self.s3_port}",
                  "--auth-key", f"{self.access_key},{self.secret_key}", "--config", "/dev/null",
-                 "--cache-dir", str(t / "rclone-s3-cache"), str(s3root)], lf)
-            self.s3_label = "rclone serve s3 (local disk)"
+                 "--cache-dir", str(self.server_dir / "rclone-s3-cache"), str(s3root)], lf)
+            self.s3_label = f"rclone serve s3 ({self.storage_word()})"
         else:
             moto = shutil.which("moto_server")
             if not moto:
@@ -567,7 +586,7 @@ class Bench:
         s.proc = spawn([self.rclone, "serve", "sftp", f"benchs3:{BUCKET}/{PREFIX.rstrip('/')}",
                         "--addr", f"127.0.0.1:{s.port}", "--config", "/dev/null",
                         "--authorized-keys", str(self.tmp / "client_key.pub"),
-                        "--vfs-cache-mode", mode, "--cache-dir", str(d / "cache")],
+                        "--vfs-cache-mode", mode, "--cache-dir", str(self.server_dir / f"{name}-cache")],
                        lf, env=self.rclone_env())
         s.log = lf
         wait_port(s.port, s.proc, name, lf)
@@ -580,13 +599,14 @@ class Bench:
         if not os.path.exists(sshd):
             raise RuntimeError("/usr/sbin/sshd missing (apt-get install openssh-server)")
         d = self.tmp / "sshd"
-        root = d / "root"
+        d.mkdir()
+        root = self.server_dir / "sshd-root"
         root.mkdir(parents=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         s = System()
-        s.name, s.label, s.s3_backed, s.tree = "sshd", "OpenSSH sshd (local disk)", False, True
+        s.name, s.label, s.s3_backed, s.tree = "sshd", f"OpenSSH sshd ({self.storage_word()})", False, True
         s.user = getpass.getuser()
         s.port = free_port()
         s.root = root
@@ -1012,6 +1032,8 @@ class Bench:
     def cleanup(self):
         stop_all()
         shutil.rmtree(self.client_dir, ignore_errors=True)
+        if self.args.server_dir and not self.args.keep_tmp:
+            shutil.rmtree(self.server_dir, ignore_errors=True)
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
@@ -1086,7 +1108,7 @@ def report(b: Bench, argv: list[str]) -> str:
     # big transfers
     out.append(f"\n## Big file ({size_mib} MiB)\n")
     out.append("MiB/s = size / wall time of the client run, SSH login included. Ceiling = the smaller of "
-               "sshd (local disk) and raw S3. CPU = CPU seconds of the server process (s3sftp/rclone/sshd "
+               f"sshd ({b.storage_word()}) and raw S3. CPU = CPU seconds of the server process (s3sftp/rclone/sshd "
                f"incl. children) and of the S3 server ({b.s3_label}) during the run.\n")
     out.append("| workload | system | median s | MiB/s | × ceiling | × rclone off | × rclone writes | server CPU s | S3 server CPU s | peak RSS MiB | in S3 after s | runs ok |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -1241,6 +1263,7 @@ def machine_info(b: Bench) -> str:
         f"| Python / boto3 | {platform.python_version()} / {__import__('boto3').__version__} |",
         f"| s3sftp | commit {commit}{' + uncommitted changes' if dirty else ''}, `{b.binary}` |",
         f"| client downloads written to | {b.client_dir_label()} |",
+        f"| servers' data (S3 store, sshd root, rclone caches) | {b.server_dir_label()} |",
         f"| load average at start / end | {' '.join(b.load_start)} / {' '.join(b.load_end)} |",
     ])
 
@@ -1252,6 +1275,9 @@ def main():
     ap.add_argument("--small-runs", type=int, help="runs of the small-file, rename and listing workloads (default 3, 1 on moto; at most --runs; 0 skips them)")
     ap.add_argument("--client-dir", default="auto",
                     help="directory for the clients' downloads (default: a temp dir on /dev/shm when it has room, else the bench's temp dir)")
+    ap.add_argument("--server-dir",
+                    help="directory for what the servers store: the S3 server's data, sshd's root, rclone's VFS caches "
+                         "(default: the bench's temp dir, on disk; /dev/shm takes this machine's file system out of the comparison)")
     ap.add_argument("--size-mib", type=int, help="big file size (default 256 on moto, 1024 on rclone serve s3, --quick 128)")
     ap.add_argument("--small-files", type=int, help="number of 4 KiB files (default 1000)")
     ap.add_argument("--list-objects", type=int, help="objects in the listing directory (default 10000)")

@@ -57,6 +57,11 @@ fn quoted_md5(data: &[u8]) -> String {
     format!("\"{}\"", hex::encode(Md5::digest(data)))
 }
 
+/// The Content-MD5 header of `data`: its MD5 in base64.
+fn content_md5(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Md5::digest(data))
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -572,12 +577,14 @@ async fn upload_part(
     n: i32,
     data: &[u8],
 ) -> CompletedPart {
+    // With a Content-MD5 (as rclone sends), a part's ETag is its MD5.
     let out = c
         .upload_part()
         .bucket(b)
         .key(key)
         .upload_id(id)
         .part_number(n)
+        .content_md5(content_md5(data))
         .body(ByteStream::from(data.to_vec()))
         .send()
         .await
@@ -762,6 +769,135 @@ async fn multipart_rules_and_etag() {
         .await
         .expect_err("NoSuchUpload");
     assert_eq!(err.code(), Some("NoSuchUpload"));
+    s3.shutdown().await;
+}
+
+/// A part sent without Content-MD5 gets an opaque ETag (the store does not spend an MD5
+/// on it), which CompleteMultipartUpload accepts and folds into the object's ETag as S3
+/// does. A Content-MD5 that does not match the body is `BadDigest` and stores nothing.
+#[tokio::test]
+async fn part_etags_and_content_md5() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s3, c) = start(dir.path()).await;
+    let b = s3.bucket();
+
+    let first = pattern(5 * MIB, 3);
+    let id = create_upload(&c, b, "opaque").await;
+    let out = c
+        .upload_part()
+        .bucket(b)
+        .key("opaque")
+        .upload_id(&id)
+        .part_number(1)
+        .body(ByteStream::from(first.clone()))
+        .send()
+        .await
+        .expect("upload part without Content-MD5");
+    let opaque = out.e_tag().expect("etag").to_owned();
+    let hex = opaque.trim_matches('"');
+    assert_eq!(hex.len(), 32, "{opaque}");
+    assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{opaque}");
+    assert_ne!(opaque, quoted_md5(&first));
+
+    // A wrong Content-MD5 is refused and leaves no part 2 behind.
+    let err = c
+        .upload_part()
+        .bucket(b)
+        .key("opaque")
+        .upload_id(&id)
+        .part_number(2)
+        .content_md5(content_md5(b"something else"))
+        .body(ByteStream::from_static(b"tail"))
+        .send()
+        .await
+        .expect_err("BadDigest");
+    assert_eq!(err.code(), Some("BadDigest"));
+    assert_eq!(status(&err), 400);
+    let parts = c
+        .list_parts()
+        .bucket(b)
+        .key("opaque")
+        .upload_id(&id)
+        .send()
+        .await
+        .expect("list parts");
+    let numbers: Vec<i32> = parts
+        .parts()
+        .iter()
+        .filter_map(|p| p.part_number())
+        .collect();
+    assert_eq!(numbers, vec![1]);
+
+    let last = upload_part(&c, b, "opaque", &id, 2, b"tail").await;
+    let done = CompletedMultipartUpload::builder()
+        .parts(
+            CompletedPart::builder()
+                .part_number(1)
+                .e_tag(&opaque)
+                .build(),
+        )
+        .parts(last)
+        .build();
+    let out = c
+        .complete_multipart_upload()
+        .bucket(b)
+        .key("opaque")
+        .upload_id(&id)
+        .multipart_upload(done)
+        .send()
+        .await
+        .expect("complete");
+    let mut binary = hex::decode(hex).expect("hex");
+    binary.extend_from_slice(&Md5::digest(b"tail"));
+    let expected = format!("\"{}-2\"", hex::encode(Md5::digest(&binary)));
+    assert_eq!(out.e_tag(), Some(expected.as_str()));
+    let mut whole = first;
+    whole.extend_from_slice(b"tail");
+    assert_eq!(get(&c, b, "opaque").await, whole);
+
+    // PutObject: the ETag is the MD5 with or without a Content-MD5; a wrong one is
+    // BadDigest and keeps the old object, a malformed one is InvalidDigest.
+    put(&c, b, "simple", b"old").await;
+    let ok = c
+        .put_object()
+        .bucket(b)
+        .key("simple")
+        .content_md5(content_md5(b"new"))
+        .body(ByteStream::from_static(b"new"))
+        .send()
+        .await
+        .expect("put with Content-MD5");
+    assert_eq!(ok.e_tag(), Some(quoted_md5(b"new").as_str()));
+    for (header, code) in [
+        (content_md5(b"other"), "BadDigest"),
+        ("bm90LWFuLW1kNQ==".to_owned(), "InvalidDigest"),
+        ("%%%".to_owned(), "InvalidDigest"),
+    ] {
+        let err = c
+            .put_object()
+            .bucket(b)
+            .key("simple")
+            .content_md5(&header)
+            .body(ByteStream::from_static(b"newer"))
+            .send()
+            .await
+            .expect_err(code);
+        assert_eq!(err.code(), Some(code), "Content-MD5 {header}");
+        assert_eq!(status(&err), 400);
+    }
+    assert_eq!(get(&c, b, "simple").await, b"new");
+    let err = c
+        .put_object()
+        .bucket(b)
+        .key("never")
+        .content_md5(content_md5(b"other"))
+        .body(ByteStream::from_static(b"never"))
+        .send()
+        .await
+        .expect_err("BadDigest");
+    assert_eq!(err.code(), Some("BadDigest"));
+    let missing = c.head_object().bucket(b).key("never").send().await;
+    assert!(missing.is_err(), "a refused PUT stores nothing");
     s3.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
 
-use super::body::{blocking, concat_files, copy_range_hashing, receive};
+use super::body::{blocking, concat_files, copy_range_hashing, receive, EtagSource};
 use super::conditions::{check_copy_source, check_write, Conditions};
 use super::list::page_size;
 use super::parts::{new_upload_id, PartMeta, Upload, UploadMeta};
@@ -157,12 +157,13 @@ impl Store {
         check_part_number(input.part_number)?;
         let bucket = self.bucket(&input.bucket)?;
         bucket.upload(&input.upload_id, &input.key)?; // refuse before reading the body
-        let received = receive(&bucket, input.body, input.content_length).await?;
-        let etag = received.md5_hex.clone();
+        let source = EtagSource::part(input.content_md5.as_deref())?;
+        let received = receive(&bucket, input.body, input.content_length, source).await?;
+        let etag = received.etag.clone();
         let part = PartMeta {
             part_number: input.part_number,
             size: received.size,
-            etag: received.md5_hex,
+            etag: received.etag,
             last_modified_ms: now_ms(),
         };
         bucket.commit_part(&input.upload_id, &input.key, part, received.file)?;

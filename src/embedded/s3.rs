@@ -18,7 +18,7 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
-use super::body::{blocking, copy_file, receive, FileBody};
+use super::body::{blocking, copy_file, receive, EtagSource, FileBody};
 use super::conditions::{
     check_copy_source, check_read, check_write, content_range, resolve_span, Conditions,
 };
@@ -229,11 +229,12 @@ impl S3 for Store {
         let (if_match, if_none_match) = (input.if_match.as_ref(), input.if_none_match.as_ref());
         // Refuse early when we can; the check is repeated at commit time, under the lock.
         check_write(bucket.meta(&input.key).as_ref(), if_match, if_none_match)?;
-        let received = receive(&bucket, input.body, input.content_length).await?;
+        let source = EtagSource::object(input.content_md5.as_deref())?;
+        let received = receive(&bucket, input.body, input.content_length, source).await?;
         let meta = ObjectMeta {
             key: input.key,
             size: received.size,
-            etag: received.md5_hex,
+            etag: received.etag,
             last_modified_ms: now_ms(),
             content_type: input.content_type,
             metadata: metadata_map(input.metadata),
