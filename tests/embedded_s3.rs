@@ -901,6 +901,173 @@ async fn part_etags_and_content_md5() {
     s3.shutdown().await;
 }
 
+/// Names of the files in an upload's folder, sorted.
+fn upload_files(dir: &Path, bucket: &str, id: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(bucket).join("uploads").join(id))
+        .expect("upload folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn complete(c: &Client, b: &str, key: &str, id: &str, parts: Vec<CompletedPart>) -> String {
+    c.complete_multipart_upload()
+        .bucket(b)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("complete")
+        .e_tag
+        .expect("etag")
+}
+
+/// Parts of one size go straight into the upload's assembly file, in any order, and the
+/// object is that file; whatever does not fit (a part longer than the first, a second
+/// upload of a part number, parts left out of the completion, an upload from before a
+/// restart) gets its own file and is copied. Every path gives the same bytes.
+#[tokio::test]
+async fn multipart_parts_in_place_and_fallbacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s3, c) = start(dir.path()).await;
+    let b = s3.bucket().to_owned();
+    let (p1, p2, p3) = (pattern(5 * MIB, 1), pattern(5 * MIB, 2), pattern(MIB, 3));
+    let joined = |parts: &[&[u8]]| parts.concat();
+
+    // In order, and out of order (part 2 first): no part files, only the assembly.
+    for (key, order) in [("in-order", [1, 2, 3]), ("out-of-order", [2, 1, 3])] {
+        let id = create_upload(&c, &b, key).await;
+        let mut parts = Vec::new();
+        for n in order {
+            let data = [&p1, &p2, &p3][n as usize - 1];
+            parts.push(upload_part(&c, &b, key, &id, n, data).await);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        assert_eq!(
+            upload_files(dir.path(), &b, &id),
+            [
+                "assembly",
+                "part-00001.json",
+                "part-00002.json",
+                "part-00003.json",
+                "upload.json"
+            ],
+            "{key}"
+        );
+        let etag = complete(&c, &b, key, &id, parts).await;
+        assert_eq!(etag, multipart_etag(&[&p1, &p2, &p3]), "{key}");
+        assert_eq!(get(&c, &b, key).await, joined(&[&p1, &p2, &p3]), "{key}");
+    }
+
+    // With request checksums the SDK sends parts aws-chunked, checksum in a trailer: the
+    // decoded length is what is reserved and written.
+    let chunked = Client::from_conf(
+        c.config()
+            .to_builder()
+            .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
+            .build(),
+    );
+    let id = create_upload(&chunked, &b, "chunked").await;
+    let mut parts = Vec::new();
+    for (n, data) in [(1, &p1), (2, &p3)] {
+        // A body from a file streams; the SDK sends a buffered one with a checksum header.
+        let file = dir.path().join(format!("body-{n}"));
+        std::fs::write(&file, data).expect("body file");
+        let out = chunked
+            .upload_part()
+            .bucket(&b)
+            .key("chunked")
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from_path(&file).await.expect("body"))
+            .send()
+            .await
+            .expect("aws-chunked part");
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag)
+                .build(),
+        );
+    }
+    assert!(!upload_files(dir.path(), &b, &id).contains(&"part-00001".to_owned()));
+    complete(&c, &b, "chunked", &id, parts).await;
+    assert_eq!(get(&c, &b, "chunked").await, joined(&[&p1, &p3]));
+
+    // The short last part first sets a small stride: the longer parts get their own files.
+    let id = create_upload(&c, &b, "last-first").await;
+    let last = upload_part(&c, &b, "last-first", &id, 3, &p3).await;
+    let first = upload_part(&c, &b, "last-first", &id, 1, &p1).await;
+    let second = upload_part(&c, &b, "last-first", &id, 2, &p2).await;
+    assert!(upload_files(dir.path(), &b, &id).contains(&"part-00001".to_owned()));
+    complete(&c, &b, "last-first", &id, vec![first, second, last]).await;
+    assert_eq!(get(&c, &b, "last-first").await, joined(&[&p1, &p2, &p3]));
+
+    // A refused write frees its slot; a second upload of a part number replaces the first
+    // from its own file; completing with fewer parts than were written copies them.
+    let id = create_upload(&c, &b, "redo").await;
+    let err = c
+        .upload_part()
+        .bucket(&b)
+        .key("redo")
+        .upload_id(&id)
+        .part_number(1)
+        .content_md5(content_md5(b"not this"))
+        .body(ByteStream::from(p1.clone()))
+        .send()
+        .await
+        .expect_err("BadDigest");
+    assert_eq!(err.code(), Some("BadDigest"));
+    let stale = upload_part(&c, &b, "redo", &id, 1, &p1).await;
+    let replaced = upload_part(&c, &b, "redo", &id, 1, &p2).await;
+    let second = upload_part(&c, &b, "redo", &id, 2, &p1).await;
+    upload_part(&c, &b, "redo", &id, 3, &p3).await;
+    assert!(upload_files(dir.path(), &b, &id).contains(&"part-00001".to_owned()));
+    let err = c
+        .complete_multipart_upload()
+        .bucket(&b)
+        .key("redo")
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(stale)
+                .parts(second.clone())
+                .build(),
+        )
+        .send()
+        .await
+        .expect_err("the replaced part is gone");
+    assert_eq!(err.code(), Some("InvalidPart"));
+    complete(&c, &b, "redo", &id, vec![replaced, second]).await;
+    assert_eq!(get(&c, &b, "redo").await, joined(&[&p2, &p1]));
+
+    // An upload from before a restart keeps its parts in place; new ones get files.
+    let id = create_upload(&c, &b, "restart").await;
+    let first = upload_part(&c, &b, "restart", &id, 1, &p1).await;
+    s3.shutdown().await;
+    let (s3, c) = start(dir.path()).await;
+    let last = upload_part(&c, &b, "restart", &id, 2, &p3).await;
+    assert_eq!(
+        upload_files(dir.path(), &b, &id),
+        [
+            "assembly",
+            "part-00001.json",
+            "part-00002",
+            "part-00002.json",
+            "upload.json"
+        ]
+    );
+    complete(&c, &b, "restart", &id, vec![first, last]).await;
+    assert_eq!(get(&c, &b, "restart").await, joined(&[&p1, &p3]));
+    s3.shutdown().await;
+}
+
 #[tokio::test]
 async fn abort_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

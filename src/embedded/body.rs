@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 use s3s::dto::StreamingBlob;
 use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{s3_error, S3Error, S3Result, StdError};
-use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, BufWriter, ReadBuf};
 
 use super::error::{custom, internal};
 use super::store::{random_hex, Bucket, TempPath};
@@ -86,6 +86,53 @@ pub(crate) async fn receive(
     let file = tokio::fs::File::create(tmp.path())
         .await
         .map_err(|e| internal("create temporary file", e))?;
+    let (size, etag) = write_body(file, body, None, etag).await?;
+    if expected_len.is_some_and(|expected| u64::try_from(expected).ok() != Some(size)) {
+        return Err(incomplete_body());
+    }
+    Ok(Received {
+        file: tmp,
+        size,
+        etag,
+    })
+}
+
+/// Streams `body`, which must be exactly `len` bytes, into the file at `path` (created if
+/// missing) from `offset` on: a part written in place in its upload's assembly file.
+/// Writing stops before a longer body could reach the bytes after `offset + len`. Returns
+/// the ETag. On error the region holds garbage that no part refers to.
+pub(crate) async fn receive_at(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    body: Option<StreamingBlob>,
+    etag: EtagSource,
+) -> S3Result<String> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .await
+        .map_err(|e| internal("open assembly file", e))?;
+    file.seek(SeekFrom::Start(offset))
+        .await
+        .map_err(|e| internal("seek assembly file", e))?;
+    let (size, etag) = write_body(file, body, Some(len), etag).await?;
+    if size != len {
+        return Err(incomplete_body());
+    }
+    Ok(etag)
+}
+
+/// Writes the body through a buffer, hashing it if the ETag is an MD5; stops with
+/// `IncompleteBody` past `limit` bytes. Returns the size and the ETag.
+async fn write_body(
+    file: tokio::fs::File,
+    body: Option<StreamingBlob>,
+    limit: Option<u64>,
+    etag: EtagSource,
+) -> S3Result<(u64, String)> {
     let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut md5 = match etag {
         EtagSource::Md5 { .. } => Some(Md5::new()),
@@ -95,10 +142,13 @@ pub(crate) async fn receive(
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(body_error)?;
+            size += chunk.len() as u64;
+            if limit.is_some_and(|limit| size > limit) {
+                return Err(incomplete_body());
+            }
             if let Some(md5) = &mut md5 {
                 md5.update(&chunk);
             }
-            size += chunk.len() as u64;
             file.write_all(&chunk)
                 .await
                 .map_err(|e| internal("write temporary file", e))?;
@@ -108,12 +158,6 @@ pub(crate) async fn receive(
         .await
         .map_err(|e| internal("write temporary file", e))?;
     drop(file);
-    if expected_len.is_some_and(|expected| u64::try_from(expected).ok() != Some(size)) {
-        return Err(s3_error!(
-            IncompleteBody,
-            "You did not provide the number of bytes specified by the Content-Length HTTP header."
-        ));
-    }
     let etag = match (md5, etag) {
         (Some(md5), EtagSource::Md5 { expected }) => {
             let digest: [u8; 16] = md5.finalize().into();
@@ -127,11 +171,14 @@ pub(crate) async fn receive(
         }
         _ => random_hex(16),
     };
-    Ok(Received {
-        file: tmp,
-        size,
-        etag,
-    })
+    Ok((size, etag))
+}
+
+fn incomplete_body() -> S3Error {
+    s3_error!(
+        IncompleteBody,
+        "You did not provide the number of bytes specified by the Content-Length HTTP header."
+    )
 }
 
 /// Maps an error of the request body stream to the S3 error the client should see.
@@ -289,12 +336,21 @@ pub(crate) fn copy_file(mut src: fs::File, dst: &Path) -> io::Result<u64> {
     io::copy(&mut src, &mut out)
 }
 
-/// Concatenates `parts` into a new file `dst`; returns the total length. Blocking.
-pub(crate) fn concat_files(parts: &[PathBuf], dst: &Path) -> io::Result<u64> {
+/// Concatenates `sources` (file, offset, length) into a new file `dst`. Blocking.
+pub(crate) fn concat_ranges(sources: &[(PathBuf, u64, u64)], dst: &Path) -> io::Result<()> {
     let mut out = fs::File::create(dst)?;
-    let mut total = 0;
-    for part in parts {
-        total += io::copy(&mut fs::File::open(part)?, &mut out)?;
+    for (path, offset, len) in sources {
+        let mut file = fs::File::open(path)?;
+        if *offset > 0 {
+            file.seek(SeekFrom::Start(*offset))?;
+        }
+        let copied = io::copy(&mut file.take(*len), &mut out)?;
+        if copied != *len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a part file is shorter than its metadata",
+            ));
+        }
     }
-    Ok(total)
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! Not supported: versioning, ACLs and policies, tagging, encryption, checksums other than
 //! the ETag, virtual-hosted-style addressing, `Content-MD5` verification.
 
+mod assembly;
 mod body;
 mod conditions;
 mod error;

@@ -16,7 +16,7 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
 
-use super::body::{blocking, concat_files, copy_range_hashing, receive, EtagSource};
+use super::body::{blocking, concat_ranges, copy_range_hashing, receive, receive_at, EtagSource};
 use super::conditions::{check_copy_source, check_write, Conditions};
 use super::list::page_size;
 use super::parts::{new_upload_id, PartMeta, Upload, UploadMeta};
@@ -149,24 +149,52 @@ impl Store {
         })
     }
 
-    /// UploadPart: streams the body into a part file.
+    /// UploadPart: streams the body into its place in the upload's assembly file, or into
+    /// a part file of its own (see `assembly.rs`).
     pub(crate) async fn upload_part_op(
         &self,
         input: UploadPartInput,
     ) -> S3Result<UploadPartOutput> {
         check_part_number(input.part_number)?;
         let bucket = self.bucket(&input.bucket)?;
-        bucket.upload(&input.upload_id, &input.key)?; // refuse before reading the body
         let source = EtagSource::part(input.content_md5.as_deref())?;
-        let received = receive(&bucket, input.body, input.content_length, source).await?;
-        let etag = received.etag.clone();
-        let part = PartMeta {
-            part_number: input.part_number,
-            size: received.size,
-            etag: received.etag,
-            last_modified_ms: now_ms(),
+        // Also refuses an unknown upload before reading the body.
+        let slot = match input.content_length.and_then(|len| u64::try_from(len).ok()) {
+            Some(len) => bucket
+                .reserve_slot(&input.upload_id, &input.key, input.part_number, len)?
+                .map(|slot| (slot, len)),
+            None => {
+                bucket.upload(&input.upload_id, &input.key)?;
+                None
+            }
         };
-        bucket.commit_part(&input.upload_id, &input.key, part, received.file)?;
+        let (part, file) = match &slot {
+            Some((slot, len)) => {
+                let etag = receive_at(&slot.path, slot.offset, *len, input.body, source).await?;
+                let part = PartMeta {
+                    part_number: input.part_number,
+                    size: *len,
+                    etag,
+                    last_modified_ms: now_ms(),
+                    offset: Some(slot.offset),
+                };
+                (part, None)
+            }
+            None => {
+                let received = receive(&bucket, input.body, input.content_length, source).await?;
+                let part = PartMeta {
+                    part_number: input.part_number,
+                    size: received.size,
+                    etag: received.etag,
+                    last_modified_ms: now_ms(),
+                    offset: None,
+                };
+                (part, Some(received.file))
+            }
+        };
+        let etag = part.etag.clone();
+        bucket.commit_part(&input.upload_id, &input.key, part, file)?;
+        drop(slot);
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..Default::default()
@@ -206,8 +234,9 @@ impl Store {
             size: end - start,
             etag: etag.clone(),
             last_modified_ms,
+            offset: None,
         };
-        bucket.commit_part(&input.upload_id, &input.key, part, tmp)?;
+        bucket.commit_part(&input.upload_id, &input.key, part, Some(tmp))?;
         Ok(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),
@@ -218,8 +247,9 @@ impl Store {
         })
     }
 
-    /// CompleteMultipartUpload: validates the part list, concatenates the parts into a
-    /// temporary file and renames it into place. On failure the upload stays as it was.
+    /// CompleteMultipartUpload: validates the part list, then renames into place the
+    /// upload's assembly file when the parts lie end to end in it (see `assembly.rs`), else
+    /// a temporary file they are copied into. On failure the upload stays as it was.
     pub(crate) async fn complete_upload_op(
         &self,
         input: CompleteMultipartUploadInput,
@@ -251,32 +281,39 @@ impl Store {
         let (upload, plan) = bucket.take_upload(&input.upload_id, &input.key, |u| {
             plan_completion(u, &requested)
         })?;
-        let paths: Vec<PathBuf> = plan
+        let expected: u64 = plan.sizes.iter().sum();
+        let parts: Vec<&PartMeta> = plan
             .part_numbers
             .iter()
-            .map(|n| bucket.part_path(&input.upload_id, *n))
+            .filter_map(|n| upload.parts.get(n))
             .collect();
-        let tmp = bucket.temp_path();
-        let dest = tmp.path().to_owned();
-        let expected: u64 = plan.sizes.iter().sum();
-        let assembled = blocking("assemble multipart object", move || {
-            concat_files(&paths, &dest)
-        })
-        .await;
-        match assembled {
-            Ok(total) if total == expected => {}
-            Ok(_) => {
-                bucket.restore_upload(upload);
-                return Err(s3_error!(
-                    InternalError,
-                    "A part file changed size while being assembled"
-                ));
+        let tmp = match bucket.assembled_in_place(&upload, &parts) {
+            Some(tmp) => tmp,
+            None => {
+                let sources: Vec<(PathBuf, u64, u64)> = parts
+                    .iter()
+                    .map(|part| match part.offset {
+                        Some(offset) => (bucket.assembly_path(&input.upload_id), offset, part.size),
+                        None => (
+                            bucket.part_path(&input.upload_id, part.part_number),
+                            0,
+                            part.size,
+                        ),
+                    })
+                    .collect();
+                let tmp = bucket.temp_path();
+                let dest = tmp.path().to_owned();
+                let assembled = blocking("assemble multipart object", move || {
+                    concat_ranges(&sources, &dest)
+                })
+                .await;
+                if let Err(err) = assembled {
+                    bucket.restore_upload(upload);
+                    return Err(err);
+                }
+                tmp
             }
-            Err(err) => {
-                bucket.restore_upload(upload);
-                return Err(err);
-            }
-        }
+        };
         let meta = ObjectMeta {
             key: input.key.clone(),
             size: expected,

@@ -4,7 +4,11 @@
 //! <data>/<bucket>/uploads/<upload_id>/upload.json          UploadMeta
 //! <data>/<bucket>/uploads/<upload_id>/part-00001           part bytes
 //! <data>/<bucket>/uploads/<upload_id>/part-00001.json      PartMeta
+//! <data>/<bucket>/uploads/<upload_id>/assembly             parts written in place (see `assembly.rs`)
 //! ```
+//!
+//! A part lives either in its own `part-NNNNN` file or, when its sidecar has an `offset`,
+//! in the upload's assembly file at that offset.
 //!
 //! Parts never touch the object namespace: an unfinished upload is invisible at its key and
 //! aborting it removes one folder. Uploads survive a restart, as they do on S3.
@@ -47,6 +51,10 @@ pub(crate) struct PartMeta {
     /// Hex MD5 of the part, without quotes.
     pub(crate) etag: String,
     pub(crate) last_modified_ms: i64,
+    /// Where the part's bytes start in the upload's assembly file, if it was written there
+    /// (else they are in its own part file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) offset: Option<u64>,
 }
 
 /// An unfinished upload and its parts, as held in the bucket's index.
@@ -54,6 +62,20 @@ pub(crate) struct PartMeta {
 pub(crate) struct Upload {
     pub(crate) meta: UploadMeta,
     pub(crate) parts: BTreeMap<i32, PartMeta>,
+    /// Where new parts may be written in place (not for uploads loaded at start).
+    pub(crate) slots: Slots,
+}
+
+/// The in-place layout of an upload's assembly file: part `n` starts at `(n - 1) * stride`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slots {
+    /// Whether new parts may be written in place. False for an upload loaded at start,
+    /// whose stride is not known again: its new parts get their own files.
+    pub(crate) open: bool,
+    /// The size of the first part written in place; parts longer than it get their own files.
+    pub(crate) stride: Option<u64>,
+    /// Parts being written in place right now.
+    pub(crate) writing: std::collections::BTreeSet<i32>,
 }
 
 /// A new upload id: creation time in nanoseconds (16 hex digits) then 16 random hex digits.
@@ -73,7 +95,7 @@ fn is_upload_id(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-fn no_such_upload() -> s3s::S3Error {
+pub(crate) fn no_such_upload() -> s3s::S3Error {
     s3_error!(
         NoSuchUpload,
         "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
@@ -81,7 +103,7 @@ fn no_such_upload() -> s3s::S3Error {
 }
 
 impl Bucket {
-    fn upload_dir(&self, upload_id: &str) -> PathBuf {
+    pub(crate) fn upload_dir(&self, upload_id: &str) -> PathBuf {
         self.dir.join("uploads").join(upload_id)
     }
 
@@ -127,14 +149,27 @@ impl Bucket {
             }
             let part: PartMeta =
                 serde_json::from_slice(&fs::read(&path)?).map_err(io::Error::other)?;
-            let len = fs::metadata(self.part_path(&meta.upload_id, part.part_number))?.len();
-            if len == part.size {
+            let fits = match part.offset {
+                Some(offset) => {
+                    let len = fs::metadata(self.assembly_path(&meta.upload_id))?.len();
+                    offset.checked_add(part.size).is_some_and(|end| end <= len)
+                }
+                None => {
+                    fs::metadata(self.part_path(&meta.upload_id, part.part_number))?.len()
+                        == part.size
+                }
+            };
+            if fits {
                 parts.insert(part.part_number, part);
             } else {
                 warn!(file = %path.display(), "embedded S3 store: skipping part whose size does not match");
             }
         }
-        Ok(Upload { meta, parts })
+        Ok(Upload {
+            meta,
+            parts,
+            slots: Slots::default(),
+        })
     }
 
     /// Records a new upload on disk and in the index.
@@ -150,6 +185,10 @@ impl Bucket {
         let upload = Upload {
             meta,
             parts: BTreeMap::new(),
+            slots: Slots {
+                open: true,
+                ..Slots::default()
+            },
         };
         self.write()
             .uploads
@@ -166,13 +205,14 @@ impl Bucket {
         }
     }
 
-    /// Makes `data` part `part.part_number` of the upload (replacing an earlier one).
+    /// Makes `data` part `part.part_number` of the upload (replacing an earlier one). A
+    /// part written in place has no `data`: its bytes are already in the assembly file.
     pub(crate) fn commit_part(
         &self,
         upload_id: &str,
         key: &str,
         part: PartMeta,
-        data: TempPath,
+        data: Option<TempPath>,
     ) -> S3Result<()> {
         let sidecar = self
             .write_temp_json(&part)
@@ -187,8 +227,10 @@ impl Bucket {
         else {
             return Err(no_such_upload());
         };
-        data.persist(&data_path)
-            .map_err(|e| internal("store part", e))?;
+        if let Some(data) = data {
+            data.persist(&data_path)
+                .map_err(|e| internal("store part", e))?;
+        }
         sidecar
             .persist(&sidecar_path)
             .map_err(|e| internal("write part metadata", e))?;
