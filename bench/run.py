@@ -1166,7 +1166,9 @@ def report(b: Bench, argv: list[str]) -> str:
     # memory
     m = b.memory
     out.append(f"\n## Memory (s3sftp on {b.s3_label}, default budgets: 64 MiB per transfer, 1024 MiB global)\n")
-    if "error" in m and len(m) == 1:
+    if b.args.skip_memory:
+        out.append("Skipped (--skip-memory).")
+    elif "error" in m and len(m) == 1:
         out.append(f"FAILED: {m['error']}")
     else:
         out.append("| measurement | RSS MiB | target | met |")
