@@ -22,7 +22,8 @@ Everything runs on loopback, on free ports, in a temporary directory that is rem
   separate backend, without an S3 ceiling of its own).
 * `rclone serve sftp` on an S3 remote pointing at the same bucket, `--vfs-cache-mode off` and
   `--vfs-cache-mode writes`.
-* OpenSSH `sshd` with `internal-sftp` on a local temp dir: the local-disk ceiling.
+* OpenSSH `sshd` with `internal-sftp` on a local temp dir (tmpfs by default, see below): the
+  local ceiling.
 * boto3 multipart (8 MiB parts, 8 in flight, s3sftp's defaults) in this process: the S3 ceiling.
 
 Downloads land in a client directory on tmpfs (/dev/shm, when it has room; see --client-dir):
@@ -30,11 +31,13 @@ the client's own disk is not what is compared, and on ext4 creating the 1,000 do
 cost the client 0.4-1.2 CPU-s that varied 2x from run to run. The raw S3 client writes its
 downloads there too.
 
-What the servers store (the S3 server's data, sshd's root, rclone's VFS caches) goes to the
-bench's temp dir on disk, or to --server-dir. With `--server-dir /dev/shm` no system touches
-the disk: this VM's ext4 (no journal, online discard) makes every file it creates pay a scan
-over the inodes deleted in the last minutes, which dominates the small-file workloads of every
-system alike, and its speed for big writes moves by 2x from hour to hour.
+What the servers store (the S3 server's data, sshd's root, rclone's VFS caches) goes to tmpfs
+too (/dev/shm, when it has room for 8x the big file plus the concurrent uploads; see
+--server-dir; `--server-dir /tmp` runs on disk). On this VM's ext4 (no journal, online discard)
+every file created pays a scan over the inodes deleted in the last minutes, which dominated the
+small-file workloads of every system alike, and its speed for big writes moved by 2x from hour
+to hour. On tmpfs the ceilings are higher: sshd no longer waits on the disk, nor does the S3
+server.
 
 Workloads use the real OpenSSH `sftp -b` client with one cipher for all systems (see
 --cipher). Systems are interleaved run by run (order rotated every run). Times include the SSH
@@ -353,8 +356,7 @@ class Bench:
         self.client_dir = self.pick_client_dir(args.client_dir)
         self.client_fs = "?"
         # What the servers store: the S3 server's data, sshd's root, rclone's VFS caches.
-        self.server_dir = (Path(tempfile.mkdtemp(prefix="s3sftp-bench-server-", dir=args.server_dir))
-                           if args.server_dir else self.tmp / "server")
+        self.server_dir = self.pick_server_dir(args.server_dir)
         self.server_fs = "?"
         self.results: dict[str, dict[str, list[dict]]] = {}
         self.memory: dict[str, object] = {}
@@ -383,6 +385,22 @@ class Bench:
         if room >= self.size + 256 * MIB:
             return Path(tempfile.mkdtemp(prefix="s3sftp-bench-client-", dir=shm))
         return self.tmp / "client"
+
+    def pick_server_dir(self, wanted: str) -> Path:
+        """Where the servers keep their data (see the module doc): tmpfs when it has room for
+        every system's copies and the concurrent uploads of the memory section."""
+        if wanted == "auto":
+            room = 0
+            shm = Path("/dev/shm")
+            try:
+                room = shutil.disk_usage(shm).free if shm.is_dir() else 0
+            except OSError:
+                pass
+            if room >= 8 * self.size + self.conc_n * self.conc_size + 2 * 1024 * MIB:
+                wanted = str(shm)
+            else:
+                return self.tmp / "server"
+        return Path(tempfile.mkdtemp(prefix="s3sftp-bench-server-", dir=wanted))
 
     def client_dir_label(self) -> str:
         return f"`{self.client_dir.parent}` ({self.client_fs})"
@@ -1032,7 +1050,7 @@ class Bench:
     def cleanup(self):
         stop_all()
         shutil.rmtree(self.client_dir, ignore_errors=True)
-        if self.args.server_dir and not self.args.keep_tmp:
+        if not self.args.keep_tmp:
             shutil.rmtree(self.server_dir, ignore_errors=True)
         if not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -1277,9 +1295,9 @@ def main():
     ap.add_argument("--small-runs", type=int, help="runs of the small-file, rename and listing workloads (default 3, 1 on moto; at most --runs; 0 skips them)")
     ap.add_argument("--client-dir", default="auto",
                     help="directory for the clients' downloads (default: a temp dir on /dev/shm when it has room, else the bench's temp dir)")
-    ap.add_argument("--server-dir",
+    ap.add_argument("--server-dir", default="auto",
                     help="directory for what the servers store: the S3 server's data, sshd's root, rclone's VFS caches "
-                         "(default: the bench's temp dir, on disk; /dev/shm takes this machine's file system out of the comparison)")
+                         "(default: a temp dir on /dev/shm when it has room, else the bench's temp dir; /tmp for a run on disk)")
     ap.add_argument("--size-mib", type=int, help="big file size (default 256 on moto, 1024 on rclone serve s3, --quick 128)")
     ap.add_argument("--small-files", type=int, help="number of 4 KiB files (default 1000)")
     ap.add_argument("--list-objects", type=int, help="objects in the listing directory (default 10000)")

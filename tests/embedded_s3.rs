@@ -1009,6 +1009,13 @@ async fn multipart_parts_in_place_and_fallbacks() {
     complete(&c, &b, "last-first", &id, vec![first, second, last]).await;
     assert_eq!(get(&c, &b, "last-first").await, joined(&[&p1, &p2, &p3]));
 
+    // Sparse part numbers leave a hole in the assembly file: the parts are copied out.
+    let id = create_upload(&c, &b, "sparse").await;
+    let first = upload_part(&c, &b, "sparse", &id, 1, &p1).await;
+    let far = upload_part(&c, &b, "sparse", &id, 9000, &p3).await;
+    complete(&c, &b, "sparse", &id, vec![first, far]).await;
+    assert_eq!(get(&c, &b, "sparse").await, joined(&[&p1, &p3]));
+
     // A refused write frees its slot; a second upload of a part number replaces the first
     // from its own file; completing with fewer parts than were written copies them.
     let id = create_upload(&c, &b, "redo").await;

@@ -23,6 +23,9 @@ use s3s::S3Result;
 use super::parts::{no_such_upload, PartMeta, Upload};
 use super::store::{Bucket, TempPath};
 
+/// S3's largest object, 5 TiB: no slot reaches past it.
+const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
 /// A region of the assembly file reserved for one upload of one part. Dropping it (the
 /// upload finished, failed, or its client went away) frees the part number for the next
 /// upload.
@@ -78,7 +81,9 @@ impl Bucket {
         else {
             return Ok(None);
         };
-        if len > stride {
+        // A sparse numbering (S3 allows 1, 1000, 5000) must not grow the file past what
+        // one object may hold; such parts get their own files.
+        if len > stride || offset.saturating_add(len) > MAX_OBJECT_SIZE {
             return Ok(None);
         }
         slots.writing.insert(n);
