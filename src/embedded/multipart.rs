@@ -2,7 +2,8 @@
 //!
 //! Completion follows S3's rules: parts ascending (`InvalidPartOrder`), each part present
 //! with the ETag the client quotes (`InvalidPart`), every part but the last at least 5 MiB
-//! (`EntityTooSmall`). The object's ETag is the MD5 of the parts' binary MD5s, then `-<N>`.
+//! (`EntityTooSmall`). The object's ETag is the MD5 of the parts' ETags as bytes (their MD5s,
+//! or random for parts sent without Content-MD5), then `-<N>`.
 
 use std::path::PathBuf;
 

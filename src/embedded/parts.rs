@@ -48,7 +48,8 @@ pub(crate) struct UploadMeta {
 pub(crate) struct PartMeta {
     pub(crate) part_number: i32,
     pub(crate) size: u64,
-    /// Hex MD5 of the part, without quotes.
+    /// The part's ETag without quotes: its hex MD5, or 32 random hex digits for a part sent
+    /// without Content-MD5 (see `EtagSource`).
     pub(crate) etag: String,
     pub(crate) last_modified_ms: i64,
     /// Where the part's bytes start in the upload's assembly file, if it was written there
