@@ -35,9 +35,7 @@ What the servers store (the S3 server's data, sshd's root, rclone's VFS caches) 
 too (/dev/shm, when it has room for 8x the big file plus the concurrent uploads; see
 --server-dir; `--server-dir /tmp` runs on disk). On this VM's ext4 (no journal, online discard)
 every file created pays a scan over the inodes deleted in the last minutes, which dominated the
-small-file workloads of every system alike, and its speed for big writes moved by 2x from hour
-to hour. On tmpfs the ceilings are higher: sshd no longer waits on the disk, nor does the S3
-server.
+small-file workloads of every system alike. The big-transfer ceilings did not drop on tmpfs.
 
 Workloads use the real OpenSSH `sftp -b` client with one cipher for all systems (see
 --cipher). Systems are interleaved run by run (order rotated every run). Times include the SSH
