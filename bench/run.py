@@ -371,34 +371,31 @@ class Bench:
         self.binary = Path("?")
         self.s3_label = "?"
 
-    def pick_client_dir(self, wanted: str) -> Path:
-        """Where the clients write what they download (see the module doc)."""
-        if wanted != "auto":
-            return Path(tempfile.mkdtemp(prefix="s3sftp-bench-client-", dir=wanted))
+    @staticmethod
+    def shm_dir(prefix: str, needed: int) -> Path | None:
+        """A new temp dir on /dev/shm, if it has `needed` bytes free."""
         shm = Path("/dev/shm")
         try:
             room = shutil.disk_usage(shm).free if shm.is_dir() else 0
         except OSError:
             room = 0
-        if room >= self.size + 256 * MIB:
-            return Path(tempfile.mkdtemp(prefix="s3sftp-bench-client-", dir=shm))
-        return self.tmp / "client"
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=shm)) if room >= needed else None
+
+    def pick_client_dir(self, wanted: str) -> Path:
+        """Where the clients write what they download (see the module doc)."""
+        prefix = "s3sftp-bench-client-"
+        if wanted != "auto":
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=wanted))
+        return self.shm_dir(prefix, self.size + 256 * MIB) or self.tmp / "client"
 
     def pick_server_dir(self, wanted: str) -> Path:
         """Where the servers keep their data (see the module doc): tmpfs when it has room for
         every system's copies and the concurrent uploads of the memory section."""
-        if wanted == "auto":
-            room = 0
-            shm = Path("/dev/shm")
-            try:
-                room = shutil.disk_usage(shm).free if shm.is_dir() else 0
-            except OSError:
-                pass
-            if room >= 8 * self.size + self.conc_n * self.conc_size + 2 * 1024 * MIB:
-                wanted = str(shm)
-            else:
-                return self.tmp / "server"
-        return Path(tempfile.mkdtemp(prefix="s3sftp-bench-server-", dir=wanted))
+        prefix = "s3sftp-bench-server-"
+        if wanted != "auto":
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=wanted))
+        needed = 8 * self.size + self.conc_n * self.conc_size + 2 * 1024 * MIB
+        return self.shm_dir(prefix, needed) or self.tmp / "server"
 
     def client_dir_label(self) -> str:
         return f"`{self.client_dir.parent}` ({self.client_fs})"

@@ -9,6 +9,7 @@ use aws_sdk_s3::config::{
     ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
@@ -772,6 +773,23 @@ async fn multipart_rules_and_etag() {
     s3.shutdown().await;
 }
 
+/// PutObject of `body` with this Content-MD5 header.
+async fn put_with_md5(
+    c: &Client,
+    b: &str,
+    key: &str,
+    header: &str,
+    body: &'static [u8],
+) -> Result<PutObjectOutput, SdkError<PutObjectError>> {
+    c.put_object()
+        .bucket(b)
+        .key(key)
+        .content_md5(header)
+        .body(ByteStream::from_static(body))
+        .send()
+        .await
+}
+
 /// A part sent without Content-MD5 gets an opaque ETag (the store does not spend an MD5
 /// on it), which CompleteMultipartUpload accepts and folds into the object's ETag as S3
 /// does. A Content-MD5 that does not match the body is `BadDigest` and stores nothing.
@@ -858,13 +876,7 @@ async fn part_etags_and_content_md5() {
     // PutObject: the ETag is the MD5 with or without a Content-MD5; a wrong one is
     // BadDigest and keeps the old object, a malformed one is InvalidDigest.
     put(&c, b, "simple", b"old").await;
-    let ok = c
-        .put_object()
-        .bucket(b)
-        .key("simple")
-        .content_md5(content_md5(b"new"))
-        .body(ByteStream::from_static(b"new"))
-        .send()
+    let ok = put_with_md5(&c, b, "simple", &content_md5(b"new"), b"new")
         .await
         .expect("put with Content-MD5");
     assert_eq!(ok.e_tag(), Some(quoted_md5(b"new").as_str()));
@@ -873,26 +885,14 @@ async fn part_etags_and_content_md5() {
         ("bm90LWFuLW1kNQ==".to_owned(), "InvalidDigest"),
         ("%%%".to_owned(), "InvalidDigest"),
     ] {
-        let err = c
-            .put_object()
-            .bucket(b)
-            .key("simple")
-            .content_md5(&header)
-            .body(ByteStream::from_static(b"newer"))
-            .send()
+        let err = put_with_md5(&c, b, "simple", &header, b"newer")
             .await
             .expect_err(code);
         assert_eq!(err.code(), Some(code), "Content-MD5 {header}");
         assert_eq!(status(&err), 400);
     }
     assert_eq!(get(&c, b, "simple").await, b"new");
-    let err = c
-        .put_object()
-        .bucket(b)
-        .key("never")
-        .content_md5(content_md5(b"other"))
-        .body(ByteStream::from_static(b"never"))
-        .send()
+    let err = put_with_md5(&c, b, "never", &content_md5(b"other"), b"never")
         .await
         .expect_err("BadDigest");
     assert_eq!(err.code(), Some("BadDigest"));

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use s3s::S3Result;
 
-use super::parts::{no_such_upload, PartMeta, Upload};
+use super::parts::{PartMeta, Upload};
 use super::store::{Bucket, TempPath};
 
 /// S3's largest object, 5 TiB: no slot reaches past it.
@@ -63,13 +63,7 @@ impl Bucket {
         len: u64,
     ) -> S3Result<Option<Slot>> {
         let mut state = self.write();
-        let Some(upload) = state
-            .uploads
-            .get_mut(upload_id)
-            .filter(|u| u.meta.key == key)
-        else {
-            return Err(no_such_upload());
-        };
+        let upload = state.upload_mut(upload_id, key)?;
         let slots = &mut upload.slots;
         if !slots.open || len == 0 || upload.parts.contains_key(&n) || slots.writing.contains(&n) {
             return Ok(None);

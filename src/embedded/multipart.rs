@@ -169,29 +169,22 @@ impl Store {
                 None
             }
         };
-        let (part, file) = match &slot {
+        let (size, etag, offset, file) = match &slot {
             Some((slot, len)) => {
                 let etag = receive_at(&slot.path, slot.offset, *len, input.body, source).await?;
-                let part = PartMeta {
-                    part_number: input.part_number,
-                    size: *len,
-                    etag,
-                    last_modified_ms: now_ms(),
-                    offset: Some(slot.offset),
-                };
-                (part, None)
+                (*len, etag, Some(slot.offset), None)
             }
             None => {
                 let received = receive(&bucket, input.body, input.content_length, source).await?;
-                let part = PartMeta {
-                    part_number: input.part_number,
-                    size: received.size,
-                    etag: received.etag,
-                    last_modified_ms: now_ms(),
-                    offset: None,
-                };
-                (part, Some(received.file))
+                (received.size, received.etag, None, Some(received.file))
             }
+        };
+        let part = PartMeta {
+            part_number: input.part_number,
+            size,
+            etag,
+            last_modified_ms: now_ms(),
+            offset,
         };
         let etag = part.etag.clone();
         bucket.commit_part(&input.upload_id, &input.key, part, file)?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::error::internal;
-use super::store::{Bucket, TempPath};
+use super::store::{Bucket, BucketState, TempPath};
 
 /// What CreateMultipartUpload recorded; also `upload.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,11 +96,29 @@ fn is_upload_id(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-pub(crate) fn no_such_upload() -> s3s::S3Error {
+fn no_such_upload() -> s3s::S3Error {
     s3_error!(
         NoSuchUpload,
         "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
     )
+}
+
+impl BucketState {
+    /// Upload `upload_id` if it is one of `key`, else `NoSuchUpload`.
+    pub(crate) fn upload(&self, upload_id: &str, key: &str) -> S3Result<&Upload> {
+        self.uploads
+            .get(upload_id)
+            .filter(|u| u.meta.key == key)
+            .ok_or_else(no_such_upload)
+    }
+
+    /// [`BucketState::upload`], for changing it.
+    pub(crate) fn upload_mut(&mut self, upload_id: &str, key: &str) -> S3Result<&mut Upload> {
+        self.uploads
+            .get_mut(upload_id)
+            .filter(|u| u.meta.key == key)
+            .ok_or_else(no_such_upload)
+    }
 }
 
 impl Bucket {
@@ -199,11 +217,7 @@ impl Bucket {
 
     /// A copy of upload `upload_id` of `key`, or `NoSuchUpload`.
     pub(crate) fn upload(&self, upload_id: &str, key: &str) -> S3Result<Upload> {
-        let state = self.read();
-        match state.uploads.get(upload_id) {
-            Some(upload) if upload.meta.key == key => Ok(upload.clone()),
-            _ => Err(no_such_upload()),
-        }
+        self.read().upload(upload_id, key).cloned()
     }
 
     /// Makes `data` part `part.part_number` of the upload (replacing an earlier one). A
@@ -221,13 +235,7 @@ impl Bucket {
         let data_path = self.part_path(upload_id, part.part_number);
         let sidecar_path = data_path.with_file_name(format!("part-{:05}.json", part.part_number));
         let mut state = self.write();
-        let Some(upload) = state
-            .uploads
-            .get_mut(upload_id)
-            .filter(|u| u.meta.key == key)
-        else {
-            return Err(no_such_upload());
-        };
+        let upload = state.upload_mut(upload_id, key)?;
         if let Some(data) = data {
             data.persist(&data_path)
                 .map_err(|e| internal("store part", e))?;
@@ -248,10 +256,7 @@ impl Bucket {
         validate: impl FnOnce(&Upload) -> S3Result<T>,
     ) -> S3Result<(Upload, T)> {
         let mut state = self.write();
-        let Some(upload) = state.uploads.get(upload_id).filter(|u| u.meta.key == key) else {
-            return Err(no_such_upload());
-        };
-        let checked = validate(upload)?;
+        let checked = validate(state.upload(upload_id, key)?)?;
         let upload = state.uploads.remove(upload_id).ok_or_else(no_such_upload)?;
         Ok((upload, checked))
     }
@@ -277,12 +282,8 @@ impl Bucket {
     pub(crate) fn abort_upload(&self, upload_id: &str, key: &str) -> S3Result<()> {
         {
             let mut state = self.write();
-            match state.uploads.get(upload_id) {
-                Some(upload) if upload.meta.key == key => {
-                    state.uploads.remove(upload_id);
-                }
-                _ => return Err(no_such_upload()),
-            }
+            state.upload(upload_id, key)?;
+            state.uploads.remove(upload_id);
         }
         self.remove_upload_files(upload_id);
         Ok(())
