@@ -1,22 +1,53 @@
-//! What one session recently learnt about objects (from listings and HEADs), so that the
-//! STAT, REMOVE and OPEN a client sends right after a READDIR do not each cost another
-//! HEAD. Bounded in entries and age; entries are dropped when this session writes,
-//! removes or renames the key. Another session's changes show after at most the TTL,
-//! which is the same trade rclone's `--dir-cache-time` makes (with a far shorter default).
+//! What one session recently learnt about objects and directories, so that the STAT,
+//! REMOVE and OPEN a client sends right after a READDIR (or an upload right after a MKDIR)
+//! do not each cost another S3 request.
+//!
+//! - Objects: what a listing or HEAD said about a key. Dropped when this session writes,
+//!   removes or renames the key.
+//! - Directories: the names of a directory's subdirectories, from a complete listing or
+//!   from creating the directory empty. Only used to skip the check that no directory has
+//!   an uploaded file's name; names this session creates below a recorded directory are
+//!   added at once.
+//!
+//! Both are bounded in entries and age. Another session's changes show after at most the
+//! TTL, which is the same trade rclone's `--dir-cache-time` makes (with a far shorter
+//! default).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ObjectHead;
 
-/// Most entries one session keeps (about 200 bytes each).
+/// Most object entries one session keeps (about 200 bytes each).
 pub const MAX_ENTRIES: usize = 10_000;
+/// Most subdirectory names one session keeps across all its directory records.
+pub const MAX_DIR_NAMES: usize = 10_000;
+/// Most directory records one session keeps.
+pub const MAX_DIRS: usize = 1_000;
+
+#[derive(Debug, Default)]
+struct Known {
+    objects: HashMap<String, (ObjectHead, Instant)>,
+    /// Directory prefix (ending in `/`) -> the names of its subdirectories, as of the instant.
+    dirs: HashMap<String, (HashSet<String>, Instant)>,
+    /// Names held in `dirs`, for the bound.
+    dir_names: usize,
+    /// How many keys this session has started creating ([`MetaCache::note_created`]).
+    created: u64,
+}
+
+/// When a directory listing (or lookup) began, to record what it found afterwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    at: Instant,
+    created: u64,
+}
 
 #[derive(Debug)]
 pub struct MetaCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (ObjectHead, Instant)>>,
+    known: Mutex<Known>,
 }
 
 impl MetaCache {
@@ -24,12 +55,12 @@ impl MetaCache {
     pub fn new(ttl: Duration) -> Self {
         MetaCache {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, (ObjectHead, Instant)>) -> R) -> R {
-        match self.entries.lock() {
+    fn with<R>(&self, f: impl FnOnce(&mut Known) -> R) -> R {
+        match self.known.lock() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
@@ -43,7 +74,8 @@ impl MetaCache {
         }
         let now = Instant::now();
         let ttl = self.ttl;
-        self.with(|map| {
+        self.with(|known| {
+            let map = &mut known.objects;
             if map.len() >= MAX_ENTRIES && !map.contains_key(key) {
                 map.retain(|_, (_, at)| now.duration_since(*at) < ttl);
                 if map.len() >= MAX_ENTRIES {
@@ -60,10 +92,10 @@ impl MetaCache {
             return None;
         }
         let ttl = self.ttl;
-        self.with(|map| match map.get(key) {
+        self.with(|known| match known.objects.get(key) {
             Some((head, at)) if at.elapsed() < ttl => Some(head.clone()),
             Some(_) => {
-                map.remove(key);
+                known.objects.remove(key);
                 None
             }
             None => None,
@@ -75,14 +107,103 @@ impl MetaCache {
         if self.ttl.is_zero() {
             return;
         }
-        self.with(|map| {
-            map.remove(key);
+        self.with(|known| {
+            known.objects.remove(key);
+        });
+    }
+
+    /// Taken before a listing or lookup whose result may go to
+    /// [`insert_dir`](Self::insert_dir).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            created: self.with(|known| known.created),
+        }
+    }
+
+    /// Remembers that, as of `since`, the directory `prefix` had exactly the
+    /// subdirectories `names` (a complete listing, or the directory was just created).
+    /// Nothing is recorded if this session created a key in the meantime: the listing may
+    /// have missed it.
+    pub(crate) fn insert_dir(&self, prefix: &str, names: HashSet<String>, since: Snapshot) {
+        if self.ttl.is_zero() || since.at.elapsed() >= self.ttl {
+            return;
+        }
+        let ttl = self.ttl;
+        self.with(|known| {
+            if known.created != since.created {
+                return;
+            }
+            if let Some((old, _)) = known.dirs.remove(prefix) {
+                known.dir_names -= old.len();
+            }
+            if known.dirs.len() >= MAX_DIRS || known.dir_names + names.len() > MAX_DIR_NAMES {
+                known.dirs.retain(|_, (_, at)| at.elapsed() < ttl);
+                known.dir_names = known.dirs.values().map(|(n, _)| n.len()).sum();
+                if known.dirs.len() >= MAX_DIRS || known.dir_names + names.len() > MAX_DIR_NAMES {
+                    return;
+                }
+            }
+            known.dir_names += names.len();
+            known.dirs.insert(prefix.to_string(), (names, since.at));
+        });
+    }
+
+    /// Whether the directory `prefix` is known, within the TTL, to have no subdirectory
+    /// called `name`. `false` means "unknown" as well as "there is one".
+    pub(crate) fn known_no_subdir(&self, prefix: &str, name: &str) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let ttl = self.ttl;
+        self.with(|known| match known.dirs.get(prefix) {
+            Some((names, at)) if at.elapsed() < ttl => !names.contains(name),
+            Some(_) => {
+                if let Some((old, _)) = known.dirs.remove(prefix) {
+                    known.dir_names -= old.len();
+                }
+                false
+            }
+            None => false,
+        })
+    }
+
+    /// This session is creating `key` (an object, or a `dir/` marker): every directory on
+    /// its way now has the next name on the way as a subdirectory. A record that cannot
+    /// take the name is dropped, so no record misses one.
+    pub(crate) fn note_created(&self, key: &str) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.with(|known| {
+            known.created += 1;
+            if known.dirs.is_empty() {
+                return;
+            }
+            let mut start = 0;
+            while let Some(len) = key.get(start..).and_then(|rest| rest.find('/')) {
+                let end = start + len;
+                let (Some(prefix), Some(name)) = (key.get(..start), key.get(start..end)) else {
+                    return;
+                };
+                if let Some((names, _)) = known.dirs.get_mut(prefix) {
+                    if !names.contains(name) {
+                        if known.dir_names < MAX_DIR_NAMES {
+                            names.insert(name.to_string());
+                            known.dir_names += 1;
+                        } else if let Some((old, _)) = known.dirs.remove(prefix) {
+                            known.dir_names -= old.len();
+                        }
+                    }
+                }
+                start = end + 1;
+            }
         });
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.with(|map| map.len())
+        self.with(|known| known.objects.len())
     }
 }
 
@@ -133,5 +254,91 @@ mod tests {
         // Known keys can still be refreshed when full.
         cache.insert("k0", head(2));
         assert_eq!(cache.get("k0").map(|h| h.size), Some(2));
+    }
+
+    fn names(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn directory_records_answer_only_for_names_they_know() {
+        let cache = MetaCache::new(Duration::from_secs(60));
+        assert!(!cache.known_no_subdir("u/d/", "x"), "no record: unknown");
+        cache.insert_dir("u/d/", names(&["sub"]), cache.snapshot());
+        assert!(cache.known_no_subdir("u/d/", "x"));
+        assert!(!cache.known_no_subdir("u/d/", "sub"));
+        assert!(!cache.known_no_subdir("u/other/", "x"));
+    }
+
+    #[test]
+    fn created_keys_add_their_directories() {
+        let cache = MetaCache::new(Duration::from_secs(60));
+        cache.insert_dir("u/", names(&[]), cache.snapshot());
+        cache.insert_dir("u/a/", names(&[]), cache.snapshot());
+        cache.insert_dir("u/a/b/", names(&[]), cache.snapshot());
+        cache.insert_dir("u/a/b/c/", names(&[]), cache.snapshot());
+        cache.note_created("u/a/b/c/file");
+        assert!(!cache.known_no_subdir("u/", "a"));
+        assert!(!cache.known_no_subdir("u/a/", "b"));
+        assert!(!cache.known_no_subdir("u/a/b/", "c"));
+        // The object itself is a file, not a directory.
+        assert!(cache.known_no_subdir("u/a/b/c/", "file"));
+        // A directory marker makes its own name a directory.
+        cache.note_created("u/a/new/");
+        assert!(!cache.known_no_subdir("u/a/", "new"));
+        // The user's root may be the bucket's root (an empty prefix).
+        cache.insert_dir("", names(&[]), cache.snapshot());
+        cache.note_created("top/f");
+        assert!(!cache.known_no_subdir("", "top"));
+    }
+
+    #[test]
+    fn directory_records_expire_and_respect_the_ttl_switch() {
+        let cache = MetaCache::new(Duration::from_millis(20));
+        cache.insert_dir("d/", names(&[]), cache.snapshot());
+        assert!(cache.known_no_subdir("d/", "x"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.known_no_subdir("d/", "x"));
+        // Knowledge older than the TTL is never recorded.
+        let cache = MetaCache::new(Duration::from_millis(20));
+        let old = cache.snapshot();
+        std::thread::sleep(Duration::from_millis(40));
+        cache.insert_dir("d/", names(&[]), old);
+        assert!(!cache.known_no_subdir("d/", "x"));
+        let off = MetaCache::new(Duration::ZERO);
+        off.insert_dir("d/", names(&[]), off.snapshot());
+        assert!(!off.known_no_subdir("d/", "x"));
+    }
+
+    #[test]
+    fn a_listing_that_overlapped_a_creation_is_not_recorded() {
+        let cache = MetaCache::new(Duration::from_secs(60));
+        let before = cache.snapshot();
+        cache.note_created("d/sub/f");
+        cache.insert_dir("d/", names(&[]), before);
+        assert!(!cache.known_no_subdir("d/", "x"));
+        cache.insert_dir("d/", names(&["sub"]), cache.snapshot());
+        assert!(cache.known_no_subdir("d/", "x"));
+    }
+
+    #[test]
+    fn directory_records_are_bounded() {
+        let cache = MetaCache::new(Duration::from_secs(60));
+        let many: HashSet<String> = (0..MAX_DIR_NAMES).map(|i| format!("n{i}")).collect();
+        cache.insert_dir("big/", many, cache.snapshot());
+        // No room for another name: the record that cannot take it is dropped, so it
+        // never claims a subdirectory is absent when it is not.
+        cache.insert_dir("small/", names(&["s"]), cache.snapshot());
+        assert!(!cache.known_no_subdir("small/", "x"), "over the name bound");
+        cache.note_created("big/extra/f");
+        assert!(
+            !cache.known_no_subdir("big/", "other"),
+            "dropped, not wrong"
+        );
+        for i in 0..MAX_DIRS + 5 {
+            cache.insert_dir(&format!("d{i}/"), names(&[]), cache.snapshot());
+        }
+        assert!(cache.known_no_subdir("d0/", "x"));
+        assert!(!cache.known_no_subdir(&format!("d{}/", MAX_DIRS + 4), "x"));
     }
 }

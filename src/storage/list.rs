@@ -1,9 +1,10 @@
 //! Directory listings streamed from ListObjectsV2, one page at a time: a listing of a
 //! million objects never holds more than one page in memory.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::SystemTime;
 
+use super::cache::{Snapshot, MAX_DIR_NAMES};
 use super::error::s3_error;
 use super::{to_system_time, Entry, EntryKind, ObjectHead, Result, UserStore};
 
@@ -22,10 +23,14 @@ pub struct DirLister {
     /// Last name handed out, to drop a name S3 lists twice (a file `a` and a dir `a/`
     /// are both shown; an identical name in two pages is not).
     last: Option<(String, EntryKind)>,
+    /// The subdirectories seen so far and when the first page was asked for; handed to
+    /// the session's cache when the listing completes. `None` once there are too many.
+    subdirs: Option<(HashSet<String>, Snapshot)>,
 }
 
 impl DirLister {
     pub(crate) fn new(store: UserStore, prefix: String) -> Self {
+        let since = store.cache().snapshot();
         DirLister {
             store,
             prefix,
@@ -33,6 +38,7 @@ impl DirLister {
             exhausted: false,
             ready: VecDeque::new(),
             last: None,
+            subdirs: Some((HashSet::new(), since)),
         }
     }
 
@@ -84,6 +90,15 @@ impl DirLister {
             })
         });
         let now = SystemTime::now();
+        if let Some((names, _)) = &mut self.subdirs {
+            names.extend(out.common_prefixes().iter().filter_map(|p| {
+                let name = p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/')?;
+                Some(name.to_string())
+            }));
+            if names.len() > MAX_DIR_NAMES {
+                self.subdirs = None;
+            }
+        }
         let dirs = out.common_prefixes().iter().filter_map(|p| {
             let name = p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/')?;
             Some(Entry {
@@ -105,6 +120,11 @@ impl DirLister {
         }
         self.token = out.next_continuation_token().map(str::to_string);
         self.exhausted = !out.is_truncated().unwrap_or(false) || self.token.is_none();
+        if self.exhausted {
+            if let Some((names, since)) = self.subdirs.take() {
+                cache.insert_dir(&self.prefix, names, since);
+            }
+        }
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ pub mod signing;
 pub mod sweep;
 pub mod upload;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -319,6 +320,19 @@ impl UserStore {
         }))
     }
 
+    /// Like [`dir_entry`](Self::dir_entry), but `None` at once when this session's
+    /// record of the parent directory (a listing or a MKDIR moments ago) has no
+    /// subdirectory of that name.
+    async fn dir_entry_unless_known(&self, path: &VirtualPath) -> Result<Option<Entry>> {
+        if !path.is_root() {
+            let parent = self.jail.dir_prefix(&path.parent())?;
+            if self.cache.known_no_subdir(&parent, path.file_name()) {
+                return Ok(None);
+            }
+        }
+        self.dir_entry(path).await
+    }
+
     /// What `path` is. A file wins over a directory of the same name.
     pub async fn stat(&self, path: &VirtualPath) -> Result<Entry> {
         if path.is_root() {
@@ -366,6 +380,7 @@ impl UserStore {
     /// Creates a directory by writing its `dir/` marker.
     pub async fn mkdir(&self, path: &VirtualPath) -> Result<()> {
         self.check(Permission::CreateDirs, path)?;
+        let looked = self.cache.snapshot();
         match self.stat(path).await {
             Ok(_) => return Err(StorageError::AlreadyExists),
             Err(StorageError::NotFound) => {}
@@ -381,6 +396,10 @@ impl UserStore {
             .send()
             .await
             .map_err(|e| s3_error("PutObject", e))?;
+        // Nothing was under the name when it was looked up: the new directory has no
+        // subdirectories, so uploads into it need not ask S3 for one.
+        self.cache.insert_dir(&marker, HashSet::new(), looked);
+        self.cache.note_created(&marker);
         tracing::debug!(key = %marker, "directory created");
         Ok(())
     }
@@ -493,6 +512,7 @@ impl UserStore {
             return Err(StorageError::IsADirectory);
         }
         let key = self.jail.file_key(path)?;
+        self.cache.note_created(&key);
         if mode.replace
             && !mode.exclusive
             && self.allows(Permission::Upload, path)
@@ -509,7 +529,7 @@ impl UserStore {
                 Some(AbortOnDropHandle::new(check)),
             ));
         }
-        let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry(path));
+        let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
         let exists = file?.is_some();
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
@@ -531,11 +551,12 @@ impl UserStore {
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).
-    /// One LIST in the usual case; the HEAD only when a directory has the name (a file of
-    /// the same name wins, and may be replaced).
+    /// One LIST in the usual case, none when the session knows the parent directory's
+    /// subdirectories; the HEAD only when a directory has the name (a file of the same
+    /// name wins, and may be replaced).
     async fn refuse_directory(&self, path: &VirtualPath) -> Result<()> {
         let key = self.jail.file_key(path)?;
-        if self.cache.get(&key).is_some() || self.dir_entry(path).await?.is_none() {
+        if self.cache.get(&key).is_some() || self.dir_entry_unless_known(path).await?.is_none() {
             return Ok(());
         }
         match self.head(&key).await? {

@@ -66,6 +66,7 @@ impl UserStore {
             .await?
             .ok_or(StorageError::NotFound)?;
         self.cache().forget(&dst);
+        self.cache().note_created(&dst);
         self.copy_object(&src, &dst, &head).await?;
         self.delete_key(&src).await?;
         tracing::debug!(from = %src, to = %dst, "renamed");
@@ -85,6 +86,7 @@ impl UserStore {
             return Err(StorageError::NotFound);
         }
         let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
+        self.cache().note_created(&dst);
         self.copy_object(&src, &dst, &head).await?;
         self.delete_key(&src).await
     }

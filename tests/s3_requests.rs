@@ -1,0 +1,206 @@
+//! The S3 requests SFTP operations cost, counted by a proxy between the server and the
+//! real S3 server (the embedded store, or the external one in CI): what a session
+//! learnt from a MKDIR or a complete listing spares the per-upload check that no
+//! directory has the file's name, and never lets an upload onto a known directory's name
+//! through.
+
+mod common;
+
+use common::fault_proxy::{start_behind_proxy, BucketView, Op};
+use common::*;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+
+fn attrs() -> FileAttributes {
+    FileAttributes::default()
+}
+
+/// Uploads `data` to `path` the way `put` does (CREATE|TRUNCATE, WRITE, CLOSE); the
+/// CLOSE's result (the check runs alongside the writes and must pass before it).
+async fn upload(s: &RusshSftp, path: &str, data: &[u8]) -> Result<(), String> {
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let h = s
+        .raw
+        .open(path, flags, attrs())
+        .await
+        .map_err(|e| format!("open {path}: {e:?}"))?
+        .handle;
+    let written = s.raw.write(&h, 0, data.to_vec()).await;
+    let closed = s.raw.close(&h).await;
+    written.map_err(|e| format!("write {path}: {e:?}"))?;
+    closed
+        .map(|_| ())
+        .map_err(|e| format!("close {path}: {e:?}"))
+}
+
+/// Reads a directory to its end, as a client's `ls` does.
+async fn list_all(s: &RusshSftp, path: &str) -> Vec<String> {
+    let h = s.raw.opendir(path).await.expect("opendir").handle;
+    let mut names = Vec::new();
+    loop {
+        match s.raw.readdir(&h).await {
+            Ok(batch) => names.extend(batch.files.into_iter().map(|f| f.filename)),
+            Err(e) => {
+                assert_eq!(status_code::<()>(&Err(e)), Some(StatusCode::Eof));
+                break;
+            }
+        }
+    }
+    s.raw.close(&h).await.expect("closedir");
+    names
+}
+
+async fn assert_object(view: &BucketView, key: &str, data: Option<&[u8]>) {
+    assert_eq!(view.object(key).await.as_deref(), data, "object {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_into_a_new_directory_skip_the_directory_check() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    s.raw.mkdir("/new", attrs()).await.expect("mkdir");
+
+    let lists = proxy.hits(Op::ListObjectsV2);
+    let puts = proxy.hits(Op::PutObject);
+    for i in 0..5 {
+        let data = format!("file {i}");
+        upload(&s, &format!("/new/f{i}"), data.as_bytes())
+            .await
+            .expect("upload");
+    }
+    assert_eq!(proxy.hits(Op::PutObject), puts + 5, "one PutObject each");
+    assert_eq!(
+        proxy.hits(Op::ListObjectsV2),
+        lists,
+        "no LIST: the directory was created empty by this session"
+    );
+    for i in 0..5 {
+        let data = format!("file {i}");
+        assert_object(&view, &format!("{p}new/f{i}"), Some(data.as_bytes())).await;
+    }
+
+    // A subdirectory this session makes is known at once: an upload onto its name is
+    // checked (a LIST) and refused, and nothing is stored under that name.
+    s.raw.mkdir("/new/sub", attrs()).await.expect("mkdir sub");
+    let lists = proxy.hits(Op::ListObjectsV2);
+    let refused = upload(&s, "/new/sub", b"not a file").await;
+    assert!(refused.is_err(), "upload onto a directory: {refused:?}");
+    assert!(proxy.hits(Op::ListObjectsV2) > lists, "the check ran");
+    assert_object(&view, &format!("{p}new/sub"), None).await;
+
+    // So is a directory that an upload of this session made implicitly.
+    upload(&s, "/new/implied/deep/f", b"deep")
+        .await
+        .expect("deep upload");
+    let refused = upload(&s, "/new/implied", b"not a file").await;
+    assert!(
+        refused.is_err(),
+        "upload onto an implied directory: {refused:?}"
+    );
+    assert_object(&view, &format!("{p}new/implied"), None).await;
+    assert_object(&view, &format!("{p}new/implied/deep/f"), Some(b"deep")).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_complete_listing_answers_the_directory_check() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    view.put(&format!("{p}d/file"), b"f").await;
+    view.put(&format!("{p}d/dir/inner"), b"i").await;
+    let s = t.russh_sftp(&t.alice).await;
+
+    let mut names = list_all(&s, "/d").await;
+    names.sort();
+    assert!(names.contains(&"dir".to_string()) && names.contains(&"file".to_string()));
+
+    let lists = proxy.hits(Op::ListObjectsV2);
+    upload(&s, "/d/fresh", b"fresh").await.expect("upload");
+    upload(&s, "/d/file", b"replaced").await.expect("overwrite");
+    assert_eq!(
+        proxy.hits(Op::ListObjectsV2),
+        lists,
+        "answered from the listing"
+    );
+    assert_object(&view, &format!("{p}d/fresh"), Some(b"fresh")).await;
+    assert_object(&view, &format!("{p}d/file"), Some(b"replaced")).await;
+
+    // The listing showed `dir` as a directory: that name is still checked, and refused.
+    let refused = upload(&s, "/d/dir", b"not a file").await;
+    assert!(
+        refused.is_err(),
+        "upload onto a listed directory: {refused:?}"
+    );
+    assert!(proxy.hits(Op::ListObjectsV2) > lists, "the check ran");
+    assert_object(&view, &format!("{p}d/dir"), None).await;
+    assert_object(&view, &format!("{p}d/dir/inner"), Some(b"i")).await;
+
+    // Another session knows nothing of this one's listing: its upload onto the
+    // directory's name is checked and refused too.
+    let other = t.russh_sftp(&t.alice).await;
+    let lists = proxy.hits(Op::ListObjectsV2);
+    upload(&other, "/d/other", b"o").await.expect("upload");
+    assert!(
+        proxy.hits(Op::ListObjectsV2) > lists,
+        "a session without a listing asks S3"
+    );
+    assert!(upload(&other, "/d/dir", b"x").await.is_err());
+    assert_object(&view, &format!("{p}d/dir"), None).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_metadata_cache_every_upload_is_checked() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| c.transfer.metadata_ttl = std::time::Duration::ZERO).await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    s.raw.mkdir("/new", attrs()).await.expect("mkdir");
+    let lists = proxy.hits(Op::ListObjectsV2);
+    for i in 0..3 {
+        upload(&s, &format!("/new/f{i}"), b"x")
+            .await
+            .expect("upload");
+    }
+    assert_eq!(
+        proxy.hits(Op::ListObjectsV2),
+        lists + 3,
+        "one directory check per upload"
+    );
+    assert_object(&view, &format!("{p}new/f2"), Some(b"x")).await;
+    t.shutdown().await;
+}
+
+/// The bench's small-file workload through OpenSSH `sftp`: `mkdir`, `cd`, `put *`. The
+/// LISTs the session sends do not grow with the number of files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn openssh_put_into_a_new_directory_lists_a_fixed_number_of_times() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    let local = t.dir.path().join("many");
+    std::fs::create_dir(&local).expect("local dir");
+    for i in 0..20 {
+        std::fs::write(local.join(format!("f{i:02}")), format!("data {i}")).expect("write");
+    }
+    let lists = proxy.hits(Op::ListObjectsV2);
+    let out = t
+        .sftp(
+            &t.alice,
+            &format!("mkdir up\ncd up\nlcd {}\nput *\n", local.display()),
+        )
+        .await;
+    assert!(out.status.success(), "sftp: {}", stderr(&out));
+    let listed = proxy.hits(Op::ListObjectsV2) - lists;
+    assert!(
+        listed <= 3,
+        "{listed} LISTs for mkdir, cd and 20 uploads (the directory lookups only)"
+    );
+    let keys = view.keys(&format!("{p}up/")).await;
+    assert_eq!(
+        keys.len(),
+        21,
+        "20 files and the directory marker: {keys:?}"
+    );
+    assert_object(&view, &format!("{p}up/f07"), Some(b"data 7")).await;
+    t.shutdown().await;
+}
