@@ -204,3 +204,41 @@ async fn openssh_put_into_a_new_directory_lists_a_fixed_number_of_times() {
     assert_object(&view, &format!("{p}up/f07"), Some(b"data 7")).await;
     t.shutdown().await;
 }
+
+/// A rename remembers the copy it made: renaming it back (or a STAT of it) asks S3 nothing
+/// about the new name, only about the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renamed_file_is_known_to_the_session_that_renamed_it() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    view.put(&format!("{p}a"), b"contents").await;
+    let s = t.russh_sftp(&t.alice).await;
+    s.raw.rename("/a", "/b").await.expect("rename a b");
+
+    let heads = proxy.hits(Op::HeadObject);
+    let size = s.raw.stat("/b").await.expect("stat b").attrs.size;
+    assert_eq!(size, Some(8));
+    assert_eq!(proxy.hits(Op::HeadObject), heads, "STAT of the copy: no HEAD");
+
+    let (copies, deletes) = (proxy.hits(Op::CopyObject), proxy.hits(Op::DeleteObject));
+    s.raw.rename("/b", "/a").await.expect("rename b a");
+    assert_eq!(
+        proxy.hits(Op::HeadObject),
+        heads + 1,
+        "only the target is looked up"
+    );
+    assert_eq!(proxy.hits(Op::CopyObject), copies + 1);
+    assert_eq!(proxy.hits(Op::DeleteObject), deletes + 1);
+    assert_object(&view, &format!("{p}a"), Some(b"contents")).await;
+    assert_object(&view, &format!("{p}b"), None).await;
+
+    // The target is still looked up every time: a rename onto an existing file made by
+    // someone else is refused.
+    view.put(&format!("{p}c"), b"someone else's").await;
+    s.raw.rename("/a", "/b").await.expect("rename a b again");
+    let refused = s.raw.rename("/b", "/c").await;
+    assert_eq!(status_code(&refused), Some(StatusCode::Failure), "{refused:?}");
+    assert_object(&view, &format!("{p}c"), Some(b"someone else's")).await;
+    assert_object(&view, &format!("{p}b"), Some(b"contents")).await;
+    t.shutdown().await;
+}

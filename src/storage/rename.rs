@@ -6,7 +6,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::task::JoinSet;
 
 use super::error::s3_error;
-use super::{EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
+use super::{to_system_time, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
 use crate::users::Permission;
 
 /// CopyObject's size limit.
@@ -67,7 +67,10 @@ impl UserStore {
             .ok_or(StorageError::NotFound)?;
         self.cache().forget(&dst);
         self.cache().note_created(&dst);
-        self.copy_object(&src, &dst, &head).await?;
+        if let Some(copied) = self.copy_object(&src, &dst, &head).await? {
+            // What this session just wrote: a STAT or a rename back needs no HEAD.
+            self.cache().insert(&dst, copied);
+        }
         self.delete_key(&src).await?;
         tracing::debug!(from = %src, to = %dst, "renamed");
         Ok(())
@@ -91,8 +94,15 @@ impl UserStore {
         self.delete_key(&src).await
     }
 
-    /// Server-side copy of `src` to `dst`, pinned to the source's ETag.
-    pub(crate) async fn copy_object(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<()> {
+    /// Server-side copy of `src` to `dst`, pinned to the source's ETag. Returns the copy's
+    /// metadata when S3 told its ETag (CopyObject does; the multipart copy of objects
+    /// above 5 GiB is not looked at).
+    pub(crate) async fn copy_object(
+        &self,
+        src: &str,
+        dst: &str,
+        head: &ObjectHead,
+    ) -> Result<Option<ObjectHead>> {
         let storage = self.storage();
         let source = copy_source(storage.bucket(), src);
         if head.size <= MAX_COPY_OBJECT {
@@ -105,13 +115,25 @@ impl UserStore {
             if let Some(etag) = &head.etag {
                 request = request.copy_source_if_match(etag);
             }
-            request
+            let out = request
                 .send()
                 .await
                 .map_err(|e| s3_error("CopyObject", e))?;
-            return Ok(());
+            // The size is the source's only when the copy was pinned to its ETag.
+            let pinned = head.etag.is_some();
+            return Ok(out
+                .copy_object_result()
+                .filter(|_| pinned)
+                .and_then(|result| {
+                    Some(ObjectHead {
+                        size: head.size,
+                        etag: Some(result.e_tag()?.to_string()),
+                        modified: result.last_modified().and_then(to_system_time),
+                        dir_marker: false,
+                    })
+                }));
         }
-        self.copy_multipart(&source, dst, head).await
+        self.copy_multipart(&source, dst, head).await.map(|()| None)
     }
 
     async fn copy_multipart(&self, source: &str, dst: &str, head: &ObjectHead) -> Result<()> {
