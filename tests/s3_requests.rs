@@ -218,7 +218,11 @@ async fn a_renamed_file_is_known_to_the_session_that_renamed_it() {
     let heads = proxy.hits(Op::HeadObject);
     let size = s.raw.stat("/b").await.expect("stat b").attrs.size;
     assert_eq!(size, Some(8));
-    assert_eq!(proxy.hits(Op::HeadObject), heads, "STAT of the copy: no HEAD");
+    assert_eq!(
+        proxy.hits(Op::HeadObject),
+        heads,
+        "STAT of the copy: no HEAD"
+    );
 
     let (copies, deletes) = (proxy.hits(Op::CopyObject), proxy.hits(Op::DeleteObject));
     s.raw.rename("/b", "/a").await.expect("rename b a");
@@ -237,7 +241,11 @@ async fn a_renamed_file_is_known_to_the_session_that_renamed_it() {
     view.put(&format!("{p}c"), b"someone else's").await;
     s.raw.rename("/a", "/b").await.expect("rename a b again");
     let refused = s.raw.rename("/b", "/c").await;
-    assert_eq!(status_code(&refused), Some(StatusCode::Failure), "{refused:?}");
+    assert_eq!(
+        status_code(&refused),
+        Some(StatusCode::Failure),
+        "{refused:?}"
+    );
     assert_object(&view, &format!("{p}c"), Some(b"someone else's")).await;
     assert_object(&view, &format!("{p}b"), Some(b"contents")).await;
     t.shutdown().await;
