@@ -328,6 +328,63 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
     t.shutdown().await;
 }
 
+/// Sequential runs longer than the read-ahead (whose chunk buffers are filled again by
+/// later chunks), jumps back and forth (which drop the window), and reads across chunk
+/// boundaries all return exactly the object's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_in_any_order_return_the_right_bytes() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let data = random_bytes(30 * MIB + 123, 31);
+    t.put(&format!("{}r.bin", t.alice.prefix), &data).await;
+    let h = s
+        .raw
+        .open("/r.bin", OpenFlags::READ, attrs())
+        .await
+        .expect("open")
+        .handle;
+    let read = |offset: usize, len: usize| {
+        let (s, h) = (&s, &h);
+        async move {
+            s.raw
+                .read(h, offset as u64, len as u32)
+                .await
+                .unwrap_or_else(|e| panic!("read {len} at {offset}: {e:?}"))
+                .data
+        }
+    };
+    // 24 MiB front to back: more chunks (2 MiB) than the read-ahead holds (20 MiB).
+    let mut offset = 0;
+    while offset < 24 * MIB {
+        let got = read(offset, 64 * 1024).await;
+        assert_eq!(
+            got,
+            &data[offset..offset + 64 * 1024],
+            "sequential at {offset}"
+        );
+        offset += got.len();
+    }
+    // Jumps, and reads that straddle chunk boundaries, in a fixed pseudo-random order.
+    let mut x: u64 = 7;
+    for i in 0..60 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = if i % 3 == 0 {
+            // Just before a 2 MiB boundary.
+            ((x >> 33) as usize % 15 + 1) * 2 * MIB - 1000
+        } else {
+            (x >> 33) as usize % data.len()
+        };
+        let got = read(offset, 64 * 1024).await;
+        let end = (offset + 64 * 1024).min(data.len());
+        assert_eq!(got, &data[offset..end], "read {i} at {offset}");
+    }
+    let tail = read(data.len() - 100, 64 * 1024).await;
+    assert_eq!(tail, &data[data.len() - 100..]);
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_are_pinned_to_the_version_seen_at_open() {
     let t = TestServer::start().await;

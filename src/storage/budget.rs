@@ -24,6 +24,14 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Whether this reservation pays for a buffer of `bytes`.
+    pub fn covers(&self, bytes: u64) -> bool {
+        match &self._permit {
+            Some(permit) => permit.num_permits() as u64 >= bytes.div_ceil(UNIT).max(1),
+            None => true,
+        }
+    }
+
     /// Gives back everything above `bytes` (the buffer turned out smaller than reserved).
     pub fn shrink_to(&mut self, bytes: u64) {
         let keep = usize::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(usize::MAX);

@@ -2,6 +2,11 @@
 //! chunks ahead of it is already being fetched. A read elsewhere restarts the window at
 //! that offset. Every GET is pinned to the ETag seen at open, so an object overwritten
 //! mid-download gives an error, never a mix of old and new bytes.
+//!
+//! A chunk's buffer, once read past, is filled again by a later chunk of the same
+//! download, with the budget reservation that pays for it: a long download maps its
+//! buffers once instead of paying fresh zeroed pages (and their unmapping) for every
+//! chunk (large buffers are mapped on their own, see `tune_allocator` in `main.rs`).
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
@@ -49,6 +54,22 @@ impl Chunk {
     }
 }
 
+/// An empty chunk buffer and the reservation that pays for it.
+type Spare = (BytesMut, Reservation);
+
+impl Chunk {
+    /// The chunk's buffer for reuse, if it was fetched and nothing else holds its bytes.
+    fn into_spare(mut self) -> Option<Spare> {
+        let state = std::mem::replace(&mut self.state, ChunkState::Failed);
+        let ChunkState::Ready(bytes, reservation) = state else {
+            return None;
+        };
+        let mut buffer = bytes.try_into_mut().ok()?;
+        buffer.clear();
+        Some((buffer, reservation))
+    }
+}
+
 impl Drop for Chunk {
     fn drop(&mut self) {
         if let ChunkState::Fetching(handle) = &self.state {
@@ -68,6 +89,9 @@ pub struct Download {
     max_depth: usize,
     depth: usize,
     window: VecDeque<Chunk>,
+    /// Buffers of chunks read past, for the next fetches; with the window, never more
+    /// than `max_depth` chunks' worth.
+    spares: Vec<Spare>,
     next_fetch: u64,
     last_end: u64,
     /// Opened from a cached listing entry and nothing read yet: if that version is gone,
@@ -99,6 +123,7 @@ impl Download {
             max_depth,
             depth: 2.min(max_depth),
             window: VecDeque::new(),
+            spares: Vec::new(),
             next_fetch: 0,
             last_end: 0,
             provisional: false,
@@ -176,17 +201,31 @@ impl Download {
         );
         let body = out.body;
         let handle = tokio::spawn(async move {
-            match read_body(body, first_len).await {
+            match read_body(body, first_len, BytesMut::new()).await {
                 Ok(data) if data.len() as u64 == first_len => Ok((data, reservation)),
                 Ok(data) => {
                     tracing::info!(key = %retry.1, got = data.len(), expected = first_len, "first GetObject body was short, retrying");
-                    drop(reservation);
-                    fetch_range(retry.0, retry.1, retry.2, 0, first_len).await
+                    fetch_range(
+                        retry.0,
+                        retry.1,
+                        retry.2,
+                        0,
+                        first_len,
+                        Some((BytesMut::new(), reservation)),
+                    )
+                    .await
                 }
                 Err(e) => {
                     tracing::info!(key = %retry.1, "first GetObject body failed, retrying: {e}");
-                    drop(reservation);
-                    fetch_range(retry.0, retry.1, retry.2, 0, first_len).await
+                    fetch_range(
+                        retry.0,
+                        retry.1,
+                        retry.2,
+                        0,
+                        first_len,
+                        Some((BytesMut::new(), reservation)),
+                    )
+                    .await
                 }
             }
         });
@@ -242,14 +281,16 @@ impl Download {
         let in_window =
             self.window.front().is_some_and(|c| c.start <= offset) && offset < self.next_fetch;
         if !in_window {
-            self.window.clear();
+            self.clear_window();
             self.next_fetch = offset;
             if !sequential {
                 self.depth = 1;
             }
         }
         while self.window.front().is_some_and(|c| c.end() <= offset) {
-            self.window.pop_front();
+            if let Some(chunk) = self.window.pop_front() {
+                self.recycle(chunk);
+            }
         }
         if sequential && self.depth < self.max_depth {
             self.depth += 1;
@@ -271,7 +312,7 @@ impl Download {
                 Ok(data) => data,
                 Err(e) => {
                     // Forget the window: a later read fetches its range again.
-                    self.window.clear();
+                    self.clear_window();
                     self.next_fetch = offset;
                     return Err(e);
                 }
@@ -299,6 +340,21 @@ impl Download {
         }
     }
 
+    /// Keeps `chunk`'s buffer for a later fetch, if it has one free and there is room.
+    fn recycle(&mut self, chunk: Chunk) {
+        if self.spares.len() + self.window.len() < self.max_depth {
+            if let Some(spare) = chunk.into_spare() {
+                self.spares.push(spare);
+            }
+        }
+    }
+
+    fn clear_window(&mut self) {
+        while let Some(chunk) = self.window.pop_front() {
+            self.recycle(chunk);
+        }
+    }
+
     /// Schedules GETs so the window covers `needed_end` and `depth` chunks.
     fn fill_window(&mut self, needed_end: u64) {
         while self.next_fetch < self.size
@@ -307,12 +363,14 @@ impl Download {
             let start = self.next_fetch;
             let len = self.chunk_size.min(self.size - start);
             self.next_fetch += len;
+            let spare = self.spares.pop();
             let handle = tokio::spawn(fetch_range(
                 self.store.clone(),
                 self.key.clone(),
                 self.etag.clone(),
                 start,
                 len,
+                spare,
             ));
             self.window.push_back(Chunk {
                 start,
@@ -323,13 +381,16 @@ impl Download {
     }
 }
 
-/// Reads a GET body of `expected` bytes into one buffer, copying each piece as it arrives
-/// (collecting the pieces first would hold the chunk twice). Stops early past `expected`.
+/// Reads a GET body of `expected` bytes into `buf` (emptied first), copying each piece as
+/// it arrives (collecting the pieces first would hold the chunk twice). Stops early past
+/// `expected`.
 async fn read_body(
     mut body: aws_sdk_s3::primitives::ByteStream,
     expected: u64,
+    mut buf: BytesMut,
 ) -> std::result::Result<Bytes, aws_sdk_s3::primitives::ByteStreamError> {
-    let mut buf = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
+    buf.clear();
+    buf.reserve(usize::try_from(expected).unwrap_or(0));
     while let Some(piece) = body.try_next().await? {
         buf.extend_from_slice(&piece);
         if buf.len() as u64 > expected {
@@ -348,20 +409,30 @@ fn range_total(header: &str) -> Option<u64> {
 /// only until its body starts streaming; a body cut short is retried here).
 const BODY_ATTEMPTS: u32 = 3;
 
+/// Fetches `len` bytes at `start` into `spare`'s buffer, under its reservation, or into a
+/// new buffer reserved from the budget.
 async fn fetch_range(
     store: UserStore,
     key: String,
     etag: Option<String>,
     start: u64,
     len: u64,
+    spare: Option<Spare>,
 ) -> Result<(Bytes, Reservation)> {
-    let reservation = store.storage().budget().reserve(len).await;
+    let (mut buffer, reservation) = match spare {
+        Some((buffer, mut reservation)) if reservation.covers(len) => {
+            reservation.shrink_to(len);
+            (buffer, reservation)
+        }
+        _ => (BytesMut::new(), store.storage().budget().reserve(len).await),
+    };
     let mut attempt = 1;
     loop {
-        match get_range(&store, &key, etag.as_deref(), start, len).await {
+        match get_range(&store, &key, etag.as_deref(), start, len, buffer).await {
             Ok(body) => return Ok((body, reservation)),
             Err(Fetch::Body(message)) if attempt < BODY_ATTEMPTS => {
                 tracing::info!(%key, start, attempt, "GetObject body failed, retrying: {message}");
+                buffer = BytesMut::new();
                 tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
                     .await;
                 attempt += 1;
@@ -393,6 +464,7 @@ async fn get_range(
     etag: Option<&str>,
     start: u64,
     len: u64,
+    buffer: BytesMut,
 ) -> std::result::Result<Bytes, Fetch> {
     let storage = store.storage();
     let mut request = storage
@@ -410,7 +482,7 @@ async fn get_range(
             other => other,
         })
     })?;
-    let body = read_body(out.body, len)
+    let body = read_body(out.body, len, buffer)
         .await
         .map_err(|e| Fetch::Body(format!("reading the body failed: {e}")))?;
     if body.len() as u64 != len {
@@ -420,4 +492,47 @@ async fn get_range(
         )));
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryBudget;
+
+    async fn ready_chunk(budget: &MemoryBudget, bytes: Bytes) -> Chunk {
+        Chunk {
+            start: 0,
+            len: bytes.len() as u64,
+            state: ChunkState::Ready(bytes, budget.reserve(1 << 20).await),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_chunk_gives_back_its_buffer_and_reservation() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut buffer = BytesMut::with_capacity(1 << 20);
+        buffer.extend_from_slice(&[7u8; 1 << 20]);
+        let at = buffer.as_ptr();
+        let chunk = ready_chunk(&budget, buffer.freeze()).await;
+        assert_eq!(budget.in_use(), 1 << 20);
+        let (spare, reservation) = chunk.into_spare().expect("nothing else holds it");
+        assert!(spare.is_empty());
+        assert_eq!(spare.as_ptr(), at, "the same memory");
+        assert!(spare.capacity() >= 1 << 20);
+        assert!(reservation.covers(1 << 20));
+        assert_eq!(budget.in_use(), 1 << 20, "still paid for");
+        drop((spare, reservation));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_still_being_sent_keeps_its_buffer() {
+        let budget = MemoryBudget::new(8 << 20);
+        let bytes = Bytes::from(vec![1u8; 4096]);
+        let reply = bytes.slice(10..20);
+        let chunk = ready_chunk(&budget, bytes).await;
+        assert!(chunk.into_spare().is_none());
+        assert_eq!(&reply[..], &[1u8; 10]);
+        assert_eq!(budget.in_use(), 0, "its reservation went with it");
+    }
 }
