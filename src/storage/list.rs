@@ -90,23 +90,22 @@ impl DirLister {
             })
         });
         let now = SystemTime::now();
+        let dir_names: Vec<&str> = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/'))
+            .collect();
         if let Some((names, _)) = &mut self.subdirs {
-            names.extend(out.common_prefixes().iter().filter_map(|p| {
-                let name = p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/')?;
-                Some(name.to_string())
-            }));
+            names.extend(dir_names.iter().map(|name| name.to_string()));
             if names.len() > MAX_DIR_NAMES {
                 self.subdirs = None;
             }
         }
-        let dirs = out.common_prefixes().iter().filter_map(|p| {
-            let name = p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/')?;
-            Some(Entry {
-                name: name.to_string(),
-                kind: EntryKind::Dir,
-                size: 0,
-                modified: Some(now),
-            })
+        let dirs = dir_names.iter().map(|name| Entry {
+            name: name.to_string(),
+            kind: EntryKind::Dir,
+            size: 0,
+            modified: Some(now),
         });
         let mut page: Vec<Entry> = files.chain(dirs).filter(|e| valid_name(&e.name)).collect();
         page.sort_by(|a, b| a.name.cmp(&b.name));
