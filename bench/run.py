@@ -347,7 +347,6 @@ class Bench:
         # minute, and a median of 3 moved with it. After a long (cold) release build, 3, so a
         # first run from a fresh clone still ends within 15 minutes (see build()).
         self.runs = args.runs if args.runs else 5
-        self.set_small_runs()
         self.nsmall = args.small_files or (200 if self.quick else 1000)
         self.nlist = args.list_objects or (2000 if self.quick else 10000)
         self.rename_size = (20 if self.quick else 100) * MIB
@@ -538,10 +537,12 @@ class Bench:
         self.choose_cipher()
         self.initial_setup()
 
-    def set_small_runs(self):
+    @property
+    def small_runs(self) -> int:
+        """Runs of the small-file, rename and listing workloads: at most the big runs."""
         default_small = 3 if self.args.s3_server != "moto" else 1
         wanted = default_small if self.args.small_runs is None else self.args.small_runs
-        self.small_runs = min(self.runs, wanted)
+        return min(self.runs, wanted)
 
     def build(self) -> Path:
         if self.args.binary:
@@ -555,7 +556,6 @@ class Bench:
             took = time.monotonic() - started
             if took > COLD_BUILD_S and not self.args.runs:
                 self.runs = 3
-                self.set_small_runs()
                 self.notes.append(
                     f"3 runs of the big transfers instead of 5: the release build took {took / 60:.1f} min "
                     "(a cold build), and a full run from a fresh clone is to end within 15 minutes. "

@@ -10,6 +10,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Permits are counted in KiB so that a `u32` covers budgets far beyond any machine.
 const UNIT: u64 = 1024;
 
+/// Permits for `bytes`: whole units, at least one.
+fn units_of(bytes: u64) -> u64 {
+    bytes.div_ceil(UNIT).max(1)
+}
+
 /// The shared pool of transfer-buffer bytes.
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
@@ -27,14 +32,14 @@ impl Reservation {
     /// Whether this reservation pays for a buffer of `bytes`.
     pub fn covers(&self, bytes: u64) -> bool {
         match &self._permit {
-            Some(permit) => permit.num_permits() as u64 >= bytes.div_ceil(UNIT).max(1),
+            Some(permit) => permit.num_permits() as u64 >= units_of(bytes),
             None => true,
         }
     }
 
     /// Gives back everything above `bytes` (the buffer turned out smaller than reserved).
     pub fn shrink_to(&mut self, bytes: u64) {
-        let keep = usize::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(usize::MAX);
+        let keep = usize::try_from(units_of(bytes)).unwrap_or(usize::MAX);
         if let Some(permit) = self._permit.as_mut() {
             let held = permit.num_permits();
             if held > keep {
@@ -46,7 +51,7 @@ impl Reservation {
 
 impl MemoryBudget {
     pub fn new(total_bytes: u64) -> Self {
-        let total_units = u32::try_from(total_bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX >> 4);
+        let total_units = u32::try_from(units_of(total_bytes)).unwrap_or(u32::MAX >> 4);
         MemoryBudget {
             semaphore: Arc::new(Semaphore::new(total_units as usize)),
             total_units,
@@ -78,8 +83,7 @@ impl MemoryBudget {
     }
 
     fn units(&self, bytes: u64) -> u32 {
-        let units = bytes.div_ceil(UNIT).max(1);
-        u32::try_from(units)
+        u32::try_from(units_of(bytes))
             .unwrap_or(u32::MAX)
             .min(self.total_units)
     }

@@ -37,6 +37,19 @@ struct Known {
     created: u64,
 }
 
+impl Known {
+    fn drop_dir(&mut self, prefix: &str) {
+        if let Some((names, _)) = self.dirs.remove(prefix) {
+            self.dir_names -= names.len();
+        }
+    }
+
+    /// Whether a record of `more` names would pass a bound.
+    fn dirs_full(&self, more: usize) -> bool {
+        self.dirs.len() >= MAX_DIRS || self.dir_names + more > MAX_DIR_NAMES
+    }
+}
+
 /// When a directory listing (or lookup) began, to record what it found afterwards.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
@@ -134,13 +147,11 @@ impl MetaCache {
             if known.created != since.created {
                 return;
             }
-            if let Some((old, _)) = known.dirs.remove(prefix) {
-                known.dir_names -= old.len();
-            }
-            if known.dirs.len() >= MAX_DIRS || known.dir_names + names.len() > MAX_DIR_NAMES {
+            known.drop_dir(prefix);
+            if known.dirs_full(names.len()) {
                 known.dirs.retain(|_, (_, at)| at.elapsed() < ttl);
                 known.dir_names = known.dirs.values().map(|(n, _)| n.len()).sum();
-                if known.dirs.len() >= MAX_DIRS || known.dir_names + names.len() > MAX_DIR_NAMES {
+                if known.dirs_full(names.len()) {
                     return;
                 }
             }
@@ -159,9 +170,7 @@ impl MetaCache {
         self.with(|known| match known.dirs.get(prefix) {
             Some((names, at)) if at.elapsed() < ttl => !names.contains(name),
             Some(_) => {
-                if let Some((old, _)) = known.dirs.remove(prefix) {
-                    known.dir_names -= old.len();
-                }
+                known.drop_dir(prefix);
                 false
             }
             None => false,
@@ -191,8 +200,8 @@ impl MetaCache {
                         if known.dir_names < MAX_DIR_NAMES {
                             names.insert(name.to_string());
                             known.dir_names += 1;
-                        } else if let Some((old, _)) = known.dirs.remove(prefix) {
-                            known.dir_names -= old.len();
+                        } else {
+                            known.drop_dir(prefix);
                         }
                     }
                 }

@@ -52,12 +52,7 @@ impl Chunk {
             }
         }
     }
-}
 
-/// An empty chunk buffer and the reservation that pays for it.
-type Spare = (BytesMut, Reservation);
-
-impl Chunk {
     /// The chunk's buffer for reuse, if it was fetched and nothing else holds its bytes.
     fn into_spare(mut self) -> Option<Spare> {
         let state = std::mem::replace(&mut self.state, ChunkState::Failed);
@@ -69,6 +64,9 @@ impl Chunk {
         Some((buffer, reservation))
     }
 }
+
+/// An empty chunk buffer and the reservation that pays for it.
+type Spare = (BytesMut, Reservation);
 
 impl Drop for Chunk {
     fn drop(&mut self) {
@@ -202,32 +200,16 @@ impl Download {
         let body = out.body;
         let handle = tokio::spawn(async move {
             match read_body(body, first_len, BytesMut::new()).await {
-                Ok(data) if data.len() as u64 == first_len => Ok((data, reservation)),
+                Ok(data) if data.len() as u64 == first_len => return Ok((data, reservation)),
                 Ok(data) => {
                     tracing::info!(key = %retry.1, got = data.len(), expected = first_len, "first GetObject body was short, retrying");
-                    fetch_range(
-                        retry.0,
-                        retry.1,
-                        retry.2,
-                        0,
-                        first_len,
-                        Some((BytesMut::new(), reservation)),
-                    )
-                    .await
                 }
                 Err(e) => {
                     tracing::info!(key = %retry.1, "first GetObject body failed, retrying: {e}");
-                    fetch_range(
-                        retry.0,
-                        retry.1,
-                        retry.2,
-                        0,
-                        first_len,
-                        Some((BytesMut::new(), reservation)),
-                    )
-                    .await
                 }
             }
+            let spare = Some((BytesMut::new(), reservation));
+            fetch_range(retry.0, retry.1, retry.2, 0, first_len, spare).await
         });
         download.window.push_back(Chunk {
             start: 0,
