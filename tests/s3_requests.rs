@@ -250,3 +250,90 @@ async fn a_renamed_file_is_known_to_the_session_that_renamed_it() {
     assert_object(&view, &format!("{p}b"), Some(b"contents")).await;
     t.shutdown().await;
 }
+
+/// posix-rename@openssh.com, the way OpenSSH `sftp`'s `rename` sends it.
+async fn posix_rename(s: &RusshSftp, from: &str, to: &str) -> Result<(), String> {
+    let mut data = Vec::new();
+    for path in [from, to] {
+        data.extend((path.len() as u32).to_be_bytes());
+        data.extend(path.as_bytes());
+    }
+    match s.raw.extended("posix-rename@openssh.com", data).await {
+        Ok(russh_sftp::protocol::Packet::Status(st)) if st.status_code == StatusCode::Ok => Ok(()),
+        other => Err(format!("posix-rename {from} {to}: {other:?}")),
+    }
+}
+
+/// A posix-rename may replace a file, so all it needs to know of its target is whether a
+/// directory has the name; once the session has looked the name up, back-and-forth
+/// renames send only the copy and the delete. A directory in the way is still found and
+/// refused: one this session made, and one another client made before the lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_renames_of_known_names_send_only_the_copy_and_the_delete() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    view.put(&format!("{p}a"), b"contents").await;
+    let s = t.russh_sftp(&t.alice).await;
+    posix_rename(&s, "/a", "/b").await.expect("a to b");
+    posix_rename(&s, "/b", "/a").await.expect("b to a");
+
+    let (heads, lists) = (proxy.hits(Op::HeadObject), proxy.hits(Op::ListObjectsV2));
+    let (copies, deletes) = (proxy.hits(Op::CopyObject), proxy.hits(Op::DeleteObject));
+    for (from, to) in [("/a", "/b"), ("/b", "/a"), ("/a", "/b"), ("/b", "/a")] {
+        posix_rename(&s, from, to).await.expect("rename");
+    }
+    assert_eq!(proxy.hits(Op::HeadObject), heads, "no HEAD");
+    assert_eq!(proxy.hits(Op::ListObjectsV2), lists, "no LIST");
+    assert_eq!(proxy.hits(Op::CopyObject), copies + 4);
+    assert_eq!(proxy.hits(Op::DeleteObject), deletes + 4);
+    assert_object(&view, &format!("{p}a"), Some(b"contents")).await;
+    assert_object(&view, &format!("{p}b"), None).await;
+
+    // A name looked up in vain, then made a directory by this session: refused.
+    assert_eq!(
+        status_code(&s.raw.stat("/c").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    s.raw.mkdir("/c", attrs()).await.expect("mkdir c");
+    let refused = posix_rename(&s, "/a", "/c").await;
+    assert!(refused.is_err(), "onto this session's new directory");
+    // A directory another client made, which this session never looked up: refused.
+    view.put(&format!("{p}d/inner"), b"i").await;
+    let refused = posix_rename(&s, "/a", "/d").await;
+    assert!(refused.is_err(), "onto another client's directory");
+    assert_object(&view, &format!("{p}a"), Some(b"contents")).await;
+    assert_object(&view, &format!("{p}c"), None).await;
+    assert_object(&view, &format!("{p}d"), None).await;
+    assert_object(&view, &format!("{p}d/inner"), Some(b"i")).await;
+
+    // A file in the way is replaced, as posix-rename does.
+    view.put(&format!("{p}e"), b"old").await;
+    posix_rename(&s, "/a", "/e").await.expect("onto a file");
+    assert_object(&view, &format!("{p}e"), Some(b"contents")).await;
+    assert_object(&view, &format!("{p}a"), None).await;
+    t.shutdown().await;
+}
+
+/// What GUI clients do before an upload: a STAT of the target, which finds nothing. That
+/// lookup answers the upload's directory check, for this session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stat_that_found_nothing_answers_the_upload_check() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    assert_eq!(
+        status_code(&s.raw.stat("/new.txt").await),
+        Some(StatusCode::NoSuchFile)
+    );
+    let lists = proxy.hits(Op::ListObjectsV2);
+    upload(&s, "/new.txt", b"one").await.expect("upload");
+    upload(&s, "/new.txt", b"two").await.expect("upload again");
+    assert_eq!(proxy.hits(Op::ListObjectsV2), lists, "no LIST");
+    assert_object(&view, &format!("{p}new.txt"), Some(b"two")).await;
+
+    // Another session's directory of a name this session never looked up is found.
+    view.put(&format!("{p}dir/inner"), b"i").await;
+    assert!(upload(&s, "/dir", b"x").await.is_err());
+    assert_object(&view, &format!("{p}dir"), None).await;
+    t.shutdown().await;
+}

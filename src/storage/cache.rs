@@ -5,9 +5,10 @@
 //! - Objects: what a listing or HEAD said about a key. Dropped when this session writes,
 //!   removes or renames the key.
 //! - Directories: the names of a directory's subdirectories, from a complete listing or
-//!   from creating the directory empty. Only used to skip the check that no directory has
-//!   an uploaded file's name; names this session creates below a recorded directory are
-//!   added at once.
+//!   from creating the directory empty; and names a lookup found no directory under. Only
+//!   used to skip the check that no directory has the name of an uploaded file or of a
+//!   rename's target; directories of keys this session creates are added (or no longer
+//!   absent) at once.
 //!
 //! Both are bounded in entries and age. Another session's changes show after at most the
 //! TTL, which is the same trade rclone's `--dir-cache-time` makes (with a far shorter
@@ -25,6 +26,8 @@ pub const MAX_ENTRIES: usize = 10_000;
 pub const MAX_DIR_NAMES: usize = 10_000;
 /// Most directory records one session keeps.
 pub const MAX_DIRS: usize = 1_000;
+/// Most names one session remembers having no directory.
+pub const MAX_ABSENT: usize = 1_000;
 
 #[derive(Debug, Default)]
 struct Known {
@@ -33,6 +36,8 @@ struct Known {
     dirs: HashMap<String, (HashSet<String>, Instant)>,
     /// Names held in `dirs`, for the bound.
     dir_names: usize,
+    /// Directory prefixes (ending in `/`) a lookup found nothing under, as of the instant.
+    absent: HashMap<String, Instant>,
     /// How many keys this session has started creating ([`MetaCache::note_created`]).
     created: u64,
 }
@@ -160,41 +165,75 @@ impl MetaCache {
         });
     }
 
+    /// Remembers that, as of `since`, nothing was under the directory prefix `prefix` (a
+    /// lookup found no directory there). Like [`insert_dir`](Self::insert_dir), nothing is
+    /// recorded if this session created a key in the meantime.
+    pub(crate) fn insert_absent(&self, prefix: &str, since: Snapshot) {
+        if self.ttl.is_zero() || since.at.elapsed() >= self.ttl {
+            return;
+        }
+        let ttl = self.ttl;
+        self.with(|known| {
+            if known.created != since.created {
+                return;
+            }
+            if known.absent.len() >= MAX_ABSENT && !known.absent.contains_key(prefix) {
+                known.absent.retain(|_, at| at.elapsed() < ttl);
+                if known.absent.len() >= MAX_ABSENT {
+                    return;
+                }
+            }
+            known.absent.insert(prefix.to_string(), since.at);
+        });
+    }
+
     /// Whether the directory `prefix` is known, within the TTL, to have no subdirectory
-    /// called `name`. `false` means "unknown" as well as "there is one".
+    /// called `name`: from a record of `prefix`, or a lookup of the name. `false` means
+    /// "unknown" as well as "there is one".
     pub(crate) fn known_no_subdir(&self, prefix: &str, name: &str) -> bool {
         if self.ttl.is_zero() {
             return false;
         }
         let ttl = self.ttl;
-        self.with(|known| match known.dirs.get(prefix) {
-            Some((names, at)) if at.elapsed() < ttl => !names.contains(name),
-            Some(_) => {
-                known.drop_dir(prefix);
-                false
+        self.with(|known| {
+            match known.dirs.get(prefix) {
+                Some((names, at)) if at.elapsed() < ttl => return !names.contains(name),
+                Some(_) => known.drop_dir(prefix),
+                None => {}
             }
-            None => false,
+            let dir = format!("{prefix}{name}/");
+            match known.absent.get(&dir) {
+                Some(at) if at.elapsed() < ttl => true,
+                Some(_) => {
+                    known.absent.remove(&dir);
+                    false
+                }
+                None => false,
+            }
         })
     }
 
     /// This session is creating `key` (an object, or a `dir/` marker): every directory on
-    /// its way now has the next name on the way as a subdirectory. A record that cannot
-    /// take the name is dropped, so no record misses one.
+    /// its way exists, and has the next name on the way as a subdirectory. A record that
+    /// cannot take the name is dropped, so no record misses one.
     pub(crate) fn note_created(&self, key: &str) {
         if self.ttl.is_zero() {
             return;
         }
         self.with(|known| {
             known.created += 1;
-            if known.dirs.is_empty() {
+            if known.dirs.is_empty() && known.absent.is_empty() {
                 return;
             }
             let mut start = 0;
             while let Some(len) = key.get(start..).and_then(|rest| rest.find('/')) {
                 let end = start + len;
-                let (Some(prefix), Some(name)) = (key.get(..start), key.get(start..end)) else {
+                let (Some(prefix), Some(name), Some(dir)) =
+                    (key.get(..start), key.get(start..end), key.get(..=end))
+                else {
                     return;
                 };
+                known.absent.remove(dir);
                 if let Some((names, _)) = known.dirs.get_mut(prefix) {
                     if !names.contains(name) {
                         if known.dir_names < MAX_DIR_NAMES {
@@ -349,5 +388,52 @@ mod tests {
         }
         assert!(cache.known_no_subdir("d0/", "x"));
         assert!(!cache.known_no_subdir(&format!("d{}/", MAX_DIRS + 4), "x"));
+    }
+
+    #[test]
+    fn names_looked_up_in_vain_until_created() {
+        let cache = MetaCache::new(Duration::from_secs(60));
+        cache.insert_absent("u/a/b/", cache.snapshot());
+        cache.insert_absent("u/x/", cache.snapshot());
+        assert!(cache.known_no_subdir("u/a/", "b"));
+        assert!(cache.known_no_subdir("u/", "x"));
+        assert!(!cache.known_no_subdir("u/", "a"), "never looked up");
+        // An object below the name makes it a directory; so does its marker.
+        cache.note_created("u/a/b/c/file");
+        assert!(!cache.known_no_subdir("u/a/", "b"));
+        cache.note_created("u/x/");
+        assert!(!cache.known_no_subdir("u/", "x"));
+        // A file of the name is not a directory.
+        cache.insert_absent("u/f/", cache.snapshot());
+        cache.note_created("u/f");
+        assert!(cache.known_no_subdir("u/", "f"));
+    }
+
+    #[test]
+    fn absent_names_expire_are_bounded_and_skip_overlaps() {
+        let cache = MetaCache::new(Duration::from_millis(20));
+        cache.insert_absent("d/", cache.snapshot());
+        assert!(cache.known_no_subdir("", "d"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.known_no_subdir("", "d"));
+
+        let cache = MetaCache::new(Duration::from_secs(60));
+        let before = cache.snapshot();
+        cache.note_created("d/f");
+        cache.insert_absent("d/", before);
+        assert!(
+            !cache.known_no_subdir("", "d"),
+            "the lookup overlapped a creation"
+        );
+
+        for i in 0..MAX_ABSENT + 5 {
+            cache.insert_absent(&format!("n{i}/"), cache.snapshot());
+        }
+        assert!(cache.known_no_subdir("", "n0"));
+        assert!(!cache.known_no_subdir("", &format!("n{}", MAX_ABSENT + 4)));
+
+        let off = MetaCache::new(Duration::ZERO);
+        off.insert_absent("d/", off.snapshot());
+        assert!(!off.known_no_subdir("", "d"));
     }
 }

@@ -310,7 +310,11 @@ impl UserStore {
             return Ok(Some(Entry::dir("/", None)));
         }
         let prefix = self.jail.dir_prefix(path)?;
+        let looked = self.cache.snapshot();
         let keys = self.first_keys(&prefix, 1).await?;
+        if keys.is_empty() {
+            self.cache.insert_absent(&prefix, looked);
+        }
         Ok(keys.first().map(|(key, modified)| {
             let modified = if *key == prefix { *modified } else { None };
             Entry::dir(
@@ -320,9 +324,9 @@ impl UserStore {
         }))
     }
 
-    /// Like [`dir_entry`](Self::dir_entry), but `None` at once when this session's
-    /// record of the parent directory (a listing or a MKDIR moments ago) has no
-    /// subdirectory of that name.
+    /// Like [`dir_entry`](Self::dir_entry), but `None` at once when this session knows
+    /// there is no directory of that name: its record of the parent directory (a listing
+    /// or a MKDIR moments ago) has none, or a lookup of the name found nothing.
     async fn dir_entry_unless_known(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if !path.is_root() {
             let parent = self.jail.dir_prefix(&path.parent())?;

@@ -6,8 +6,18 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::task::JoinSet;
 
 use super::error::s3_error;
-use super::{to_system_time, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
+use super::{
+    to_system_time, Entry, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath,
+};
 use crate::users::Permission;
+
+/// What [`UserStore::rename_target`] found.
+enum Target {
+    /// No directory has the name; a file may.
+    NoDirectory,
+    /// What a full lookup found.
+    Found(Entry),
+}
 
 /// CopyObject's size limit.
 const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
@@ -36,13 +46,20 @@ impl UserStore {
             return self.stat(from).await.map(|_| ());
         }
         // Both lookups go out together: a rename costs one round of S3 requests less.
-        let (source, target) = tokio::join!(self.stat(from), self.stat(to));
+        let (source, target) = tokio::join!(self.stat(from), self.rename_target(to, overwrite));
         let source = source?;
         if to.starts_with(from) {
             return Err(StorageError::Invalid(
                 "cannot move a directory into itself".into(),
             ));
         }
+        let target = match target {
+            // Only a file may replace a file: a directory needs the whole answer.
+            Ok(Target::NoDirectory) if source.kind == EntryKind::Dir => self.stat(to).await,
+            Ok(Target::NoDirectory) => Err(StorageError::NotFound),
+            Ok(Target::Found(entry)) => Ok(entry),
+            Err(e) => Err(e),
+        };
         match target {
             Ok(target) if target.is_dir() => return Err(StorageError::AlreadyExists),
             Ok(_) if !overwrite || source.kind == EntryKind::Dir => {
@@ -56,6 +73,21 @@ impl UserStore {
             EntryKind::File => self.rename_file(from, to).await,
             EntryKind::Dir => self.rename_empty_dir(from, to).await,
         }
+    }
+
+    /// What is at a rename's target, as far as the rename needs to know. A rename that
+    /// may replace a file (posix-rename, with the right to overwrite) only has to know
+    /// whether a directory has the name: no HEAD, and no LIST either when this session
+    /// knows there is none (it listed the parent, or looked the name up, moments ago).
+    async fn rename_target(&self, to: &VirtualPath, overwrite: bool) -> Result<Target> {
+        if overwrite
+            && self.allows(Permission::Overwrite, to)
+            && self.dir_entry_unless_known(to).await?.is_none()
+        {
+            return Ok(Target::NoDirectory);
+        }
+        // Otherwise the whole lookup: a file of the name wins over a directory.
+        self.stat(to).await.map(Target::Found)
     }
 
     async fn rename_file(&self, from: &VirtualPath, to: &VirtualPath) -> Result<()> {
