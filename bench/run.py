@@ -507,11 +507,16 @@ class Bench:
             self.s3.create_bucket(Bucket=BUCKET)
         self.s3.head_bucket(Bucket=BUCKET)
         # 1-byte objects: with rclone serve s3 v1.75.2, an empty-body PutObject leaves its
-        # keep-alive connection stalled for the next request (seen with boto3).
+        # keep-alive connection stalled for the next request (seen with boto3). rclone copy
+        # creates them about ten times as fast as boto3's Python threads (4 s, not 40).
         log("creating the listing objects in S3")
-        with ThreadPoolExecutor(8) as ex:
-            list(ex.map(lambda i: self.s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}list/o{i:05d}", Body=b"x"),
-                        range(self.nlist)))
+        subprocess.run([self.rclone, "copy", str(self.listdir_local), f"benchs3:{BUCKET}/{PREFIX}list",
+                        "--config", "/dev/null", "--transfers", "16", "--checkers", "16",
+                        "--no-check-dest", "--no-traverse", "--s3-no-head", "--s3-no-check-bucket"],
+                       env=self.rclone_env(), check=True, capture_output=True)
+        listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}list/o{self.nlist - 1:05d}")
+        if listed.get("KeyCount", 0) != 1:
+            sys.exit("rclone copy did not create the listing objects")
 
         wanted = set(a.systems.split(",")) if a.systems else None
         if wanted is None and a.s3_server == "embedded":
