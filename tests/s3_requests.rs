@@ -251,19 +251,6 @@ async fn a_renamed_file_is_known_to_the_session_that_renamed_it() {
     t.shutdown().await;
 }
 
-/// posix-rename@openssh.com, the way OpenSSH `sftp`'s `rename` sends it.
-async fn posix_rename(s: &RusshSftp, from: &str, to: &str) -> Result<(), String> {
-    let mut data = Vec::new();
-    for path in [from, to] {
-        data.extend((path.len() as u32).to_be_bytes());
-        data.extend(path.as_bytes());
-    }
-    match s.raw.extended("posix-rename@openssh.com", data).await {
-        Ok(russh_sftp::protocol::Packet::Status(st)) if st.status_code == StatusCode::Ok => Ok(()),
-        other => Err(format!("posix-rename {from} {to}: {other:?}")),
-    }
-}
-
 /// A posix-rename may replace a file, so all it needs to know of its target is whether a
 /// directory has the name; once the session has looked the name up, back-and-forth
 /// renames send only the copy and the delete. A directory in the way is still found and
@@ -274,13 +261,13 @@ async fn posix_renames_of_known_names_send_only_the_copy_and_the_delete() {
     let p = t.alice.prefix.clone();
     view.put(&format!("{p}a"), b"contents").await;
     let s = t.russh_sftp(&t.alice).await;
-    posix_rename(&s, "/a", "/b").await.expect("a to b");
-    posix_rename(&s, "/b", "/a").await.expect("b to a");
+    s.posix_rename("/a", "/b").await.expect("a to b");
+    s.posix_rename("/b", "/a").await.expect("b to a");
 
     let (heads, lists) = (proxy.hits(Op::HeadObject), proxy.hits(Op::ListObjectsV2));
     let (copies, deletes) = (proxy.hits(Op::CopyObject), proxy.hits(Op::DeleteObject));
     for (from, to) in [("/a", "/b"), ("/b", "/a"), ("/a", "/b"), ("/b", "/a")] {
-        posix_rename(&s, from, to).await.expect("rename");
+        s.posix_rename(from, to).await.expect("rename");
     }
     assert_eq!(proxy.hits(Op::HeadObject), heads, "no HEAD");
     assert_eq!(proxy.hits(Op::ListObjectsV2), lists, "no LIST");
@@ -295,11 +282,11 @@ async fn posix_renames_of_known_names_send_only_the_copy_and_the_delete() {
         Some(StatusCode::NoSuchFile)
     );
     s.raw.mkdir("/c", attrs()).await.expect("mkdir c");
-    let refused = posix_rename(&s, "/a", "/c").await;
+    let refused = s.posix_rename("/a", "/c").await;
     assert!(refused.is_err(), "onto this session's new directory");
     // A directory another client made, which this session never looked up: refused.
     view.put(&format!("{p}d/inner"), b"i").await;
-    let refused = posix_rename(&s, "/a", "/d").await;
+    let refused = s.posix_rename("/a", "/d").await;
     assert!(refused.is_err(), "onto another client's directory");
     assert_object(&view, &format!("{p}a"), Some(b"contents")).await;
     assert_object(&view, &format!("{p}c"), None).await;
@@ -308,7 +295,7 @@ async fn posix_renames_of_known_names_send_only_the_copy_and_the_delete() {
 
     // A file in the way is replaced, as posix-rename does.
     view.put(&format!("{p}e"), b"old").await;
-    posix_rename(&s, "/a", "/e").await.expect("onto a file");
+    s.posix_rename("/a", "/e").await.expect("onto a file");
     assert_object(&view, &format!("{p}e"), Some(b"contents")).await;
     assert_object(&view, &format!("{p}a"), None).await;
     t.shutdown().await;

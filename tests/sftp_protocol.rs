@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use russh::ChannelMsg;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use std::time::Duration;
 
 fn attrs() -> FileAttributes {
@@ -101,16 +101,9 @@ async fn status_codes_follow_the_design() {
         t.object(&format!("{p}b.txt")).await.as_deref(),
         Some(&b"second"[..])
     );
-    let mut data = Vec::new();
-    for s in ["/a.txt", "/b.txt"] {
-        data.extend((s.len() as u32).to_be_bytes());
-        data.extend(s.as_bytes());
-    }
-    let reply = s.raw.extended("posix-rename@openssh.com", data).await;
-    assert!(
-        matches!(reply, Ok(Packet::Status(ref st)) if st.status_code == StatusCode::Ok),
-        "{reply:?}"
-    );
+    s.posix_rename("/a.txt", "/b.txt")
+        .await
+        .expect("posix-rename replaces");
     assert_eq!(
         t.object(&format!("{p}b.txt")).await.as_deref(),
         Some(&b"first"[..])

@@ -429,6 +429,23 @@ impl RusshSftp {
         raw.init().await.map_err(|e| e.to_string())?;
         Ok(RusshSftp { raw, handle })
     }
+
+    /// posix-rename@openssh.com, the way OpenSSH `sftp`'s `rename` sends it.
+    pub async fn posix_rename(&self, from: &str, to: &str) -> Result<(), String> {
+        let mut data = Vec::new();
+        for path in [from, to] {
+            data.extend((path.len() as u32).to_be_bytes());
+            data.extend(path.as_bytes());
+        }
+        match self.raw.extended("posix-rename@openssh.com", data).await {
+            Ok(russh_sftp::protocol::Packet::Status(st))
+                if st.status_code == russh_sftp::protocol::StatusCode::Ok =>
+            {
+                Ok(())
+            }
+            other => Err(format!("posix-rename {from} {to}: {other:?}")),
+        }
+    }
 }
 
 /// The SFTP status code of a russh-sftp client error (`None` for other errors).
