@@ -8,28 +8,10 @@ mod common;
 
 use common::fault_proxy::{start_behind_proxy, BucketView, Op};
 use common::*;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use russh_sftp::protocol::{FileAttributes, StatusCode};
 
 fn attrs() -> FileAttributes {
     FileAttributes::default()
-}
-
-/// Uploads `data` to `path` the way `put` does (CREATE|TRUNCATE, WRITE, CLOSE); the
-/// CLOSE's result (the check runs alongside the writes and must pass before it).
-async fn upload(s: &RusshSftp, path: &str, data: &[u8]) -> Result<(), String> {
-    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
-    let h = s
-        .raw
-        .open(path, flags, attrs())
-        .await
-        .map_err(|e| format!("open {path}: {e:?}"))?
-        .handle;
-    let written = s.raw.write(&h, 0, data.to_vec()).await;
-    let closed = s.raw.close(&h).await;
-    written.map_err(|e| format!("write {path}: {e:?}"))?;
-    closed
-        .map(|_| ())
-        .map_err(|e| format!("close {path}: {e:?}"))
 }
 
 /// Reads a directory to its end, as a client's `ls` does.
@@ -64,7 +46,7 @@ async fn uploads_into_a_new_directory_skip_the_directory_check() {
     let puts = proxy.hits(Op::PutObject);
     for i in 0..5 {
         let data = format!("file {i}");
-        upload(&s, &format!("/new/f{i}"), data.as_bytes())
+        s.upload(&format!("/new/f{i}"), data.as_bytes())
             .await
             .expect("upload");
     }
@@ -83,16 +65,16 @@ async fn uploads_into_a_new_directory_skip_the_directory_check() {
     // checked (a LIST) and refused, and nothing is stored under that name.
     s.raw.mkdir("/new/sub", attrs()).await.expect("mkdir sub");
     let lists = proxy.hits(Op::ListObjectsV2);
-    let refused = upload(&s, "/new/sub", b"not a file").await;
+    let refused = s.upload("/new/sub", b"not a file").await;
     assert!(refused.is_err(), "upload onto a directory: {refused:?}");
     assert!(proxy.hits(Op::ListObjectsV2) > lists, "the check ran");
     assert_object(&view, &format!("{p}new/sub"), None).await;
 
     // So is a directory that an upload of this session made implicitly.
-    upload(&s, "/new/implied/deep/f", b"deep")
+    s.upload("/new/implied/deep/f", b"deep")
         .await
         .expect("deep upload");
-    let refused = upload(&s, "/new/implied", b"not a file").await;
+    let refused = s.upload("/new/implied", b"not a file").await;
     assert!(
         refused.is_err(),
         "upload onto an implied directory: {refused:?}"
@@ -115,8 +97,8 @@ async fn a_complete_listing_answers_the_directory_check() {
     assert!(names.contains(&"dir".to_string()) && names.contains(&"file".to_string()));
 
     let lists = proxy.hits(Op::ListObjectsV2);
-    upload(&s, "/d/fresh", b"fresh").await.expect("upload");
-    upload(&s, "/d/file", b"replaced").await.expect("overwrite");
+    s.upload("/d/fresh", b"fresh").await.expect("upload");
+    s.upload("/d/file", b"replaced").await.expect("overwrite");
     assert_eq!(
         proxy.hits(Op::ListObjectsV2),
         lists,
@@ -126,7 +108,7 @@ async fn a_complete_listing_answers_the_directory_check() {
     assert_object(&view, &format!("{p}d/file"), Some(b"replaced")).await;
 
     // The listing showed `dir` as a directory: that name is still checked, and refused.
-    let refused = upload(&s, "/d/dir", b"not a file").await;
+    let refused = s.upload("/d/dir", b"not a file").await;
     assert!(
         refused.is_err(),
         "upload onto a listed directory: {refused:?}"
@@ -139,12 +121,12 @@ async fn a_complete_listing_answers_the_directory_check() {
     // directory's name is checked and refused too.
     let other = t.russh_sftp(&t.alice).await;
     let lists = proxy.hits(Op::ListObjectsV2);
-    upload(&other, "/d/other", b"o").await.expect("upload");
+    other.upload("/d/other", b"o").await.expect("upload");
     assert!(
         proxy.hits(Op::ListObjectsV2) > lists,
         "a session without a listing asks S3"
     );
-    assert!(upload(&other, "/d/dir", b"x").await.is_err());
+    assert!(other.upload("/d/dir", b"x").await.is_err());
     assert_object(&view, &format!("{p}d/dir"), None).await;
     t.shutdown().await;
 }
@@ -158,9 +140,7 @@ async fn without_the_metadata_cache_every_upload_is_checked() {
     s.raw.mkdir("/new", attrs()).await.expect("mkdir");
     let lists = proxy.hits(Op::ListObjectsV2);
     for i in 0..3 {
-        upload(&s, &format!("/new/f{i}"), b"x")
-            .await
-            .expect("upload");
+        s.upload(&format!("/new/f{i}"), b"x").await.expect("upload");
     }
     assert_eq!(
         proxy.hits(Op::ListObjectsV2),
@@ -313,14 +293,14 @@ async fn a_stat_that_found_nothing_answers_the_upload_check() {
         Some(StatusCode::NoSuchFile)
     );
     let lists = proxy.hits(Op::ListObjectsV2);
-    upload(&s, "/new.txt", b"one").await.expect("upload");
-    upload(&s, "/new.txt", b"two").await.expect("upload again");
+    s.upload("/new.txt", b"one").await.expect("upload");
+    s.upload("/new.txt", b"two").await.expect("upload again");
     assert_eq!(proxy.hits(Op::ListObjectsV2), lists, "no LIST");
     assert_object(&view, &format!("{p}new.txt"), Some(b"two")).await;
 
     // Another session's directory of a name this session never looked up is found.
     view.put(&format!("{p}dir/inner"), b"i").await;
-    assert!(upload(&s, "/dir", b"x").await.is_err());
+    assert!(s.upload("/dir", b"x").await.is_err());
     assert_object(&view, &format!("{p}dir"), None).await;
     t.shutdown().await;
 }

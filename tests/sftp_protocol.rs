@@ -12,26 +12,6 @@ fn attrs() -> FileAttributes {
     FileAttributes::empty()
 }
 
-async fn write_file(s: &RusshSftp, path: &str, data: &[u8]) {
-    let h = s
-        .raw
-        .open(
-            path,
-            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-            attrs(),
-        )
-        .await
-        .expect("open for write")
-        .handle;
-    for (i, chunk) in data.chunks(32 * 1024).enumerate() {
-        s.raw
-            .write(&h, (i * 32 * 1024) as u64, chunk.to_vec())
-            .await
-            .expect("write");
-    }
-    s.raw.close(&h).await.expect("close commits");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn password_login_and_refusals() {
     let t = TestServer::start().await;
@@ -51,8 +31,8 @@ async fn status_codes_follow_the_design() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
     let p = t.alice.prefix.clone();
-    write_file(&s, "/a.txt", b"first").await;
-    write_file(&s, "/b.txt", b"second").await;
+    s.upload("/a.txt", b"first").await.expect("upload");
+    s.upload("/b.txt", b"second").await.expect("upload");
 
     assert_eq!(
         status_code(&s.raw.stat("/missing").await),
@@ -117,7 +97,7 @@ async fn status_codes_follow_the_design() {
         Some(StatusCode::Failure),
         "mkdir twice"
     );
-    write_file(&s, "/d/f", b"x").await;
+    s.upload("/d/f", b"x").await.expect("upload");
     assert_eq!(
         status_code(&s.raw.rmdir("/d").await),
         Some(StatusCode::Failure)
@@ -194,7 +174,7 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
     let p = t.alice.prefix.clone();
-    write_file(&s, "/keep.bin", b"original").await;
+    s.upload("/keep.bin", b"original").await.expect("upload");
 
     // Resume: the first write past offset 0 is refused and the object is untouched.
     let h = s
@@ -410,7 +390,7 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
     let s = t.russh_sftp(&t.alice).await;
     let p = t.alice.prefix.clone();
     s.raw.mkdir("/d", attrs()).await.expect("mkdir");
-    write_file(&s, "/d/inner", b"kept").await;
+    s.upload("/d/inner", b"kept").await.expect("upload");
 
     // CREATE|TRUNCATE answers before S3 is asked; writing onto a directory's name then
     // fails at CLOSE at the latest, and nothing is stored.
@@ -448,7 +428,7 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
     );
 
     // An empty file opens (a ranged GET of it is refused by S3; the open falls back to HEAD).
-    write_file(&s, "/empty", b"").await;
+    s.upload("/empty", b"").await.expect("upload");
     let h = s
         .raw
         .open("/empty", OpenFlags::READ, attrs())

@@ -430,6 +430,32 @@ impl RusshSftp {
         Ok(RusshSftp { raw, handle })
     }
 
+    /// Uploads `data` to `path` the way `put` does: OPEN with CREATE|TRUNCATE, WRITEs of
+    /// 32 KiB, CLOSE. The first error; the CLOSE is sent even after a failed WRITE.
+    pub async fn upload(&self, path: &str, data: &[u8]) -> Result<(), String> {
+        use russh_sftp::protocol::{FileAttributes, OpenFlags};
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let h = self
+            .raw
+            .open(path, flags, FileAttributes::default())
+            .await
+            .map_err(|e| format!("open {path}: {e:?}"))?
+            .handle;
+        let mut written = Ok(());
+        for (i, chunk) in data.chunks(32 * 1024).enumerate() {
+            let offset = (i * 32 * 1024) as u64;
+            if let Err(e) = self.raw.write(&h, offset, chunk.to_vec()).await {
+                written = Err(format!("write {path}: {e:?}"));
+                break;
+            }
+        }
+        let closed = self.raw.close(&h).await;
+        written?;
+        closed
+            .map(|_| ())
+            .map_err(|e| format!("close {path}: {e:?}"))
+    }
+
     /// posix-rename@openssh.com, the way OpenSSH `sftp`'s `rename` sends it.
     pub async fn posix_rename(&self, from: &str, to: &str) -> Result<(), String> {
         let mut data = Vec::new();
