@@ -139,19 +139,27 @@ impl MetaCache {
         }
     }
 
-    /// Remembers that, as of `since`, the directory `prefix` had exactly the
-    /// subdirectories `names` (a complete listing, or the directory was just created).
-    /// Nothing is recorded if this session created a key in the meantime: the listing may
-    /// have missed it.
-    pub(crate) fn insert_dir(&self, prefix: &str, names: HashSet<String>, since: Snapshot) {
+    /// Runs `record` (given the TTL) if what was learnt as of `since` may be kept: the
+    /// cache is on, the knowledge is younger than the TTL, and this session started
+    /// creating no key in the meantime (the listing or lookup may have missed it).
+    fn record_since(&self, since: Snapshot, record: impl FnOnce(&mut Known, Duration)) {
         if self.ttl.is_zero() || since.at.elapsed() >= self.ttl {
             return;
         }
         let ttl = self.ttl;
         self.with(|known| {
-            if known.created != since.created {
-                return;
+            if known.created == since.created {
+                record(known, ttl);
             }
+        });
+    }
+
+    /// Remembers that, as of `since`, the directory `prefix` had exactly the
+    /// subdirectories `names` (a complete listing, or the directory was just created).
+    /// Nothing is recorded if this session created a key in the meantime: the listing may
+    /// have missed it.
+    pub(crate) fn insert_dir(&self, prefix: &str, names: HashSet<String>, since: Snapshot) {
+        self.record_since(since, |known, ttl| {
             known.drop_dir(prefix);
             if known.dirs_full(names.len()) {
                 known.dirs.retain(|_, (_, at)| at.elapsed() < ttl);
@@ -169,14 +177,7 @@ impl MetaCache {
     /// lookup found no directory there). Like [`insert_dir`](Self::insert_dir), nothing is
     /// recorded if this session created a key in the meantime.
     pub(crate) fn insert_absent(&self, prefix: &str, since: Snapshot) {
-        if self.ttl.is_zero() || since.at.elapsed() >= self.ttl {
-            return;
-        }
-        let ttl = self.ttl;
-        self.with(|known| {
-            if known.created != since.created {
-                return;
-            }
+        self.record_since(since, |known, ttl| {
             if known.absent.len() >= MAX_ABSENT && !known.absent.contains_key(prefix) {
                 known.absent.retain(|_, at| at.elapsed() < ttl);
                 if known.absent.len() >= MAX_ABSENT {
