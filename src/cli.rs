@@ -321,6 +321,10 @@ pub struct ServeArgs {
     /// Changes made by other sessions show after at most this long.
     #[arg(long, env = "S3SFTP_METADATA_CACHE_SECS", default_value_t = 30)]
     pub metadata_cache_secs: u64,
+    /// Threads the SSH connections are spread over; each connection stays on one
+    /// [default: one per CPU core].
+    #[arg(long, env = "S3SFTP_SESSION_THREADS", value_name = "N")]
+    pub session_threads: Option<usize>,
     /// Open files and directories per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_HANDLES", default_value_t = 256)]
     pub max_handles: usize,

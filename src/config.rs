@@ -68,6 +68,12 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     if args.max_handles == 0 {
         return Err(bad("--max-handles", "must be at least 1"));
     }
+    if args
+        .session_threads
+        .is_some_and(|n| !(1..=1024).contains(&n))
+    {
+        return Err(bad("--session-threads", "must be between 1 and 1024"));
+    }
     if args.bucket.is_none() && (args.s3_endpoint.is_some() || args.s3_access_key.is_some()) {
         return Err(bad(
             "--bucket",
@@ -136,6 +142,9 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
     };
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    if let Some(threads) = args.session_threads {
+        config.session_threads = threads;
+    }
     config.orphan_age = Duration::from_secs(args.orphan_age_hours * 3600);
     config.orphan_sweep_every =
         (args.orphan_sweep_hours > 0).then(|| Duration::from_secs(args.orphan_sweep_hours * 3600));
@@ -189,5 +198,21 @@ mod tests {
         let argv = ["s3sftp", "serve", "--proxy-trusted-cidrs", "10.0.0.1"];
         let err = Cli::try_parse_from(argv).expect_err("a bare address is refused");
         assert!(err.to_string().contains("10.0.0.1/32"), "{err}");
+    }
+
+    #[test]
+    fn session_threads_default_to_the_cpus_and_take_1_to_1024() {
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(
+            config.session_threads,
+            crate::server::default_session_threads()
+        );
+        assert!(config.session_threads >= 1);
+        let config = from_args(&serve_args(&["--session-threads", "3"])).expect("valid");
+        assert_eq!(config.session_threads, 3);
+        for bad in ["0", "1025"] {
+            let err = from_args(&serve_args(&["--session-threads", bad])).expect_err("refused");
+            assert_eq!(err.flag, "--session-threads");
+        }
     }
 }

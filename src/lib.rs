@@ -3,13 +3,15 @@
 //! The layers, from the wire inwards: [`ssh`] accepts connections and authenticates
 //! against [`users`]; the front end [`sftp`] turns protocol requests into
 //! calls on a [`storage::UserStore`], the only code that knows S3. With no bucket
-//! configured, [`embedded`] runs an S3-compatible store on loopback.
+//! configured, [`embedded`] runs an S3-compatible store on loopback. Connections run on
+//! [`lanes`], single-threaded runtimes.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod exec;
+pub mod lanes;
 pub mod reload;
 pub mod scp;
 pub mod server;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::embedded::{EmbeddedError, EmbeddedS3};
+use crate::lanes::Lanes;
 use crate::sftp::SessionLimits;
 use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
@@ -38,6 +39,13 @@ pub struct ServerConfig {
     pub orphan_age: Duration,
     /// How often the orphan sweep runs after the one at start (None: only at start).
     pub orphan_sweep_every: Option<Duration>,
+    /// Single-threaded runtimes the SSH connections are spread over ([`crate::lanes`]).
+    pub session_threads: usize,
+}
+
+/// One session thread per CPU the process may use.
+pub fn default_session_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl ServerConfig {
@@ -57,6 +65,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(60),
             orphan_age: Duration::from_secs(24 * 3600),
             orphan_sweep_every: None,
+            session_threads: default_session_threads(),
         }
     }
 }
@@ -77,6 +86,10 @@ pub enum StartError {
          (S3SFTP_PROXY_TRUSTED_CIDRS), or a header from anyone could claim any client address"
     )]
     ProxyWithoutTrust,
+    #[error(
+        "cannot start the session threads: {0} (check --session-threads / S3SFTP_SESSION_THREADS)"
+    )]
+    Threads(std::io::Error),
     #[error("cannot listen on {addr}: {source} (check --listen / S3SFTP_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -89,6 +102,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    lanes: Arc<Lanes>,
     reload: Arc<tokio::sync::Notify>,
     embedded: Option<EmbeddedS3>,
     grace: Duration,
@@ -108,6 +122,11 @@ impl RunningServer {
     /// The shared state (users file, tasks).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Connections on each session thread now.
+    pub fn session_threads(&self) -> Vec<usize> {
+        self.lanes.connections()
     }
 
     /// Reloads the users file now (what SIGHUP does).
@@ -147,6 +166,8 @@ impl RunningServer {
                 tracing::warn!("some sessions did not end after the disconnect; exiting anyway");
             }
         }
+        // Drops whatever still runs there (nothing, unless the disconnect above timed out).
+        self.lanes.stop().await;
         if let Some(embedded) = self.embedded {
             embedded.shutdown().await;
         }
@@ -199,7 +220,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let client = client::build_client(&s3).await;
     client::check_bucket(&client, &s3).await?;
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
-    let storage = Storage::new(client, s3.bucket.clone(), config.transfer.clone());
+    let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
+    let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -223,6 +245,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         russh_config,
         config.ssh.clone(),
         shared.clone(),
+        lanes.clone(),
     ));
     shared.tasks.spawn(orphan_sweeps(
         shared.clone(),
@@ -235,7 +258,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.users_file.clone(),
         reload.clone(),
     ));
-    tracing::info!(%addr, "listening for SSH");
+    tracing::info!(%addr, session_threads = lanes.len(), "listening for SSH");
     if let Some(proxy) = &config.ssh.proxy_protocol {
         let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
         tracing::info!(
@@ -247,6 +270,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         addr,
         shared,
         accept,
+        lanes,
         reload,
         embedded,
         grace: config.shutdown_grace,

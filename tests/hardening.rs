@@ -147,6 +147,48 @@ async fn concurrent_uploads_per_session_are_capped() {
     t.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_are_spread_over_the_session_threads() {
+    let t = TestServer::start_with(|c| c.session_threads = 2).await;
+    let server = t.server();
+    assert_eq!(server.session_threads(), vec![0, 0]);
+    let a = t.russh_sftp(&t.alice).await;
+    let b = t.russh_sftp(&t.bob).await;
+    assert_eq!(server.session_threads(), vec![1, 1], "one on each");
+    // Both transfer at once, each through its own thread's S3 client.
+    let (data_a, data_b) = (random_bytes(PART + 4321, 71), random_bytes(PART / 2, 72));
+    let (up_a, up_b) = tokio::join!(a.upload("/a.bin", &data_a), b.upload("/b.bin", &data_b));
+    up_a.expect("alice's upload");
+    up_b.expect("bob's upload");
+    let key_a = format!("{}a.bin", t.alice.prefix);
+    let key_b = format!("{}b.bin", t.bob.prefix);
+    assert_eq!(
+        t.object(&key_a).await.map(|d| sha256(&d)),
+        Some(sha256(&data_a))
+    );
+    assert_eq!(
+        t.object(&key_b).await.map(|d| sha256(&d)),
+        Some(sha256(&data_b))
+    );
+    // A connection that ends leaves its thread; the next one takes the free thread.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.session_threads().iter().sum::<usize>() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.session_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = t.russh_sftp(&t.alice).await;
+    assert_eq!(server.session_threads(), vec![1, 1]);
+    let back = c.raw.stat("/a.bin").await.expect("stat");
+    assert_eq!(back.attrs.size, Some(data_a.len() as u64));
+    drop((b, c));
+    t.shutdown().await;
+}
+
 async fn write_at(s: &RusshSftp, handle: &str, offset: u64, data: &[u8]) {
     for (i, chunk) in data.chunks(32 * 1024).enumerate() {
         s.raw

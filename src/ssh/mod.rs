@@ -21,6 +21,7 @@ pub use guard::{Guard, GuardSettings};
 pub use handler::Connection;
 pub use proxy_protocol::ProxySettings;
 
+use crate::lanes::Lanes;
 use crate::sftp::SessionLimits;
 use crate::storage::Storage;
 use crate::users::UsersFile;
@@ -148,14 +149,16 @@ const CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_128_CTR,
 ];
 
-/// Accepts connections until `shared.draining` is cancelled. Only the total connection limit
-/// is checked here; everything that needs the client's address (a PROXY header may have to be
-/// read first) happens in the connection's own task, so a slow peer never holds up accepts.
+/// Accepts connections until `shared.draining` is cancelled, and runs each on the session
+/// thread with the fewest connections. Only the total connection limit is checked here;
+/// everything that needs the client's address (a PROXY header may have to be read first)
+/// happens in the connection's own task, so a slow peer never holds up accepts.
 pub async fn accept_loop(
     listener: TcpListener,
     config: Arc<russh::server::Config>,
     settings: SshSettings,
     shared: Arc<Shared>,
+    lanes: Arc<Lanes>,
 ) {
     loop {
         let (socket, peer) = tokio::select! {
@@ -178,31 +181,54 @@ pub async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
+        // The socket leaves this runtime's reactor here and joins the lane's in the task.
+        let socket = match socket.into_std() {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot hand the connection to a session thread: {e}");
+                continue;
+            }
+        };
+        let Some(placement) = lanes.place() else {
+            tracing::warn!(%peer, "no session thread to run the connection on");
+            continue;
+        };
         let config = config.clone();
         let shared2 = shared.clone();
         let settings = settings.clone();
-        shared.tasks.spawn(async move {
-            let mut socket = socket;
-            let Some(client) = client_address(
-                &mut socket,
-                peer,
-                settings.proxy_protocol.as_ref(),
-                &shared2,
-            )
-            .await
-            else {
-                return;
-            };
-            let admission = match slot.admit(client.ip()) {
-                Ok(a) => a,
-                Err(refusal) => {
-                    tracing::info!(peer = %client, reason = %refusal, "connection refused");
+        let lane = placement.handle().clone();
+        shared.tasks.spawn_on(
+            async move {
+                let _placement = placement;
+                let mut socket = match tokio::net::TcpStream::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        tracing::warn!(%peer, "cannot run the connection on its session thread: {e}");
+                        return;
+                    }
+                };
+                let Some(client) = client_address(
+                    &mut socket,
+                    peer,
+                    settings.proxy_protocol.as_ref(),
+                    &shared2,
+                )
+                .await
+                else {
                     return;
-                }
-            };
-            serve_connection(socket, client, config, shared2, &settings).await;
-            drop(admission);
-        });
+                };
+                let admission = match slot.admit(client.ip()) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        tracing::info!(peer = %client, reason = %refusal, "connection refused");
+                        return;
+                    }
+                };
+                serve_connection(socket, client, config, shared2, &settings).await;
+                drop(admission);
+            },
+            &lane,
+        );
     }
 }
 

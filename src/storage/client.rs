@@ -7,7 +7,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::Client;
 
 use super::error::S3Failure;
@@ -123,6 +125,9 @@ pub async fn build_client(settings: &S3Settings) -> Client {
         ChecksumMode::WhenSupported
     });
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+        // Explicit, so that the per-session-thread clients made from this configuration
+        // share one credentials cache (see `Clients`).
+        .identity_cache(IdentityCache::lazy().build())
         .force_path_style(settings.path_style)
         .retry_config(
             RetryConfig::standard()
@@ -156,6 +161,57 @@ pub async fn build_client(settings: &S3Settings) -> Client {
         builder = builder.interceptor(UnsignedUploads);
     }
     Client::from_conf(builder.build())
+}
+
+/// The shared client, and one more per session thread ([`crate::lanes`]).
+///
+/// Each is made from the same configuration, which sets no HTTP client: every
+/// `Client::from_conf` then gets the SDK's default HTTPS client (same TLS, proxy and
+/// timeout settings) with a connection pool of its own. The credentials cache is in the
+/// configuration, so all of them share it.
+pub(crate) struct Clients {
+    shared: Client,
+    /// The lane set the per-lane clients belong to.
+    set: u64,
+    lanes: Vec<Client>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("set", &self.set)
+            .field("lanes", &self.lanes.len())
+            .finish()
+    }
+}
+
+impl Clients {
+    pub(crate) fn shared_only(shared: Client) -> Self {
+        Clients {
+            shared,
+            set: 0,
+            lanes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn per_lane(shared: Client, set: u64, count: usize) -> Self {
+        let lanes = (0..count)
+            .map(|_| Client::from_conf(shared.config().clone()))
+            .collect();
+        Clients { shared, set, lanes }
+    }
+
+    /// The calling thread's lane client when it is a lane of this set, else the shared one.
+    pub(crate) fn current(&self) -> &Client {
+        self.for_lane(crate::lanes::current())
+    }
+
+    fn for_lane(&self, lane: Option<crate::lanes::LaneId>) -> &Client {
+        match lane {
+            Some(id) if id.set == self.set => self.lanes.get(id.index).unwrap_or(&self.shared),
+            _ => &self.shared,
+        }
+    }
 }
 
 /// HeadBucket, with an error that names the setting to fix.
@@ -192,4 +248,54 @@ pub async fn check_bucket(client: &Client, settings: &S3Settings) -> Result<(), 
             message: failure.message,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lanes::LaneId;
+
+    fn client() -> Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .build();
+        Client::from_conf(conf)
+    }
+
+    #[test]
+    fn each_lane_of_the_set_gets_its_own_client_and_everyone_else_the_shared_one() {
+        let clients = Clients::per_lane(client(), 7, 2);
+        let lane = |index| Some(LaneId { set: 7, index });
+        let shared: *const Client = &clients.shared;
+        let zero: *const Client = clients.for_lane(lane(0));
+        let one: *const Client = clients.for_lane(lane(1));
+        assert!(!std::ptr::eq(zero, one));
+        assert!(!std::ptr::eq(zero, shared) && !std::ptr::eq(one, shared));
+        // Off a lane, on another server's lane, or past the end: the shared client.
+        assert!(std::ptr::eq(clients.for_lane(None), shared));
+        assert!(std::ptr::eq(
+            clients.for_lane(Some(LaneId { set: 8, index: 0 })),
+            shared
+        ));
+        assert!(std::ptr::eq(clients.for_lane(lane(2)), shared));
+        assert!(
+            std::ptr::eq(clients.current(), shared),
+            "the test thread is no lane"
+        );
+        // The per-lane clients keep the configuration (region here).
+        assert_eq!(
+            clients.lanes[1].config().region().map(|r| r.as_ref()),
+            Some("us-east-1")
+        );
+    }
+
+    #[test]
+    fn without_lanes_there_is_only_the_shared_client() {
+        let clients = Clients::shared_only(client());
+        assert!(std::ptr::eq(
+            clients.for_lane(Some(LaneId { set: 0, index: 0 })),
+            &clients.shared
+        ));
+    }
 }

@@ -67,10 +67,10 @@ impl Default for TransferSettings {
     }
 }
 
-/// The bucket, the client and the shared budgets: one per server.
+/// The bucket, the clients and the shared budgets: one per server.
 #[derive(Debug)]
 pub struct Storage {
-    client: Client,
+    clients: client::Clients,
     bucket: String,
     settings: TransferSettings,
     budget: MemoryBudget,
@@ -80,15 +80,33 @@ impl Storage {
     pub fn new(client: Client, bucket: impl Into<String>, settings: TransferSettings) -> Arc<Self> {
         let budget = MemoryBudget::new(settings.global_budget);
         Arc::new(Storage {
-            client,
+            clients: client::Clients::shared_only(client),
             bucket: bucket.into(),
             settings,
             budget,
         })
     }
 
+    /// Like [`Storage::new`], with one S3 client (and connection pool) per session thread
+    /// of `lanes` besides the shared one.
+    pub fn with_lanes(
+        client: Client,
+        bucket: impl Into<String>,
+        settings: TransferSettings,
+        lanes: &crate::lanes::Lanes,
+    ) -> Arc<Self> {
+        let budget = MemoryBudget::new(settings.global_budget);
+        Arc::new(Storage {
+            clients: client::Clients::per_lane(client, lanes.set(), lanes.len()),
+            bucket: bucket.into(),
+            settings,
+            budget,
+        })
+    }
+
+    /// The S3 client for the calling thread: its session thread's own, else the shared one.
     pub fn client(&self) -> &Client {
-        &self.client
+        self.clients.current()
     }
 
     pub fn bucket(&self) -> &str {
@@ -215,7 +233,7 @@ impl UserStore {
     }
 
     fn client(&self) -> &Client {
-        &self.storage.client
+        self.storage.client()
     }
 
     pub(crate) fn cache(&self) -> &MetaCache {
