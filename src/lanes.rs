@@ -87,7 +87,8 @@ impl Drop for Placement {
 }
 
 impl Lanes {
-    /// Starts `count` lanes (at least one), on threads named `s3sftp-session-N`.
+    /// Starts `count` lanes (at least one), on threads named `session-N` (and `session-N-b`
+    /// for their blocking work, such as password hashing): Linux keeps 15 bytes of a name.
     pub fn start(count: usize) -> std::io::Result<Lanes> {
         let set = NEXT_SET.fetch_add(1, Ordering::Relaxed);
         let mut lanes = Vec::new();
@@ -95,13 +96,13 @@ impl Lanes {
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("s3sftp-session-{index}-blocking"))
+                .thread_name(format!("session-{index}-b"))
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let id = LaneId { set, index };
             let thread = std::thread::Builder::new()
-                .name(format!("s3sftp-session-{index}"))
+                .name(format!("session-{index}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(id)));
                     // A dropped sender ends the lane too.
