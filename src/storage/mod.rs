@@ -77,14 +77,9 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// Storage whose every S3 request goes through `client`.
     pub fn new(client: Client, bucket: impl Into<String>, settings: TransferSettings) -> Arc<Self> {
-        let budget = MemoryBudget::new(settings.global_budget);
-        Arc::new(Storage {
-            clients: client::Clients::shared_only(client),
-            bucket: bucket.into(),
-            settings,
-            budget,
-        })
+        Self::with_clients(client::Clients::shared_only(client), bucket, settings)
     }
 
     /// Like [`Storage::new`], with one S3 client (and connection pool) per session thread
@@ -95,12 +90,20 @@ impl Storage {
         settings: TransferSettings,
         lanes: &crate::lanes::Lanes,
     ) -> Arc<Self> {
-        let budget = MemoryBudget::new(settings.global_budget);
+        let clients = client::Clients::per_lane(client, lanes.set(), lanes.len());
+        Self::with_clients(clients, bucket, settings)
+    }
+
+    fn with_clients(
+        clients: client::Clients,
+        bucket: impl Into<String>,
+        settings: TransferSettings,
+    ) -> Arc<Self> {
         Arc::new(Storage {
-            clients: client::Clients::per_lane(client, lanes.set(), lanes.len()),
+            clients,
             bucket: bucket.into(),
+            budget: MemoryBudget::new(settings.global_budget),
             settings,
-            budget,
         })
     }
 
