@@ -82,10 +82,15 @@ KIB = 1 << 10
 # A release build longer than this was cold (a fresh clone): the run then does 3 big-transfer
 # runs instead of 5 to stay within 15 minutes. A warm rebuild takes about 1.5 minutes here.
 COLD_BUILD_S = 180
-# After a cold build longer than this, 3 runs of every workload no longer fit in 15 minutes
-# (here: 8.8 min of build, then 5.3 min of benchmark): the small-file, rename and listing
-# workloads then run twice, and once after a build a minute longer still.
-SLOW_BUILD_S = 570
+# A whole run, build included, is to end within this (minutes; --budget-min). Before each round after the first,
+# the run checks that the round's small-file, rename and listing workloads still fit, with
+# the big transfers of every remaining round and the memory section after them; if not,
+# the round runs the big transfers only (a cold build here took 8.5-9.5 minutes, and one
+# round about 1.1 min of big transfers and 0.6 of the rest).
+BUDGET_MIN = 15
+BUDGET_MARGIN_S = 40
+MEMORY_EST_S = 45
+STARTED = time.monotonic()
 CLK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench"
 PREFIX = "data/"
@@ -352,8 +357,14 @@ class Bench:
         # minute, and a median of 3 moved with it. After a long (cold) release build, 3, so a
         # first run from a fresh clone still ends within 15 minutes (see build()).
         self.runs = args.runs if args.runs else 5
-        # Set by build() after a slow cold build.
-        self.small_cap = None
+        # Rounds that ran the small-file, rename and listing workloads, and the time the big
+        # transfers and the rest took in each round (for the time budget, see BUDGET_MIN).
+        self.small_done = 0
+        self.small_now = True
+        self.small_started: float | None = None
+        self.build_min: float | None = None
+        self.round_big_s: list[float] = []
+        self.round_small_s: list[float] = []
         self.nsmall = args.small_files or (200 if self.quick else 1000)
         self.nlist = args.list_objects or (2000 if self.quick else 10000)
         self.rename_size = (20 if self.quick else 100) * MIB
@@ -554,9 +565,23 @@ class Bench:
         """Runs of the small-file, rename and listing workloads: at most the big runs."""
         default_small = 3 if self.args.s3_server != "moto" else 1
         wanted = default_small if self.args.small_runs is None else self.args.small_runs
-        if self.small_cap is not None:
-            wanted = min(wanted, self.small_cap)
         return min(self.runs, wanted)
+
+    def small_fits(self, run: int) -> bool:
+        """Whether round `run` runs the small-file, rename and listing workloads: the first
+        always does; later ones (up to small_runs) when the whole run still ends within
+        the time budget, counting the big transfers of every round left and the memory section."""
+        if run >= self.small_runs:
+            return False
+        if run == 0 or self.args.small_runs is not None or not self.round_small_s:
+            return True
+        big = sum(self.round_big_s) / len(self.round_big_s)
+        small = sum(self.round_small_s) / len(self.round_small_s)
+        ends = time.monotonic() - STARTED + (self.runs - run) * big + small + MEMORY_EST_S
+        if ends <= self.args.budget_min * 60 - BUDGET_MARGIN_S:
+            return True
+        log(f"round {run + 1}: big transfers only (the rest would end the run at {ends / 60:.1f} min)")
+        return False
 
     def build(self) -> Path:
         if self.args.binary:
@@ -575,13 +600,7 @@ class Bench:
                     "(a cold build), and a full run from a fresh clone is to end within 15 minutes. "
                     "Run again (the build is then cached) or pass --runs 5 for medians of 5.")
                 log(f"release build took {took / 60:.1f} min: 3 runs of the big transfers")
-            if took > SLOW_BUILD_S and self.args.small_runs is None:
-                self.small_cap = 1 if took > SLOW_BUILD_S + 60 else 2
-                self.notes.append(
-                    f"{self.small_cap} run(s) of the small-file, rename and listing workloads instead "
-                    f"of 3: the release build took {took / 60:.1f} min, and the whole run is to end "
-                    "within 15 minutes. Run again for medians of 3.")
-                log(f"release build took {took / 60:.1f} min: {self.small_cap} run(s) of the other workloads")
+            self.build_min = took / 60
         exe = target / "release" / "s3sftp"
         if not exe.exists():
             sys.exit(f"{exe} not found")
@@ -866,8 +885,9 @@ class Bench:
             return dt, ok, extra
         self.record("download", s, download)
         self.sftp(s, [f"-rm {big}"], 120)  # untimed clean-up
-        if run >= self.small_runs:
+        if not self.small_now:
             return
+        self.small_started = time.monotonic()
         self.record("small-up", s, self.sftp_step(
             s, [f"mkdir {small}", f"cd {small}", f"lcd {self.smalldir}", "put *"], 600))
         self.record("ls-l", s, self.sftp_step(s, [f"ls -l {small}"], 300, check=count_ls(nsmall)))
@@ -920,8 +940,9 @@ class Bench:
         self.record("download", s, timed(down, lambda _: None if sha256_file(dl) == self.big_sha else "sha256 mismatch"))
         dl.unlink(missing_ok=True)
         self.s3.delete_object(Bucket=BUCKET, Key=PREFIX + big)
-        if run >= self.small_runs:
+        if not self.small_now:
             return
+        self.small_started = time.monotonic()
         files = sorted(self.smalldir.iterdir())
 
         def smallup():
@@ -1063,6 +1084,9 @@ class Bench:
             k = run % len(order) if order else 0
             rot = order[k:] + order[:k]
             log(f"run {run + 1}/{self.runs}: {' '.join(s.name for s in rot)}")
+            self.small_now = self.small_fits(run)
+            self.small_done += self.small_now
+            big_s = small_s = 0.0
             for s in rot:
                 if s.proc is not None and s.proc.poll() is not None:
                     log(f"{s.name} exited ({s.proc.returncode}); skipping")
@@ -1072,11 +1096,24 @@ class Bench:
                     continue
                 if s.name != "raw-s3" and s.proc is None:
                     continue
+                started, self.small_started = time.monotonic(), None
                 try:
                     self.run_once(s, run)
                 except Exception as e:  # noqa: BLE001
                     log(f"{s.name}: run {run} crashed: {e}")
                     self.notes.append(f"{s.name} run {run + 1}: {type(e).__name__}: {e}")
+                ended = time.monotonic()
+                split = self.small_started or ended
+                big_s, small_s = big_s + split - started, small_s + ended - split
+            self.round_big_s.append(big_s)
+            if self.small_now:
+                self.round_small_s.append(small_s)
+        if self.small_done < self.small_runs:
+            build = f"the release build took {self.build_min:.1f} min and " if self.build_min else ""
+            self.notes.append(
+                f"{self.small_done} round(s) of the small-file, rename and listing workloads instead "
+                f"of {self.small_runs}: {build}another would have taken the whole run past "
+                f"{self.args.budget_min:g} minutes. Run again (the build is then cached) for medians of {self.small_runs}.")
         if not self.args.skip_memory:
             try:
                 self.memory_section()
@@ -1154,7 +1191,7 @@ def report(b: Bench, argv: list[str]) -> str:
     size_mib = b.size // MIB
     out.append(f"# s3sftp benchmark — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     out.append(f"Command: `{' '.join(argv)}`  ")
-    out.append(f"Shared S3 server: {b.s3_label}. Big file {size_mib} MiB, {b.runs} runs per system of the big transfers and {b.small_runs} of the other workloads (interleaved, order rotated), "
+    out.append(f"Shared S3 server: {b.s3_label}. Big file {size_mib} MiB, {b.runs} runs per system of the big transfers and {b.small_done} of the other workloads (interleaved, order rotated), "
                f"{b.nsmall} small files, {b.nlist}-object listing, cipher `{b.cipher}` for every SSH system. "
                f"Medians of successful runs; total wall time {b.elapsed / 60:.1f} min.\n")
     out.append(machine_info(b))
@@ -1332,6 +1369,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 128 MiB, 200 files, 2,000 objects, 50 sessions")
     ap.add_argument("--runs", type=int, help="runs per system of the big transfers (default 5)")
+    ap.add_argument("--budget-min", type=float, default=BUDGET_MIN,
+                    help="minutes the whole run (build included) is to end within: later rounds skip the small-file, rename and listing workloads when they would not fit (default 15)")
     ap.add_argument("--small-runs", type=int, help="runs of the small-file, rename and listing workloads (default 3, 1 on moto; at most --runs; 0 skips them)")
     ap.add_argument("--client-dir", default="auto",
                     help="directory for the clients' downloads (default: a temp dir on /dev/shm when it has room, else the bench's temp dir)")
