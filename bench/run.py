@@ -10,8 +10,9 @@ with pip if they are missing; needs the OpenSSH client, /usr/sbin/sshd from Debi
 The full run takes about 8 minutes on 2 cores once s3sftp is built (1 GiB file, 5 runs of the
 big transfers, 3 runs of the small-file workloads); --quick about 5. A first run from a fresh
 clone spends about 9 minutes on a cold release build, and then does 3 runs of the big transfers
-instead of 5 (unless --runs is given), to end within 15 minutes; after a cold build of more than
-9.5 minutes, fewer runs of the small-file workloads too (unless --small-runs is given).
+instead of 5 (unless --runs is given), to end within 15 minutes. Rounds after the first skip the
+small-file workloads when they would take the whole run past --budget-min (default 15; never
+when --small-runs is given).
 
 Everything runs on loopback, on free ports, in a temporary directory that is removed at exit:
 
@@ -82,11 +83,11 @@ KIB = 1 << 10
 # A release build longer than this was cold (a fresh clone): the run then does 3 big-transfer
 # runs instead of 5 to stay within 15 minutes. A warm rebuild takes about 1.5 minutes here.
 COLD_BUILD_S = 180
-# A whole run, build included, is to end within this (minutes; --budget-min). Before each round after the first,
-# the run checks that the round's small-file, rename and listing workloads still fit, with
-# the big transfers of every remaining round and the memory section after them; if not,
-# the round runs the big transfers only (a cold build here took 8.5-9.5 minutes, and one
-# round about 1.1 min of big transfers and 0.6 of the rest).
+# A whole run, build included, is to end within this many minutes (--budget-min). Before
+# each round after the first, the run checks that the round's small-file, rename and listing
+# workloads still fit, with the big transfers of every remaining round and the memory section
+# after them; if not, the round runs the big transfers only (a cold build here took 8.5-9.5
+# minutes, and one round about 1.1 min of big transfers and 0.6 of the rest).
 BUDGET_MIN = 15
 BUDGET_MARGIN_S = 40
 MEMORY_EST_S = 45
