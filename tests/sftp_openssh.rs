@@ -317,6 +317,17 @@ async fn scp_in_sftp_mode_uploads_overwrites_and_downloads() {
     );
     let key = format!("{}copy.bin", t.alice.prefix);
     assert_eq!(t.object(&key).await.unwrap(), random_bytes(1000, 6));
+    // Overwrite with an empty file: no WRITE at all, then FSETSTAT(size 0).
+    let empty = write_local(t.dir.path(), "empty", b"");
+    let out = t
+        .scp(&t.alice, &[empty.to_str().unwrap(), "REMOTE:/copy.bin"])
+        .await;
+    assert!(out.status.success(), "scp empty exit 0: {}", stderr(&out));
+    assert_eq!(t.object(&key).await.as_deref(), Some(&b""[..]));
+    let out = t
+        .scp(&t.alice, &[second.to_str().unwrap(), "REMOTE:/copy.bin"])
+        .await;
+    assert!(out.status.success(), "scp again exit 0: {}", stderr(&out));
     let back = t.dir.path().join("back");
     let out = t
         .scp(&t.alice, &["REMOTE:/copy.bin", back.to_str().unwrap()])

@@ -169,6 +169,72 @@ async fn status_codes_follow_the_design() {
     t.shutdown().await;
 }
 
+/// Opens `path` for writing without TRUNC (what OpenSSH `scp` and `sftp reput` do, and
+/// what `open(2)` without `O_TRUNC` becomes), writes `data` at 0, then optionally sets the
+/// size to what was written, and returns CLOSE's status.
+async fn write_without_trunc(
+    s: &RusshSftp,
+    path: &str,
+    data: &[u8],
+    set_size: bool,
+) -> Option<StatusCode> {
+    let h = s
+        .raw
+        .open(path, OpenFlags::READ | OpenFlags::WRITE, attrs())
+        .await
+        .expect("open without TRUNC")
+        .handle;
+    if !data.is_empty() {
+        s.raw.write(&h, 0, data.to_vec()).await.expect("write");
+    }
+    if set_size {
+        let mut size = attrs();
+        size.size = Some(data.len() as u64);
+        s.raw
+            .fsetstat(&h, size)
+            .await
+            .expect("fsetstat(size == written)");
+    }
+    status_code(&s.raw.close(&h).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writing_part_of_an_existing_file_is_refused_and_loses_nothing() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let key = format!("{}doc.txt", t.alice.prefix);
+    s.upload("/doc.txt", b"0123456789").await.expect("upload");
+
+    // Fewer bytes than the file has, not truncated: POSIX would keep the old tail, which
+    // S3 cannot; CLOSE refuses and the object stays as it was.
+    assert_eq!(
+        write_without_trunc(&s, "/doc.txt", b"AB", false).await,
+        Some(StatusCode::OpUnsupported)
+    );
+    assert_eq!(t.object(&key).await.as_deref(), Some(&b"0123456789"[..]));
+    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+
+    // As many bytes or more replace every old byte: committed.
+    assert_eq!(
+        write_without_trunc(&s, "/doc.txt", b"abcdefghijKL", false).await,
+        None
+    );
+    assert_eq!(t.object(&key).await.as_deref(), Some(&b"abcdefghijKL"[..]));
+
+    // Fewer bytes, then FSETSTAT(size) at the written length (OpenSSH scp overwriting with
+    // a shorter file): the file ends there.
+    assert_eq!(
+        write_without_trunc(&s, "/doc.txt", b"xyz", true).await,
+        None
+    );
+    assert_eq!(t.object(&key).await.as_deref(), Some(&b"xyz"[..]));
+
+    // No bytes, then FSETSTAT(size 0) (scp of an empty file): the file becomes empty.
+    assert_eq!(write_without_trunc(&s, "/doc.txt", b"", true).await, None);
+    assert_eq!(t.object(&key).await.as_deref(), Some(&b""[..]));
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_reorder_refuse_resume_and_commit_atomically() {
     let t = TestServer::start().await;

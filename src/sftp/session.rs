@@ -45,9 +45,13 @@ impl Default for SessionLimits {
 struct WriteHandle {
     upload: Upload,
     path: VirtualPath,
-    /// Opened without TRUNC on an existing file: closing it without writing anything
-    /// must leave the existing object alone.
-    keep_if_untouched: bool,
+    /// The size of the existing file it was opened on without TRUNC. Such a file keeps
+    /// whatever the client does not overwrite: closing it untouched leaves the object
+    /// alone, and a write of fewer bytes is refused (S3 cannot keep the old tail).
+    untruncated: Option<u64>,
+    /// FSETSTAT set the size to the bytes written (OpenSSH `scp` does, after writing
+    /// without TRUNC): the file ends there, whatever it held before.
+    truncated: bool,
 }
 
 enum OpenHandle {
@@ -385,13 +389,18 @@ impl Session {
                         "no such file (open without CREATE)",
                     );
                 }
-                let keep_if_untouched = existed && !flags.contains(OpenFlags::TRUNCATE);
+                let untruncated = if flags.contains(OpenFlags::TRUNCATE) {
+                    None
+                } else {
+                    upload.existing_size()
+                };
                 self.add_handle(
                     id,
                     OpenHandle::Write(Box::new(WriteHandle {
                         upload,
                         path: v,
-                        keep_if_untouched,
+                        untruncated,
+                        truncated: false,
                     })),
                 )
             }
@@ -445,11 +454,26 @@ impl Session {
         let WriteHandle {
             upload,
             path,
-            keep_if_untouched,
+            untruncated,
+            truncated,
         } = *w;
-        if keep_if_untouched && upload.is_empty() {
-            upload.abort().await;
-            return status_ok(id);
+        if let Some(old_size) = untruncated.filter(|_| !truncated) {
+            if upload.is_empty() {
+                upload.abort().await;
+                return status_ok(id);
+            }
+            let written = upload.len();
+            if written < old_size {
+                upload.abort().await;
+                tracing::info!(user = %self.username, path = %path, written, old_size, "partial overwrite refused at close");
+                return codec::status(
+                    id,
+                    StatusCode::OpUnsupported,
+                    &format!(
+                        "only the first {written} of the file's {old_size} bytes were written and it was not truncated: changing part of a stored file is not supported on S3; the file is unchanged"
+                    ),
+                );
+            }
         }
         let key = upload.key().to_string();
         match upload.finish().await {
@@ -489,9 +513,15 @@ impl Session {
         }
     }
 
-    fn fsetstat(&self, id: u32, handle: &str, attrs: &FileAttributes) -> Reply {
-        let current = match self.handles.get(handle) {
-            Some(OpenHandle::Write(w)) => w.upload.len(),
+    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Reply {
+        let current = match self.handles.get_mut(handle) {
+            Some(OpenHandle::Write(w)) => {
+                let written = w.upload.len();
+                if attrs.size == Some(written) {
+                    w.truncated = true;
+                }
+                written
+            }
             Some(OpenHandle::Read(d, _)) => d.size(),
             Some(OpenHandle::Dir(..)) => 0,
             None => return bad_handle(id),

@@ -555,7 +555,8 @@ impl UserStore {
             ));
         }
         let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
-        let exists = file?.is_some();
+        let existing_size = file?.map(|head| head.size);
+        let exists = existing_size.is_some();
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
         }
@@ -570,7 +571,7 @@ impl UserStore {
             self.clone(),
             key,
             size_hint,
-            Some(exists),
+            Some(existing_size),
             None,
         ))
     }

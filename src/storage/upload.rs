@@ -76,8 +76,9 @@ pub struct Upload {
     /// Set after the first failure; every later call reports it.
     failed: Option<String>,
     finished: bool,
-    /// Whether an object existed at the key when opened (`None`: not looked up).
-    existed: Option<bool>,
+    /// The size of the object at the key when opened: `Some(None)` when there was none,
+    /// `None` when the open did not look.
+    existed: Option<Option<u64>>,
     /// The check, still running, that the name is not a directory.
     preflight: Option<AbortOnDropHandle<Result<()>>>,
 }
@@ -120,7 +121,7 @@ impl Upload {
         store: UserStore,
         key: String,
         size_hint: Option<u64>,
-        existed: Option<bool>,
+        existed: Option<Option<u64>>,
         preflight: Option<AbortOnDropHandle<Result<()>>>,
     ) -> Self {
         let settings = store.storage().settings();
@@ -153,7 +154,12 @@ impl Upload {
     /// Whether an object existed at the key when the upload was opened; `None` when the
     /// open did not look (see [`WriteMode::replace`]).
     pub fn replaces_existing(&self) -> Option<bool> {
-        self.existed
+        self.existed.map(|size| size.is_some())
+    }
+
+    /// The size of the object the upload will replace, when the open looked and found one.
+    pub fn existing_size(&self) -> Option<u64> {
+        self.existed.flatten()
     }
 
     /// Bytes accepted so far, counting out-of-order data waiting for its gap.
