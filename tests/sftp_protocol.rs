@@ -169,14 +169,24 @@ async fn status_codes_follow_the_design() {
     t.shutdown().await;
 }
 
+/// FSETSTAT(size = `len`) on an open handle, expected to succeed (`len` is what was written).
+async fn set_size(s: &RusshSftp, handle: &str, len: usize) {
+    let mut size = attrs();
+    size.size = Some(len as u64);
+    s.raw
+        .fsetstat(handle, size)
+        .await
+        .expect("fsetstat(size == written)");
+}
+
 /// Opens `path` for writing without TRUNC (what OpenSSH `scp` and `sftp reput` do, and
 /// what `open(2)` without `O_TRUNC` becomes), writes `data` at 0, then optionally sets the
-/// size to what was written, and returns CLOSE's status.
+/// size to what was written (`truncate`), and returns CLOSE's status.
 async fn write_without_trunc(
     s: &RusshSftp,
     path: &str,
     data: &[u8],
-    set_size: bool,
+    truncate: bool,
 ) -> Option<StatusCode> {
     let h = s
         .raw
@@ -187,13 +197,8 @@ async fn write_without_trunc(
     if !data.is_empty() {
         s.raw.write(&h, 0, data.to_vec()).await.expect("write");
     }
-    if set_size {
-        let mut size = attrs();
-        size.size = Some(data.len() as u64);
-        s.raw
-            .fsetstat(&h, size)
-            .await
-            .expect("fsetstat(size == written)");
+    if truncate {
+        set_size(s, &h, data.len()).await;
     }
     status_code(&s.raw.close(&h).await)
 }
@@ -297,12 +302,7 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
             .await
             .expect("write");
     }
-    let mut size = attrs();
-    size.size = Some(data.len() as u64);
-    s.raw
-        .fsetstat(&h, size)
-        .await
-        .expect("fsetstat(size == written)");
+    set_size(&s, &h, data.len()).await;
     assert_eq!(
         t.object_size(&format!("{p}shuffled.bin")).await,
         None,
