@@ -1,10 +1,21 @@
 //! s3sftp: an SFTP and SCP server whose storage is S3 object storage.
 //!
-//! The layers, from the wire inwards: [`ssh`] accepts connections and authenticates
-//! against [`users`]; the front end [`sftp`] turns protocol requests into
-//! calls on a [`storage::UserStore`], the only code that knows S3. With no bucket
-//! configured, [`embedded`] runs an S3-compatible store on loopback. Connections run on
-//! [`lanes`], single-threaded runtimes.
+//! The layers, from the wire inwards (`ARCHITECTURE.md` at the repository root has the
+//! full map, the path of one upload and one download, and the invariants):
+//!
+//! - [`ssh`] accepts connections, authenticates them against [`users`] and routes each
+//!   channel to a front end.
+//! - The front ends speak a protocol and know nothing of S3: [`sftp`], [`scp`] (the
+//!   legacy SCP protocol) and [`exec`] (SSH `exec`: `scp` and the checksum commands).
+//! - [`storage`] is the only code that knows S3: a [`storage::UserStore`] is one user's
+//!   view of the bucket, jailed to their prefix.
+//!
+//! Around them: [`server`] wires everything together at start-up and shuts it down;
+//! [`lanes`] runs the connections on single-threaded runtimes (session threads);
+//! [`reload`] applies a changed users file live; [`config`] and [`cli`] turn the command
+//! line into settings; [`admin`] implements the `users` admin commands. With no bucket
+//! configured, the server starts an embedded S3-compatible store on loopback and talks to
+//! it through the same S3 client as to a real bucket.
 
 pub mod admin;
 pub mod cli;
