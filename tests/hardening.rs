@@ -1,13 +1,11 @@
 //! Limits, bans, deadlines, graceful shutdown and the orphan sweep, against a real S3
 //! server with the russh client.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::own_store::start_with_own_store;
-use common::*;
+use crate::common::own_store::start_with_own_store;
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
 const WRITE_NEW: OpenFlags = OpenFlags::WRITE

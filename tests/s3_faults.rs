@@ -3,12 +3,10 @@
 //! permanent ones fail the one transfer cleanly (no object, no pending multipart upload)
 //! while other sessions carry on; a stalled S3 request times out.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::fault_proxy::{start_behind_proxy, Fault, Op};
-use common::*;
+use crate::common::fault_proxy::{start_behind_proxy, Fault, Op};
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 /// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
@@ -38,7 +36,7 @@ async fn put_big_and_small(t: &TestServer, big: &[u8], small: &[u8]) -> std::pro
 /// Asserts that alice's `name` holds exactly `data` in S3.
 async fn assert_stored(
     t: &TestServer,
-    view: &common::fault_proxy::BucketView,
+    view: &crate::common::fault_proxy::BucketView,
     name: &str,
     data: &[u8],
     context: &str,
@@ -51,7 +49,7 @@ async fn assert_stored(
     );
 }
 
-async fn no_pending(view: &common::fault_proxy::BucketView, prefix: &str) -> Vec<String> {
+async fn no_pending(view: &crate::common::fault_proxy::BucketView, prefix: &str) -> Vec<String> {
     for _ in 0..100 {
         if view.pending_uploads(prefix).await.is_empty() {
             break;

@@ -1,12 +1,10 @@
 //! Legacy SCP (`scp -O`, PuTTY `pscp`) and the checksum exec commands, with real clients
 //! against a real S3 server.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use russh::ChannelMsg;
 
 fn write_local(dir: &Path, name: &str, data: &[u8]) -> PathBuf {

@@ -1,9 +1,7 @@
 //! The SFTP server end to end with the real OpenSSH `sftp` and `scp` clients, checked
 //! against what lands in S3.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 fn write_local(dir: &std::path::Path, name: &str, data: &[u8]) -> std::path::PathBuf {

@@ -1,9 +1,7 @@
 //! SFTP requests one by one through the russh client and russh-sftp's raw session, so
 //! every status code is visible, plus malformed input written straight to the channel.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use russh::ChannelMsg;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use std::time::Duration;

@@ -1,13 +1,11 @@
 //! Permissions, per-user limits and live reload, through the admin CLI (as a process),
 //! a running server, and real clients (OpenSSH `sftp`, `scp -O`, the russh client).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
 fn users_file(t: &TestServer) -> PathBuf {

@@ -1,7 +1,6 @@
 //! Test harness: starts a real s3sftp server in-process over a real S3 HTTP server (the
 //! embedded store, or the external one named by `S3SFTP_TEST_S3_*` variables) and drives
 //! it with real clients: OpenSSH `sftp`/`scp` as processes, and russh + russh-sftp.
-#![allow(dead_code)]
 
 pub mod fault_proxy;
 pub mod log_capture;
@@ -410,7 +409,8 @@ impl russh::client::Handler for AcceptAll {
 /// A russh-sftp raw session (status codes visible) and its connection.
 pub struct RusshSftp {
     pub raw: russh_sftp::client::RawSftpSession,
-    pub handle: russh::client::Handle<AcceptAll>,
+    /// Held so that the SSH connection stays open as long as the session.
+    _connection: russh::client::Handle<AcceptAll>,
 }
 
 impl RusshSftp {
@@ -427,7 +427,10 @@ impl RusshSftp {
         let raw = russh_sftp::client::RawSftpSession::new(channel.into_stream());
         raw.set_timeout(60);
         raw.init().await.map_err(|e| e.to_string())?;
-        Ok(RusshSftp { raw, handle })
+        Ok(RusshSftp {
+            raw,
+            _connection: handle,
+        })
     }
 
     /// Uploads `data` to `path` the way `put` does: OPEN with CREATE|TRUNCATE, WRITEs of

@@ -9,10 +9,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::common::{random_bytes, sha256};
 use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::russh_client::upload_size;
 use super::{ClientSpec, Op, DIRS};
+use crate::common::{random_bytes, sha256};
 
 /// Longer than the server's worst case for one S3 request; a run past it is a hang.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);

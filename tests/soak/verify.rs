@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use super::common::own_store::BucketView;
-use super::common::sha256;
 use super::ledger::{Ledger, State};
 use super::server::SoakUser;
 use super::DIRS;
+use crate::common::own_store::BucketView;
+use crate::common::sha256;
 
 #[derive(Debug, Default)]
 pub struct Checks {
