@@ -193,7 +193,7 @@ async fn round_trip(t: &TestServer, port: u16, name: &str, seed: u64) {
         "sftp through the relay: {}",
         stderr(&out)
     );
-    let stored = t.object(&format!("{}{name}", t.alice.prefix)).await;
+    let stored = t.s3.object(&format!("{}{name}", t.alice.prefix)).await;
     assert_eq!(stored.map(|d| sha256(&d)), Some(sha256(&data)), "in S3");
     assert_eq!(sha256(&std::fs::read(&back).expect("got")), sha256(&data));
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::fault_proxy::{start_behind_proxy, Fault, Op};
+use crate::common::fault_proxy::{quick_retries, start_behind_proxy, Fault, Op};
 use crate::common::log_capture::Capture;
 use crate::common::*;
 
@@ -13,12 +13,8 @@ async fn s3_request_id_of_a_failure_is_logged() {
         return;
     };
 
-    let (t, proxy, view) = start_behind_proxy(|c| {
-        let s3 = c.s3.as_mut().expect("s3 settings");
-        s3.max_attempts = 2;
-        s3.attempt_timeout = Duration::from_secs(5);
-    })
-    .await;
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(5))).await;
     proxy.add(Op::PutObject, Fault::Status(500), u32::MAX);
     let local = t.dir.path().join("f.bin");
     std::fs::write(&local, random_bytes(1000, 9)).expect("local file");

@@ -4,7 +4,8 @@
 //! directory has the file's name, and never lets an upload onto a known directory's name
 //! through.
 
-use crate::common::fault_proxy::{start_behind_proxy, BucketView, Op};
+use crate::common::bucket::BucketView;
+use crate::common::fault_proxy::{start_behind_proxy, Op};
 use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, StatusCode};
 

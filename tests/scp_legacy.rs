@@ -1,20 +1,10 @@
 //! Legacy SCP (`scp -O`, PuTTY `pscp`) and the checksum exec commands, with real clients
 //! against a real S3 server.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
 use russh::ChannelMsg;
-
-fn write_local(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(&path, data).unwrap();
-    path
-}
 
 fn assert_ok(out: &std::process::Output, what: &str) {
     assert!(
@@ -37,10 +27,10 @@ async fn one_file_up_and_down_in_three_parts() {
         )
         .await;
     assert_ok(&out, "scp -O upload");
-    let stored = t
-        .object(&format!("{}big.bin", t.alice.prefix))
-        .await
-        .expect("object stored");
+    let stored =
+        t.s3.object(&format!("{}big.bin", t.alice.prefix))
+            .await
+            .expect("object stored");
     assert_eq!(sha256(&stored), sha256(&data));
 
     let back = t.dir.path().join("back.bin");
@@ -49,7 +39,7 @@ async fn one_file_up_and_down_in_three_parts() {
         .await;
     assert_ok(&out, "scp -O download");
     assert_eq!(sha256(&std::fs::read(&back).unwrap()), sha256(&data));
-    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+    assert!(t.s3.pending_uploads(&t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
 
@@ -73,13 +63,13 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "two files into a directory");
     assert_eq!(
-        t.object(&format!("{}inbox/a.txt", t.alice.prefix))
+        t.s3.object(&format!("{}inbox/a.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"alpha\n"[..])
     );
     assert_eq!(
-        t.object(&format!("{}inbox/b.txt", t.alice.prefix))
+        t.s3.object(&format!("{}inbox/b.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -90,7 +80,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "file to a new name");
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"alpha\n"[..])
@@ -101,7 +91,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "file over a file");
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -121,7 +111,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Not a directory"), "{}", stderr(&out));
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -146,7 +136,7 @@ async fn recursive_tree_with_nested_and_empty_directories_and_times() {
         )
         .await;
     assert_ok(&out, "scp -O -r -p upload");
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     let rel: Vec<&str> = keys
         .iter()
         .map(|k| k.strip_prefix(&t.alice.prefix).unwrap())
@@ -204,7 +194,7 @@ async fn recursive_tree_with_nested_and_empty_directories_and_times() {
 async fn missing_sources_and_globs() {
     let t = TestServer::start().await;
     for (name, body) in [("a.txt", "A"), ("b.txt", "B"), ("c.log", "C")] {
-        t.put(&format!("{}g/{name}", t.alice.prefix), body.as_bytes())
+        t.s3.put(&format!("{}g/{name}", t.alice.prefix), body.as_bytes())
             .await;
     }
     let dest = t.dir.path().join("dest");
@@ -239,7 +229,7 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
     let t = TestServer::start().await;
     let big = write_local(t.dir.path(), "big", &random_bytes(300 * MIB, 9));
     let mut child = tokio::process::Command::new("scp")
-        .args(t.ssh_options(&t.alice))
+        .args(ssh_options(&t.alice.key_path))
         .arg("-O")
         .arg("-P")
         .arg(t.port.to_string())
@@ -251,7 +241,7 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
         .unwrap();
     let mut started = false;
     for _ in 0..600 {
-        if !t.pending_uploads(&t.alice.prefix).await.is_empty() {
+        if !t.s3.pending_uploads(&t.alice.prefix).await.is_empty() {
             started = true;
             break;
         }
@@ -260,11 +250,13 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
     assert!(started, "a multipart upload began");
     child.kill().await.unwrap();
     assert!(
-        t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty(),
+        t.s3.wait_no_pending_uploads(&t.alice.prefix)
+            .await
+            .is_empty(),
         "multipart aborted"
     );
     assert_eq!(
-        t.object_size(&format!("{}big", t.alice.prefix)).await,
+        t.s3.object_size(&format!("{}big", t.alice.prefix)).await,
         None,
         "no partial object"
     );
@@ -335,12 +327,12 @@ async fn the_sink_refuses_bad_names_and_directories_without_r() {
     }
     assert_eq!(status, Some(1), "errors make exit status 1");
     assert_eq!(
-        t.object(&format!("{}ok.txt", t.alice.prefix))
+        t.s3.object(&format!("{}ok.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"abc"[..])
     );
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     assert_eq!(
         keys,
         [format!("{}ok.txt", t.alice.prefix)],
@@ -354,9 +346,9 @@ async fn checksum_commands_match_coreutils() {
     let t = TestServer::start().await;
     let data = random_bytes(PART + 999, 21);
     let local = write_local(t.dir.path(), "sum.bin", &data);
-    t.put(&format!("{}dir/sum.bin", t.alice.prefix), &data)
+    t.s3.put(&format!("{}dir/sum.bin", t.alice.prefix), &data)
         .await;
-    t.put(&format!("{}dir/with space.txt", t.alice.prefix), b"x\n")
+    t.s3.put(&format!("{}dir/with space.txt", t.alice.prefix), b"x\n")
         .await;
     write_local(t.dir.path(), "with space.txt", b"x\n");
     for cmd in ["md5sum", "sha1sum", "sha256sum"] {
@@ -437,7 +429,7 @@ async fn putty_pscp_in_scp_and_sftp_modes() {
         let out = run(vec![local.display().to_string(), remote.clone()]);
         assert_ok(&out, &format!("pscp {mode} upload"));
         assert_eq!(
-            t.object(&format!("{}putty{mode}.bin", t.alice.prefix))
+            t.s3.object(&format!("{}putty{mode}.bin", t.alice.prefix))
                 .await
                 .map(|d| sha256(&d)),
             Some(sha256(&data))

@@ -4,12 +4,6 @@
 use crate::common::*;
 use std::time::Duration;
 
-fn write_local(dir: &std::path::Path, name: &str, data: &[u8]) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).expect("write local");
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_and_downloads_every_size_class() {
     let t = TestServer::start().await;
@@ -31,17 +25,21 @@ async fn uploads_and_downloads_every_size_class() {
     for (i, size) in sizes.iter().enumerate() {
         let expected = random_bytes(*size, i as u64);
         let key = format!("{}sizes/f{size}", t.alice.prefix);
-        let stored = t
-            .object(&key)
-            .await
-            .unwrap_or_else(|| panic!("object {key} exists"));
+        let stored =
+            t.s3.object(&key)
+                .await
+                .unwrap_or_else(|| panic!("object {key} exists"));
         assert_eq!(stored.len(), *size, "size of {key}");
         assert_eq!(sha256(&stored), sha256(&expected), "content of {key}");
-        assert_eq!(t.object_size(&key).await, Some(*size as u64));
+        assert_eq!(t.s3.object_size(&key).await, Some(*size as u64));
         let fetched = std::fs::read(down.join(format!("f{size}"))).unwrap();
         assert_eq!(sha256(&fetched), sha256(&expected), "downloaded f{size}");
     }
-    assert!(t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty());
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -70,7 +68,7 @@ async fn directories_listing_and_removal() {
         "file listed with its size:\n{text}"
     );
     // The non-empty rmdir failed, so `d` and its marker survive; the rest was removed.
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     assert_eq!(
         keys,
         vec![format!("{}d/", t.alice.prefix)],
@@ -78,7 +76,7 @@ async fn directories_listing_and_removal() {
     );
     let out = t.sftp(&t.alice, "rmdir d\n").await;
     assert!(out.status.success());
-    assert!(t.keys(&t.alice.prefix).await.is_empty());
+    assert!(t.s3.keys(&t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
 
@@ -88,8 +86,8 @@ async fn a_directory_of_2500_entries_lists_completely() {
     let names: Vec<String> = (0..2500).map(|i| format!("n{i:05}")).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in names.chunks(100) {
-        let client = t.client().clone();
-        let bucket = t.bucket().to_string();
+        let client = t.s3.client.clone();
+        let bucket = t.s3.bucket.clone();
         let keys: Vec<String> = chunk
             .iter()
             .map(|n| format!("{}big/{n}", t.alice.prefix))
@@ -108,8 +106,8 @@ async fn a_directory_of_2500_entries_lists_completely() {
         });
     }
     // A subdirectory among the files, shown once although it has a marker and children.
-    t.put(&format!("{}big/sub/", t.alice.prefix), b"").await;
-    t.put(&format!("{}big/sub/inner", t.alice.prefix), b"y")
+    t.s3.put(&format!("{}big/sub/", t.alice.prefix), b"").await;
+    t.s3.put(&format!("{}big/sub/inner", t.alice.prefix), b"y")
         .await;
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
@@ -155,7 +153,7 @@ async fn names_with_spaces_unicode_and_symbols_round_trip() {
     for (i, name) in names.iter().enumerate() {
         let key = format!("{}{name}", t.alice.prefix);
         assert_eq!(
-            t.object(&key).await.as_deref(),
+            t.s3.object(&key).await.as_deref(),
             Some(name.as_bytes()),
             "object {key}"
         );
@@ -183,8 +181,12 @@ async fn resume_is_refused_and_the_object_is_untouched() {
         .await;
     assert!(!out.status.success(), "reput must fail");
     let key = format!("{}f", t.alice.prefix);
-    assert_eq!(sha256(&t.object(&key).await.unwrap()), sha256(&original));
-    assert!(t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty());
+    assert_eq!(sha256(&t.s3.object(&key).await.unwrap()), sha256(&original));
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -195,20 +197,7 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     let batch_file = t.dir.path().join("kill-batch");
     std::fs::write(&batch_file, format!("put {} big\n", big.display())).unwrap();
     let mut child = tokio::process::Command::new("sftp")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(&t.alice.key_path)
+        .args(ssh_options(&t.alice.key_path))
         .arg("-P")
         .arg(t.port.to_string())
         .arg("-b")
@@ -221,7 +210,7 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     // Wait until parts are flowing into a multipart upload, then kill the client.
     let mut started = false;
     for _ in 0..600 {
-        if !t.pending_uploads(&t.alice.prefix).await.is_empty() {
+        if !t.s3.pending_uploads(&t.alice.prefix).await.is_empty() {
             started = true;
             break;
         }
@@ -231,10 +220,12 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     child.kill().await.unwrap();
     let key = format!("{}big", t.alice.prefix);
     assert!(
-        t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty(),
+        t.s3.wait_no_pending_uploads(&t.alice.prefix)
+            .await
+            .is_empty(),
         "multipart aborted"
     );
-    assert_eq!(t.object_size(&key).await, None, "no partial object");
+    assert_eq!(t.s3.object_size(&key).await, None, "no partial object");
     t.shutdown().await;
 }
 
@@ -276,7 +267,7 @@ async fn users_cannot_see_or_touch_each_other() {
     );
     assert!(!t.dir.path().join("stolen").exists());
     assert_eq!(
-        t.object(&alice_key).await.as_deref(),
+        t.s3.object(&alice_key).await.as_deref(),
         Some(&b"alice's secret"[..])
     );
     // Bob's writes land under bob's prefix only, whatever path he uses.
@@ -288,10 +279,11 @@ async fn users_cannot_see_or_touch_each_other() {
         .await;
     assert!(out.status.success());
     assert!(t
+        .s3
         .object(&format!("{}alice/planted", t.bob.prefix))
         .await
         .is_some());
-    assert!(t.keys(&t.alice.prefix).await == vec![alice_key]);
+    assert!(t.s3.keys(&t.alice.prefix).await == vec![alice_key]);
     t.shutdown().await;
 }
 
@@ -314,14 +306,14 @@ async fn scp_in_sftp_mode_uploads_overwrites_and_downloads() {
         stderr(&out)
     );
     let key = format!("{}copy.bin", t.alice.prefix);
-    assert_eq!(t.object(&key).await.unwrap(), random_bytes(1000, 6));
+    assert_eq!(t.s3.object(&key).await.unwrap(), random_bytes(1000, 6));
     // Overwrite with an empty file: no WRITE at all, then FSETSTAT(size 0).
     let empty = write_local(t.dir.path(), "empty", b"");
     let out = t
         .scp(&t.alice, &[empty.to_str().unwrap(), "REMOTE:/copy.bin"])
         .await;
     assert!(out.status.success(), "scp empty exit 0: {}", stderr(&out));
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b""[..]));
+    assert_eq!(t.s3.object(&key).await.as_deref(), Some(&b""[..]));
     let out = t
         .scp(&t.alice, &[second.to_str().unwrap(), "REMOTE:/copy.bin"])
         .await;
@@ -361,7 +353,7 @@ async fn rename_moves_files_and_empty_directories() {
     let out = t.sftp(&t.alice, &batch).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let p = &t.alice.prefix;
-    let mut keys = t.keys(p).await;
+    let mut keys = t.s3.keys(p).await;
     keys.sort();
     assert_eq!(
         keys,
@@ -373,7 +365,7 @@ async fn rename_moves_files_and_empty_directories() {
         ]
     );
     assert_eq!(
-        sha256(&t.object(&format!("{p}b.bin")).await.unwrap()),
+        sha256(&t.s3.object(&format!("{p}b.bin")).await.unwrap()),
         sha256(&random_bytes(PART + 1, 9))
     );
     t.shutdown().await;

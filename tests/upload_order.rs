@@ -16,7 +16,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::common::own_store::{own_store, BucketView};
+use crate::common::bucket::BucketView;
+use crate::common::own_store::own_store;
 use crate::common::{random_bytes, MIB, PART};
 use bytes::Bytes;
 use proptest::prelude::*;

@@ -410,8 +410,15 @@ async fn forward(
     result
 }
 
+use super::bucket::BucketView;
 use super::own_store::own_store;
-pub use super::own_store::BucketView;
+
+/// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
+pub fn quick_retries(c: &mut s3sftp::server::ServerConfig, attempts: u32, timeout: Duration) {
+    let s3 = c.s3.as_mut().expect("s3 settings");
+    s3.max_attempts = attempts;
+    s3.attempt_timeout = timeout;
+}
 
 /// A test server whose S3 goes through a fault proxy, in front of the external S3 (if
 /// `S3SFTP_TEST_S3_*` names a plain-HTTP one) or an embedded store owned by the test.

@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::russh_client::upload_size;
 use super::{ClientSpec, Op, DIRS};
-use crate::common::{random_bytes, sha256};
+use crate::common::{random_bytes, sha256, ssh_options};
 
 /// Longer than the server's worst case for one S3 request; a run past it is a hang.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -23,26 +23,12 @@ struct Tools {
 }
 
 impl Tools {
+    /// The tests' OpenSSH options, with a connect timeout: a soak run must not hang on
+    /// a server that stopped accepting.
     fn options(&self) -> Vec<String> {
-        [
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=30",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([self.spec.user.key_path.display().to_string()])
-        .collect()
+        let mut options = ssh_options(&self.spec.user.key_path);
+        options.extend(["-o".to_string(), "ConnectTimeout=30".to_string()]);
+        options
     }
 
     async fn run(&self, mut cmd: tokio::process::Command) -> Option<Output> {

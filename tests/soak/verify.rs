@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::ledger::{Ledger, State};
 use super::server::SoakUser;
 use super::DIRS;
-use crate::common::own_store::BucketView;
+use crate::common::bucket::BucketView;
 use crate::common::sha256;
 
 #[derive(Debug, Default)]
@@ -46,7 +46,7 @@ pub async fn verify(
     let mut c = Checks::default();
     for (user, ledger) in users.iter().zip(ledgers) {
         let mut in_bucket: BTreeMap<String, u64> =
-            view.keys(&user.prefix).await.into_iter().collect();
+            view.objects(&user.prefix).await.into_iter().collect();
         c.keys_in_bucket += in_bucket.len() as u64;
         c.bytes_in_bucket += in_bucket.values().sum::<u64>();
         for (path, state) in &ledger.paths {
