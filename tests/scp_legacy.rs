@@ -228,7 +228,7 @@ async fn missing_sources_and_globs() {
 async fn a_client_killed_mid_scp_upload_leaves_nothing() {
     let t = TestServer::start().await;
     let big = write_local(t.dir.path(), "big", &random_bytes(300 * MIB, 9));
-    let mut child = tokio::process::Command::new("scp")
+    let child = tokio::process::Command::new("scp")
         .args(ssh_options(&t.alice.key_path))
         .arg("-O")
         .arg("-P")
@@ -239,27 +239,8 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut started = false;
-    for _ in 0..600 {
-        if !t.s3.pending_uploads(&t.alice.prefix).await.is_empty() {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(started, "a multipart upload began");
-    child.kill().await.unwrap();
-    assert!(
-        t.s3.wait_no_pending_uploads(&t.alice.prefix)
-            .await
-            .is_empty(),
-        "multipart aborted"
-    );
-    assert_eq!(
-        t.s3.object_size(&format!("{}big", t.alice.prefix)).await,
-        None,
-        "no partial object"
-    );
+    t.kill_mid_upload(child, &format!("{}big", t.alice.prefix))
+        .await;
     t.shutdown().await;
 }
 
@@ -267,15 +248,7 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sink_refuses_bad_names_and_directories_without_r() {
     let t = TestServer::start().await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.exec(true, "scp -t /").await.unwrap();
 

@@ -2,7 +2,6 @@
 //! against what lands in S3.
 
 use crate::common::*;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_and_downloads_every_size_class() {
@@ -196,7 +195,7 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     let big = write_local(t.dir.path(), "big", &random_bytes(400 * MIB, 3));
     let batch_file = t.dir.path().join("kill-batch");
     std::fs::write(&batch_file, format!("put {} big\n", big.display())).unwrap();
-    let mut child = tokio::process::Command::new("sftp")
+    let child = tokio::process::Command::new("sftp")
         .args(ssh_options(&t.alice.key_path))
         .arg("-P")
         .arg(t.port.to_string())
@@ -207,25 +206,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until parts are flowing into a multipart upload, then kill the client.
-    let mut started = false;
-    for _ in 0..600 {
-        if !t.s3.pending_uploads(&t.alice.prefix).await.is_empty() {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(started, "a multipart upload began");
-    child.kill().await.unwrap();
-    let key = format!("{}big", t.alice.prefix);
-    assert!(
-        t.s3.wait_no_pending_uploads(&t.alice.prefix)
-            .await
-            .is_empty(),
-        "multipart aborted"
-    );
-    assert_eq!(t.s3.object_size(&key).await, None, "no partial object");
+    t.kill_mid_upload(child, &format!("{}big", t.alice.prefix))
+        .await;
     t.shutdown().await;
 }
 

@@ -684,15 +684,7 @@ async fn random_reads_return_exact_ranges() {
 async fn malformed_packets_get_errors_and_others_keep_working() {
     let t = TestServer::start().await;
     let bystander = t.russh_sftp(&t.bob).await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "sftp").await.unwrap();
 
@@ -769,15 +761,7 @@ async fn malformed_packets_get_errors_and_others_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shell_and_unknown_commands_are_refused() {
     let t = TestServer::start().await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.exec(true, "rm -rf /").await.unwrap();
     let mut exit = None;

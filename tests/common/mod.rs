@@ -263,6 +263,12 @@ impl TestServer {
 
     /// An SFTP session through the russh client, authenticated with the user's key.
     pub async fn russh_sftp(&self, user: &TestUser) -> RusshSftp {
+        let handle = self.russh_login(user).await;
+        RusshSftp::open(handle).await.expect("sftp")
+    }
+
+    /// A russh connection logged in with the user's key (no channel open yet).
+    pub async fn russh_login(&self, user: &TestUser) -> russh::client::Handle<AcceptAll> {
         let mut handle = self.russh_connect().await.expect("connect");
         let auth = handle
             .authenticate_publickey(
@@ -272,7 +278,31 @@ impl TestServer {
             .await
             .expect("auth");
         assert!(auth.success(), "key login");
-        RusshSftp::open(handle).await.expect("sftp")
+        handle
+    }
+
+    /// Kills `client` (an OpenSSH upload of a large file to `key`, in alice's home) once a
+    /// multipart upload is under way, then checks that the upload is aborted and that no
+    /// object, partial or whole, is at `key`.
+    pub async fn kill_mid_upload(&self, mut client: tokio::process::Child, key: &str) {
+        let mut started = false;
+        for _ in 0..600 {
+            if !self.s3.pending_uploads(&self.alice.prefix).await.is_empty() {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(started, "a multipart upload began");
+        client.kill().await.expect("kill the client");
+        assert!(
+            self.s3
+                .wait_no_pending_uploads(&self.alice.prefix)
+                .await
+                .is_empty(),
+            "multipart aborted"
+        );
+        assert_eq!(self.s3.object_size(key).await, None, "no partial object");
     }
 
     pub async fn russh_connect(&self) -> Result<russh::client::Handle<AcceptAll>, String> {
