@@ -228,11 +228,9 @@ async fn missing_sources_and_globs() {
 async fn a_client_killed_mid_scp_upload_leaves_nothing() {
     let t = TestServer::start().await;
     let big = write_local(t.dir.path(), "big", &random_bytes(300 * MIB, 9));
-    let child = tokio::process::Command::new("scp")
-        .args(ssh_options(&t.alice.key_path))
+    let child = t
+        .openssh("scp", &t.alice, t.port)
         .arg("-O")
-        .arg("-P")
-        .arg(t.port.to_string())
         .arg(&big)
         .arg("alice@127.0.0.1:/big")
         .stdout(std::process::Stdio::null())

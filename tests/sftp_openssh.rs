@@ -195,10 +195,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     let big = write_local(t.dir.path(), "big", &random_bytes(400 * MIB, 3));
     let batch_file = t.dir.path().join("kill-batch");
     std::fs::write(&batch_file, format!("put {} big\n", big.display())).unwrap();
-    let child = tokio::process::Command::new("sftp")
-        .args(ssh_options(&t.alice.key_path))
-        .arg("-P")
-        .arg(t.port.to_string())
+    let child = t
+        .openssh("sftp", &t.alice, t.port)
         .arg("-b")
         .arg(&batch_file)
         .arg("alice@127.0.0.1")

@@ -161,6 +161,16 @@ impl TestServer {
         }
     }
 
+    /// OpenSSH `program` (`sftp` or `scp`) as `user`, to `port` of 127.0.0.1, with the
+    /// tests' options; the caller adds the rest.
+    pub fn openssh(&self, program: &str, user: &TestUser, port: u16) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(ssh_options(&user.key_path))
+            .arg("-P")
+            .arg(port.to_string());
+        cmd
+    }
+
     /// Runs OpenSSH `sftp -b` with `batch` as the command file.
     pub async fn sftp(&self, user: &TestUser, batch: &str) -> Output {
         self.sftp_at(self.port, user, batch).await
@@ -170,11 +180,8 @@ impl TestServer {
     pub async fn sftp_at(&self, port: u16, user: &TestUser, batch: &str) -> Output {
         let batch_file = self.dir.path().join(format!("batch-{}", random_tag()));
         std::fs::write(&batch_file, batch).expect("batch");
-        let mut cmd = tokio::process::Command::new("sftp");
-        cmd.args(ssh_options(&user.key_path))
-            .arg("-P")
-            .arg(port.to_string())
-            .arg("-b")
+        let mut cmd = self.openssh("sftp", user, port);
+        cmd.arg("-b")
             .arg(&batch_file)
             .arg(format!("{}@127.0.0.1", user.name));
         let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
@@ -194,10 +201,7 @@ impl TestServer {
     /// Runs OpenSSH `scp` with `args` (remote paths as `REMOTE:path`).
     pub async fn scp(&self, user: &TestUser, args: &[&str]) -> Output {
         let remote = format!("{}@127.0.0.1:", user.name);
-        let mut cmd = tokio::process::Command::new("scp");
-        cmd.args(ssh_options(&user.key_path))
-            .arg("-P")
-            .arg(self.port.to_string());
+        let mut cmd = self.openssh("scp", user, self.port);
         for a in args {
             cmd.arg(a.replace("REMOTE:", &remote));
         }

@@ -105,6 +105,16 @@ fn kind_of(scp: bool) -> &'static str {
     }
 }
 
+/// Every run is a fresh SSH connection and login: no output means it failed (or hung).
+fn note_login(stats: &Stats, out: &Option<Output>) {
+    let outcome = if out.is_some() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    };
+    stats.op("login", outcome);
+}
+
 fn ok(out: &Option<Output>) -> bool {
     out.as_ref().is_some_and(|o| o.status.success())
 }
@@ -137,14 +147,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
     }
     let batch: String = DIRS.iter().map(|d| format!("mkdir {d}\n")).collect();
     let out = tools.sftp(&batch).await;
-    stats.op(
-        "login",
-        if out.is_some() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        },
-    );
+    note_login(&stats, &out);
     if ok(&out) {
         for d in DIRS {
             stats.op("mkdir", Outcome::Ok);
@@ -207,14 +210,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                         .sftp(&format!("put {} {path}\n", local.display()))
                         .await
                 };
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op(kind, Outcome::Ok);
                     stats.up(size as u64);
@@ -264,14 +260,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                         .sftp(&format!("get {path} {}\n", local.display()))
                         .await
                 };
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     let got = std::fs::read(&local).unwrap_or_default();
                     if got.len() as u64 == size && sha256(&got) == sha {
@@ -293,14 +282,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
             Op::List | Op::Stat => {
                 let target = if dir.is_empty() { "/" } else { dir };
                 let out = tools.sftp(&format!("ls -1 {target}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp list", Outcome::Ok);
                 } else {
@@ -330,14 +312,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                     },
                 );
                 let out = tools.sftp(&format!("rename {from} {to}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp rename", Outcome::Ok);
                     ledger.set(
@@ -379,14 +354,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                     },
                 );
                 let out = tools.sftp(&format!("rm {path}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp remove", Outcome::Ok);
                     ledger.set(&path, State::Absent { why: "removed" });
