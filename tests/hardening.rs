@@ -1,13 +1,11 @@
 //! Limits, bans, deadlines, graceful shutdown and the orphan sweep, against a real S3
 //! server with the russh client.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::own_store::start_with_own_store;
-use common::*;
+use crate::common::own_store::start_with_own_store;
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
 const WRITE_NEW: OpenFlags = OpenFlags::WRITE
@@ -163,11 +161,11 @@ async fn connections_are_spread_over_the_session_threads() {
     let key_a = format!("{}a.bin", t.alice.prefix);
     let key_b = format!("{}b.bin", t.bob.prefix);
     assert_eq!(
-        t.object(&key_a).await.map(|d| sha256(&d)),
+        t.s3.object(&key_a).await.map(|d| sha256(&d)),
         Some(sha256(&data_a))
     );
     assert_eq!(
-        t.object(&key_b).await.map(|d| sha256(&d)),
+        t.s3.object(&key_b).await.map(|d| sha256(&d)),
         Some(sha256(&data_b))
     );
     // A connection that ends leaves its thread; the next one takes the free thread.
@@ -247,7 +245,7 @@ async fn shutdown_aborts_what_is_left_after_the_grace_period() {
     // A multipart upload is under way (one part is full).
     let mut pending = false;
     for _ in 0..100 {
-        if !t.pending_uploads(&prefix).await.is_empty() {
+        if !t.s3.pending_uploads(&prefix).await.is_empty() {
             pending = true;
             break;
         }
@@ -269,9 +267,9 @@ async fn the_orphan_sweep_aborts_old_uploads_only() {
     let t =
         TestServer::start_with(|c| c.orphan_age = Duration::from_secs(200 * 365 * 24 * 3600)).await;
     let key = format!("{}orphan.bin", t.alice.prefix);
-    t.client()
+    t.s3.client
         .create_multipart_upload()
-        .bucket(t.bucket())
+        .bucket(&t.s3.bucket)
         .key(&key)
         .send()
         .await
@@ -280,14 +278,14 @@ async fn the_orphan_sweep_aborts_old_uploads_only() {
     let prefixes = vec![t.alice.prefix.clone(), t.bob.prefix.clone()];
     // Some S3 implementations (moto) report a fixed, ancient `Initiated`; the age check
     // cannot be shown there.
-    let listed = t
-        .client()
-        .list_multipart_uploads()
-        .bucket(t.bucket())
-        .prefix(&t.alice.prefix)
-        .send()
-        .await
-        .expect("list uploads");
+    let listed =
+        t.s3.client
+            .list_multipart_uploads()
+            .bucket(&t.s3.bucket)
+            .prefix(&t.alice.prefix)
+            .send()
+            .await
+            .expect("list uploads");
     let initiated = listed
         .uploads()
         .iter()
@@ -308,7 +306,7 @@ async fn the_orphan_sweep_aborts_old_uploads_only() {
             (1, 0),
             "a young upload is kept"
         );
-        assert_eq!(t.pending_uploads(&t.alice.prefix).await.len(), 1);
+        assert_eq!(t.s3.pending_uploads(&t.alice.prefix).await.len(), 1);
     } else {
         eprintln!(
             "SKIPPED the young-upload check: this S3 server reports Initiated = {initiated:?}"
@@ -319,6 +317,6 @@ async fn the_orphan_sweep_aborts_old_uploads_only() {
         .await
         .expect("sweep");
     assert_eq!((old.seen, old.aborted), (1, 1));
-    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+    assert!(t.s3.pending_uploads(&t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }

@@ -2,26 +2,29 @@
 //! `sftp` and the russh client connecting through a stand-in load balancer (a relay that
 //! writes a v1 or v2 header claiming some client address, then pipes bytes both ways).
 //!
-//! Its own test binary: it installs the global tracing subscriber that captures the logs,
-//! shared by every test here (each test uses addresses no other test uses).
-
-mod common;
+//! The tests that search the logs run each in a process of its own ([`Capture::alone`]):
+//! they install the global tracing subscriber that captures them.
 
 use std::net::SocketAddr;
 use std::process::Output;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::log_capture::Capture;
-use common::*;
+use crate::common::log_capture::Capture;
+use crate::common::*;
 use s3sftp::server::ServerConfig;
 use s3sftp::ssh::ProxySettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Runs the calling test alone in a process that captures the logs at `s3sftp=debug`;
+/// `false` in the test binary's own process once that passed: the caller returns.
+async fn in_own_process() -> bool {
+    Capture::alone("s3sftp=debug").await.is_some()
+}
+
 fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| Capture::install("s3sftp=debug"))
+    Capture::installed()
 }
 
 /// Turns PROXY protocol on, trusting `networks`, with a header deadline of `timeout`.
@@ -190,7 +193,7 @@ async fn round_trip(t: &TestServer, port: u16, name: &str, seed: u64) {
         "sftp through the relay: {}",
         stderr(&out)
     );
-    let stored = t.object(&format!("{}{name}", t.alice.prefix)).await;
+    let stored = t.s3.object(&format!("{}{name}", t.alice.prefix)).await;
     assert_eq!(stored.map(|d| sha256(&d)), Some(sha256(&data)), "in S3");
     assert_eq!(sha256(&std::fs::read(&back).expect("got")), sha256(&data));
 }
@@ -218,7 +221,9 @@ async fn wait_for_log(needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sftp_through_v1_and_v2_headers_uses_the_claimed_address() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t = TestServer::start_with(|c| trusting(c, &["127.0.0.0/8"], Duration::from_secs(5))).await;
     let v1 = Relay::start(t.port, v1_header(addr("203.0.113.7:40001"))).await;
     let v2 = Relay::start(t.port, v2_header(addr("203.0.113.8:40002"))).await;
@@ -264,7 +269,9 @@ async fn sftp_through_v1_and_v2_headers_uses_the_claimed_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failed_logins_ban_the_claimed_address_not_the_balancer() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t = TestServer::start_with(|c| {
         trusting(c, &["127.0.0.0/8"], Duration::from_secs(5));
         c.ssh.guard.ban_threshold = 3;
@@ -299,7 +306,9 @@ async fn failed_logins_ban_the_claimed_address_not_the_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allowed_ips_apply_to_the_claimed_address() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t = TestServer::start_with(|c| trusting(c, &["127.0.0.0/8"], Duration::from_secs(5))).await;
     let users_file = t.dir.path().join("users.json");
     let mut users: serde_json::Value =
@@ -362,7 +371,9 @@ async fn send_and_wait_for_close(port: u16, bytes: &[u8], close_write: bool) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trusted_peer_without_a_valid_header_is_closed_and_others_are_served() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t = TestServer::start_with(|c| trusting(c, &["127.0.0.0/8"], Duration::from_secs(1))).await;
 
     // Garbage, a truncated header, an oversized v2 header, silence: each is closed without
@@ -416,7 +427,9 @@ async fn a_trusted_peer_without_a_valid_header_is_closed_and_others_are_served()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_balancer_connection_holds_up_no_one() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t =
         TestServer::start_with(|c| trusting(c, &["127.0.0.0/8"], Duration::from_secs(30))).await;
     // Connections that have not sent their header yet.
@@ -445,7 +458,9 @@ async fn a_slow_balancer_connection_holds_up_no_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn untrusted_peers_are_direct_clients_and_their_headers_are_ignored() {
-    capture();
+    if !in_own_process().await {
+        return;
+    }
     let t = TestServer::start_with(|c| trusting(c, &["10.0.0.0/8"], Duration::from_secs(5))).await;
     // 127.0.0.1 is not a trusted balancer: a plain SSH client works.
     let out = t.sftp(&t.alice, "ls\n").await;

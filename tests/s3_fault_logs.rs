@@ -1,24 +1,20 @@
-//! The S3 request id of a failed request shows up in the server's warning. Its own test
-//! binary: it installs the global tracing subscriber that captures the logs.
-
-mod common;
+//! The S3 request id of a failed request shows up in the server's warning. Runs in a
+//! process of its own: it installs the global tracing subscriber that captures the logs.
 
 use std::time::Duration;
 
-use common::fault_proxy::{start_behind_proxy, Fault, Op};
-use common::log_capture::Capture;
-use common::*;
+use crate::common::fault_proxy::{quick_retries, start_behind_proxy, Fault, Op};
+use crate::common::log_capture::Capture;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_request_id_of_a_failure_is_logged() {
-    let capture = Capture::install("s3sftp=info");
+    let Some(capture) = Capture::alone("s3sftp=info").await else {
+        return;
+    };
 
-    let (t, proxy, view) = start_behind_proxy(|c| {
-        let s3 = c.s3.as_mut().expect("s3 settings");
-        s3.max_attempts = 2;
-        s3.attempt_timeout = Duration::from_secs(5);
-    })
-    .await;
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(5))).await;
     proxy.add(Op::PutObject, Fault::Status(500), u32::MAX);
     let local = t.dir.path().join("f.bin");
     std::fs::write(&local, random_bytes(1000, 9)).expect("local file");

@@ -3,31 +3,21 @@
 //! permanent ones fail the one transfer cleanly (no object, no pending multipart upload)
 //! while other sessions carry on; a stalled S3 request times out.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::fault_proxy::{start_behind_proxy, Fault, Op};
-use common::*;
+use crate::common::fault_proxy::{quick_retries, start_behind_proxy, Fault, Op};
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
-/// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
-fn quick_retries(c: &mut s3sftp::server::ServerConfig, attempts: u32, timeout: Duration) {
-    let s3 = c.s3.as_mut().expect("s3 settings");
-    s3.max_attempts = attempts;
-    s3.attempt_timeout = timeout;
-}
-
-fn write_local(t: &TestServer, name: &str, data: &[u8]) -> String {
-    let path = t.dir.path().join(name);
-    std::fs::write(&path, data).expect("write local file");
-    path.display().to_string()
+/// Writes `data` to the local file `name` in the test's directory; its path.
+fn local_copy(t: &TestServer, name: &str, data: &[u8]) -> String {
+    write_local(t.dir.path(), name, data).display().to_string()
 }
 
 /// Uploads `big` as big.bin and `small` as small.bin in one OpenSSH `sftp` session as alice.
 async fn put_big_and_small(t: &TestServer, big: &[u8], small: &[u8]) -> std::process::Output {
-    let big_local = write_local(t, "big.bin", big);
-    let small_local = write_local(t, "small.bin", small);
+    let big_local = local_copy(t, "big.bin", big);
+    let small_local = local_copy(t, "small.bin", small);
     t.sftp(
         &t.alice,
         &format!("put {big_local} big.bin\nput {small_local} small.bin\n"),
@@ -38,7 +28,7 @@ async fn put_big_and_small(t: &TestServer, big: &[u8], small: &[u8]) -> std::pro
 /// Asserts that alice's `name` holds exactly `data` in S3.
 async fn assert_stored(
     t: &TestServer,
-    view: &common::fault_proxy::BucketView,
+    view: &crate::common::bucket::BucketView,
     name: &str,
     data: &[u8],
     context: &str,
@@ -49,16 +39,6 @@ async fn assert_stored(
         Some(sha256(data)),
         "{context}: {name}"
     );
-}
-
-async fn no_pending(view: &common::fault_proxy::BucketView, prefix: &str) -> Vec<String> {
-    for _ in 0..100 {
-        if view.pending_uploads(prefix).await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    view.pending_uploads(prefix).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,7 +56,10 @@ async fn slow_down_on_parts_and_puts_is_retried() {
     assert!(proxy.hits(Op::UploadPart) >= 3 + 2, "parts were sent again");
     assert_stored(&t, &view, "big.bin", &big, "after retries").await;
     assert_stored(&t, &view, "small.bin", &small, "after retries").await;
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -112,9 +95,9 @@ async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
         u32::MAX,
     );
     let doomed = random_bytes(2 * PART + 7, 4);
-    let doomed_local = write_local(&t, "doomed.bin", &doomed);
+    let doomed_local = local_copy(&t, "doomed.bin", &doomed);
     let fine = random_bytes(PART + 99, 5);
-    let fine_local = write_local(&t, "fine.bin", &fine);
+    let fine_local = local_copy(&t, "fine.bin", &fine);
     let fine_back = t.dir.path().join("fine.back");
     let alice_batch = format!("put {doomed_local} doomed.bin\n");
     let bob_batch = format!(
@@ -132,7 +115,10 @@ async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
     assert_eq!(proxy.injected(Op::CompleteMultipartUpload), 3, "retried");
     let key = format!("{}doomed.bin", t.alice.prefix);
     assert_eq!(view.object(&key).await, None, "no object at the key");
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     assert!(proxy.hits(Op::AbortMultipartUpload) >= 1);
 
     // OpenSSH shows only the status code; the FAILURE message itself says what failed.
@@ -166,7 +152,10 @@ async fn failing_complete_fails_that_upload_only_and_leaves_nothing() {
             .await,
         None
     );
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
 
     assert!(bob.status.success(), "bob carries on: {}", stderr(&bob));
     let stored = view.object(&format!("{}fine.bin", t.bob.prefix)).await;
@@ -188,8 +177,8 @@ async fn scp_reports_the_failed_file_and_sends_the_next() {
     );
     let first = random_bytes(PART + 1, 6);
     let second = random_bytes(PART + 2, 7);
-    let first_local = write_local(&t, "first.bin", &first);
-    let second_local = write_local(&t, "second.bin", &second);
+    let first_local = local_copy(&t, "first.bin", &first);
+    let second_local = local_copy(&t, "second.bin", &second);
     let out = t
         .scp(&t.alice, &["-O", &first_local, &second_local, "REMOTE:"])
         .await;
@@ -207,7 +196,10 @@ async fn scp_reports_the_failed_file_and_sends_the_next() {
     );
     let stored = view.object(&format!("{}second.bin", t.alice.prefix)).await;
     assert_eq!(stored.as_deref().map(sha256), Some(sha256(&second)));
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -217,7 +209,7 @@ async fn a_stalled_put_times_out_instead_of_hanging() {
         start_behind_proxy(|c| quick_retries(c, 2, Duration::from_secs(2))).await;
     proxy.add(Op::PutObject, Fault::Stall, u32::MAX);
     let data = random_bytes(10_000, 8);
-    let local = write_local(&t, "stuck.bin", &data);
+    let local = local_copy(&t, "stuck.bin", &data);
     let started = Instant::now();
     let out = t.sftp(&t.alice, &format!("put {local} stuck.bin\n")).await;
     let took = started.elapsed();
@@ -311,7 +303,7 @@ async fn a_complete_whose_answer_is_lost_is_still_acknowledged() {
         start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
     proxy.add(Op::CompleteMultipartUpload, Fault::Truncate(10), 1);
     let data = random_bytes(2 * PART + 555, 12);
-    let local = write_local(&t, "lost-answer.bin", &data);
+    let local = local_copy(&t, "lost-answer.bin", &data);
     let out = t
         .sftp(&t.alice, &format!("put {local} lost-answer.bin\n"))
         .await;
@@ -325,18 +317,24 @@ async fn a_complete_whose_answer_is_lost_is_still_acknowledged() {
         .object(&format!("{}lost-answer.bin", t.alice.prefix))
         .await;
     assert_eq!(stored.as_deref().map(sha256), Some(sha256(&data)));
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
 
     // A Complete that really failed is still a failure, with nothing at the key.
     proxy.add(Op::CompleteMultipartUpload, Fault::Status(500), 3);
-    let local = write_local(&t, "failed.bin", &data);
+    let local = local_copy(&t, "failed.bin", &data);
     let out = t.sftp(&t.alice, &format!("put {local} failed.bin\n")).await;
     assert!(!out.status.success(), "the upload fails");
     assert_eq!(
         view.object(&format!("{}failed.bin", t.alice.prefix)).await,
         None
     );
-    assert!(no_pending(&view, &t.alice.prefix).await.is_empty());
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 

@@ -4,10 +4,9 @@
 //! directory has the file's name, and never lets an upload onto a known directory's name
 //! through.
 
-mod common;
-
-use common::fault_proxy::{start_behind_proxy, BucketView, Op};
-use common::*;
+use crate::common::bucket::BucketView;
+use crate::common::fault_proxy::{start_behind_proxy, Op};
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, StatusCode};
 
 fn attrs() -> FileAttributes {

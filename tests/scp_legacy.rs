@@ -1,22 +1,10 @@
 //! Legacy SCP (`scp -O`, PuTTY `pscp`) and the checksum exec commands, with real clients
 //! against a real S3 server.
 
-mod common;
-
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use russh::ChannelMsg;
-
-fn write_local(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(&path, data).unwrap();
-    path
-}
 
 fn assert_ok(out: &std::process::Output, what: &str) {
     assert!(
@@ -39,10 +27,10 @@ async fn one_file_up_and_down_in_three_parts() {
         )
         .await;
     assert_ok(&out, "scp -O upload");
-    let stored = t
-        .object(&format!("{}big.bin", t.alice.prefix))
-        .await
-        .expect("object stored");
+    let stored =
+        t.s3.object(&format!("{}big.bin", t.alice.prefix))
+            .await
+            .expect("object stored");
     assert_eq!(sha256(&stored), sha256(&data));
 
     let back = t.dir.path().join("back.bin");
@@ -51,7 +39,7 @@ async fn one_file_up_and_down_in_three_parts() {
         .await;
     assert_ok(&out, "scp -O download");
     assert_eq!(sha256(&std::fs::read(&back).unwrap()), sha256(&data));
-    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+    assert!(t.s3.pending_uploads(&t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
 
@@ -75,13 +63,13 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "two files into a directory");
     assert_eq!(
-        t.object(&format!("{}inbox/a.txt", t.alice.prefix))
+        t.s3.object(&format!("{}inbox/a.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"alpha\n"[..])
     );
     assert_eq!(
-        t.object(&format!("{}inbox/b.txt", t.alice.prefix))
+        t.s3.object(&format!("{}inbox/b.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -92,7 +80,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "file to a new name");
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"alpha\n"[..])
@@ -103,7 +91,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
         .await;
     assert_ok(&out, "file over a file");
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -123,7 +111,7 @@ async fn several_files_into_a_directory_and_file_vs_directory_targets() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Not a directory"), "{}", stderr(&out));
     assert_eq!(
-        t.object(&format!("{}renamed.txt", t.alice.prefix))
+        t.s3.object(&format!("{}renamed.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"bravo\n"[..])
@@ -148,7 +136,7 @@ async fn recursive_tree_with_nested_and_empty_directories_and_times() {
         )
         .await;
     assert_ok(&out, "scp -O -r -p upload");
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     let rel: Vec<&str> = keys
         .iter()
         .map(|k| k.strip_prefix(&t.alice.prefix).unwrap())
@@ -206,7 +194,7 @@ async fn recursive_tree_with_nested_and_empty_directories_and_times() {
 async fn missing_sources_and_globs() {
     let t = TestServer::start().await;
     for (name, body) in [("a.txt", "A"), ("b.txt", "B"), ("c.log", "C")] {
-        t.put(&format!("{}g/{name}", t.alice.prefix), body.as_bytes())
+        t.s3.put(&format!("{}g/{name}", t.alice.prefix), body.as_bytes())
             .await;
     }
     let dest = t.dir.path().join("dest");
@@ -240,36 +228,17 @@ async fn missing_sources_and_globs() {
 async fn a_client_killed_mid_scp_upload_leaves_nothing() {
     let t = TestServer::start().await;
     let big = write_local(t.dir.path(), "big", &random_bytes(300 * MIB, 9));
-    let mut child = tokio::process::Command::new("scp")
-        .args(t.ssh_options(&t.alice))
+    let child = t
+        .openssh("scp", &t.alice, t.port)
         .arg("-O")
-        .arg("-P")
-        .arg(t.port.to_string())
         .arg(&big)
         .arg("alice@127.0.0.1:/big")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut started = false;
-    for _ in 0..600 {
-        if !t.pending_uploads(&t.alice.prefix).await.is_empty() {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(started, "a multipart upload began");
-    child.kill().await.unwrap();
-    assert!(
-        t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty(),
-        "multipart aborted"
-    );
-    assert_eq!(
-        t.object_size(&format!("{}big", t.alice.prefix)).await,
-        None,
-        "no partial object"
-    );
+    t.kill_mid_upload(child, &format!("{}big", t.alice.prefix))
+        .await;
     t.shutdown().await;
 }
 
@@ -277,15 +246,7 @@ async fn a_client_killed_mid_scp_upload_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sink_refuses_bad_names_and_directories_without_r() {
     let t = TestServer::start().await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.exec(true, "scp -t /").await.unwrap();
 
@@ -337,12 +298,12 @@ async fn the_sink_refuses_bad_names_and_directories_without_r() {
     }
     assert_eq!(status, Some(1), "errors make exit status 1");
     assert_eq!(
-        t.object(&format!("{}ok.txt", t.alice.prefix))
+        t.s3.object(&format!("{}ok.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"abc"[..])
     );
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     assert_eq!(
         keys,
         [format!("{}ok.txt", t.alice.prefix)],
@@ -356,9 +317,9 @@ async fn checksum_commands_match_coreutils() {
     let t = TestServer::start().await;
     let data = random_bytes(PART + 999, 21);
     let local = write_local(t.dir.path(), "sum.bin", &data);
-    t.put(&format!("{}dir/sum.bin", t.alice.prefix), &data)
+    t.s3.put(&format!("{}dir/sum.bin", t.alice.prefix), &data)
         .await;
-    t.put(&format!("{}dir/with space.txt", t.alice.prefix), b"x\n")
+    t.s3.put(&format!("{}dir/with space.txt", t.alice.prefix), b"x\n")
         .await;
     write_local(t.dir.path(), "with space.txt", b"x\n");
     for cmd in ["md5sum", "sha1sum", "sha256sum"] {
@@ -439,7 +400,7 @@ async fn putty_pscp_in_scp_and_sftp_modes() {
         let out = run(vec![local.display().to_string(), remote.clone()]);
         assert_ok(&out, &format!("pscp {mode} upload"));
         assert_eq!(
-            t.object(&format!("{}putty{mode}.bin", t.alice.prefix))
+            t.s3.object(&format!("{}putty{mode}.bin", t.alice.prefix))
                 .await
                 .map(|d| sha256(&d)),
             Some(sha256(&data))

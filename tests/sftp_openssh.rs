@@ -1,16 +1,7 @@
 //! The SFTP server end to end with the real OpenSSH `sftp` and `scp` clients, checked
 //! against what lands in S3.
 
-mod common;
-
-use common::*;
-use std::time::Duration;
-
-fn write_local(dir: &std::path::Path, name: &str, data: &[u8]) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).expect("write local");
-    path
-}
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_and_downloads_every_size_class() {
@@ -33,17 +24,21 @@ async fn uploads_and_downloads_every_size_class() {
     for (i, size) in sizes.iter().enumerate() {
         let expected = random_bytes(*size, i as u64);
         let key = format!("{}sizes/f{size}", t.alice.prefix);
-        let stored = t
-            .object(&key)
-            .await
-            .unwrap_or_else(|| panic!("object {key} exists"));
+        let stored =
+            t.s3.object(&key)
+                .await
+                .unwrap_or_else(|| panic!("object {key} exists"));
         assert_eq!(stored.len(), *size, "size of {key}");
         assert_eq!(sha256(&stored), sha256(&expected), "content of {key}");
-        assert_eq!(t.object_size(&key).await, Some(*size as u64));
+        assert_eq!(t.s3.object_size(&key).await, Some(*size as u64));
         let fetched = std::fs::read(down.join(format!("f{size}"))).unwrap();
         assert_eq!(sha256(&fetched), sha256(&expected), "downloaded f{size}");
     }
-    assert!(t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty());
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -72,7 +67,7 @@ async fn directories_listing_and_removal() {
         "file listed with its size:\n{text}"
     );
     // The non-empty rmdir failed, so `d` and its marker survive; the rest was removed.
-    let keys = t.keys(&t.alice.prefix).await;
+    let keys = t.s3.keys(&t.alice.prefix).await;
     assert_eq!(
         keys,
         vec![format!("{}d/", t.alice.prefix)],
@@ -80,7 +75,7 @@ async fn directories_listing_and_removal() {
     );
     let out = t.sftp(&t.alice, "rmdir d\n").await;
     assert!(out.status.success());
-    assert!(t.keys(&t.alice.prefix).await.is_empty());
+    assert!(t.s3.keys(&t.alice.prefix).await.is_empty());
     t.shutdown().await;
 }
 
@@ -90,8 +85,8 @@ async fn a_directory_of_2500_entries_lists_completely() {
     let names: Vec<String> = (0..2500).map(|i| format!("n{i:05}")).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in names.chunks(100) {
-        let client = t.client().clone();
-        let bucket = t.bucket().to_string();
+        let client = t.s3.client.clone();
+        let bucket = t.s3.bucket.clone();
         let keys: Vec<String> = chunk
             .iter()
             .map(|n| format!("{}big/{n}", t.alice.prefix))
@@ -110,8 +105,8 @@ async fn a_directory_of_2500_entries_lists_completely() {
         });
     }
     // A subdirectory among the files, shown once although it has a marker and children.
-    t.put(&format!("{}big/sub/", t.alice.prefix), b"").await;
-    t.put(&format!("{}big/sub/inner", t.alice.prefix), b"y")
+    t.s3.put(&format!("{}big/sub/", t.alice.prefix), b"").await;
+    t.s3.put(&format!("{}big/sub/inner", t.alice.prefix), b"y")
         .await;
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
@@ -157,7 +152,7 @@ async fn names_with_spaces_unicode_and_symbols_round_trip() {
     for (i, name) in names.iter().enumerate() {
         let key = format!("{}{name}", t.alice.prefix);
         assert_eq!(
-            t.object(&key).await.as_deref(),
+            t.s3.object(&key).await.as_deref(),
             Some(name.as_bytes()),
             "object {key}"
         );
@@ -185,8 +180,12 @@ async fn resume_is_refused_and_the_object_is_untouched() {
         .await;
     assert!(!out.status.success(), "reput must fail");
     let key = format!("{}f", t.alice.prefix);
-    assert_eq!(sha256(&t.object(&key).await.unwrap()), sha256(&original));
-    assert!(t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty());
+    assert_eq!(sha256(&t.s3.object(&key).await.unwrap()), sha256(&original));
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
     t.shutdown().await;
 }
 
@@ -196,23 +195,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
     let big = write_local(t.dir.path(), "big", &random_bytes(400 * MIB, 3));
     let batch_file = t.dir.path().join("kill-batch");
     std::fs::write(&batch_file, format!("put {} big\n", big.display())).unwrap();
-    let mut child = tokio::process::Command::new("sftp")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(&t.alice.key_path)
-        .arg("-P")
-        .arg(t.port.to_string())
+    let child = t
+        .openssh("sftp", &t.alice, t.port)
         .arg("-b")
         .arg(&batch_file)
         .arg("alice@127.0.0.1")
@@ -220,23 +204,8 @@ async fn a_client_killed_mid_upload_leaves_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until parts are flowing into a multipart upload, then kill the client.
-    let mut started = false;
-    for _ in 0..600 {
-        if !t.pending_uploads(&t.alice.prefix).await.is_empty() {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(started, "a multipart upload began");
-    child.kill().await.unwrap();
-    let key = format!("{}big", t.alice.prefix);
-    assert!(
-        t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty(),
-        "multipart aborted"
-    );
-    assert_eq!(t.object_size(&key).await, None, "no partial object");
+    t.kill_mid_upload(child, &format!("{}big", t.alice.prefix))
+        .await;
     t.shutdown().await;
 }
 
@@ -278,7 +247,7 @@ async fn users_cannot_see_or_touch_each_other() {
     );
     assert!(!t.dir.path().join("stolen").exists());
     assert_eq!(
-        t.object(&alice_key).await.as_deref(),
+        t.s3.object(&alice_key).await.as_deref(),
         Some(&b"alice's secret"[..])
     );
     // Bob's writes land under bob's prefix only, whatever path he uses.
@@ -290,10 +259,11 @@ async fn users_cannot_see_or_touch_each_other() {
         .await;
     assert!(out.status.success());
     assert!(t
+        .s3
         .object(&format!("{}alice/planted", t.bob.prefix))
         .await
         .is_some());
-    assert!(t.keys(&t.alice.prefix).await == vec![alice_key]);
+    assert!(t.s3.keys(&t.alice.prefix).await == vec![alice_key]);
     t.shutdown().await;
 }
 
@@ -316,14 +286,14 @@ async fn scp_in_sftp_mode_uploads_overwrites_and_downloads() {
         stderr(&out)
     );
     let key = format!("{}copy.bin", t.alice.prefix);
-    assert_eq!(t.object(&key).await.unwrap(), random_bytes(1000, 6));
+    assert_eq!(t.s3.object(&key).await.unwrap(), random_bytes(1000, 6));
     // Overwrite with an empty file: no WRITE at all, then FSETSTAT(size 0).
     let empty = write_local(t.dir.path(), "empty", b"");
     let out = t
         .scp(&t.alice, &[empty.to_str().unwrap(), "REMOTE:/copy.bin"])
         .await;
     assert!(out.status.success(), "scp empty exit 0: {}", stderr(&out));
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b""[..]));
+    assert_eq!(t.s3.object(&key).await.as_deref(), Some(&b""[..]));
     let out = t
         .scp(&t.alice, &[second.to_str().unwrap(), "REMOTE:/copy.bin"])
         .await;
@@ -363,7 +333,7 @@ async fn rename_moves_files_and_empty_directories() {
     let out = t.sftp(&t.alice, &batch).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let p = &t.alice.prefix;
-    let mut keys = t.keys(p).await;
+    let mut keys = t.s3.keys(p).await;
     keys.sort();
     assert_eq!(
         keys,
@@ -375,7 +345,7 @@ async fn rename_moves_files_and_empty_directories() {
         ]
     );
     assert_eq!(
-        sha256(&t.object(&format!("{p}b.bin")).await.unwrap()),
+        sha256(&t.s3.object(&format!("{p}b.bin")).await.unwrap()),
         sha256(&random_bytes(PART + 1, 9))
     );
     t.shutdown().await;

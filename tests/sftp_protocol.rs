@@ -1,9 +1,7 @@
 //! SFTP requests one by one through the russh client and russh-sftp's raw session, so
 //! every status code is visible, plus malformed input written straight to the channel.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use russh::ChannelMsg;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use std::time::Duration;
@@ -78,17 +76,17 @@ async fn status_codes_follow_the_design() {
         Some(StatusCode::Failure)
     );
     assert_eq!(
-        t.object(&format!("{p}b.txt")).await.as_deref(),
+        t.s3.object(&format!("{p}b.txt")).await.as_deref(),
         Some(&b"second"[..])
     );
     s.posix_rename("/a.txt", "/b.txt")
         .await
         .expect("posix-rename replaces");
     assert_eq!(
-        t.object(&format!("{p}b.txt")).await.as_deref(),
+        t.s3.object(&format!("{p}b.txt")).await.as_deref(),
         Some(&b"first"[..])
     );
-    assert_eq!(t.object(&format!("{p}a.txt")).await, None);
+    assert_eq!(t.s3.object(&format!("{p}a.txt")).await, None);
 
     // RMDIR of a non-empty directory fails; of an empty one succeeds.
     s.raw.mkdir("/d", attrs()).await.expect("mkdir");
@@ -216,15 +214,18 @@ async fn writing_part_of_an_existing_file_is_refused_and_loses_nothing() {
         write_without_trunc(&s, "/doc.txt", b"AB", false).await,
         Some(StatusCode::OpUnsupported)
     );
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b"0123456789"[..]));
-    assert!(t.pending_uploads(&t.alice.prefix).await.is_empty());
+    assert_eq!(t.s3.object(&key).await.as_deref(), Some(&b"0123456789"[..]));
+    assert!(t.s3.pending_uploads(&t.alice.prefix).await.is_empty());
 
     // As many bytes or more replace every old byte: committed.
     assert_eq!(
         write_without_trunc(&s, "/doc.txt", b"abcdefghijKL", false).await,
         None
     );
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b"abcdefghijKL"[..]));
+    assert_eq!(
+        t.s3.object(&key).await.as_deref(),
+        Some(&b"abcdefghijKL"[..])
+    );
 
     // Fewer bytes, then FSETSTAT(size) at the written length (OpenSSH scp overwriting with
     // a shorter file): the file ends there.
@@ -232,11 +233,11 @@ async fn writing_part_of_an_existing_file_is_refused_and_loses_nothing() {
         write_without_trunc(&s, "/doc.txt", b"xyz", true).await,
         None
     );
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b"xyz"[..]));
+    assert_eq!(t.s3.object(&key).await.as_deref(), Some(&b"xyz"[..]));
 
     // No bytes, then FSETSTAT(size 0) (scp of an empty file): the file becomes empty.
     assert_eq!(write_without_trunc(&s, "/doc.txt", b"", true).await, None);
-    assert_eq!(t.object(&key).await.as_deref(), Some(&b""[..]));
+    assert_eq!(t.s3.object(&key).await.as_deref(), Some(&b""[..]));
     t.shutdown().await;
 }
 
@@ -260,7 +261,7 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
     );
     let _ = s.raw.close(&h).await;
     assert_eq!(
-        t.object(&format!("{p}keep.bin")).await.as_deref(),
+        t.s3.object(&format!("{p}keep.bin")).await.as_deref(),
         Some(&b"original"[..])
     );
 
@@ -273,7 +274,7 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
         .handle;
     s.raw.close(&h).await.expect("close");
     assert_eq!(
-        t.object(&format!("{p}keep.bin")).await.as_deref(),
+        t.s3.object(&format!("{p}keep.bin")).await.as_deref(),
         Some(&b"original"[..])
     );
 
@@ -304,13 +305,13 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
     }
     set_size(&s, &h, data.len()).await;
     assert_eq!(
-        t.object_size(&format!("{p}shuffled.bin")).await,
+        t.s3.object_size(&format!("{p}shuffled.bin")).await,
         None,
         "invisible before CLOSE"
     );
     s.raw.close(&h).await.expect("close");
     assert_eq!(
-        sha256(&t.object(&format!("{p}shuffled.bin")).await.unwrap()),
+        sha256(&t.s3.object(&format!("{p}shuffled.bin")).await.unwrap()),
         sha256(&data)
     );
 
@@ -337,7 +338,7 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
         status_code(&s.raw.close(&h).await),
         Some(StatusCode::Failure)
     );
-    assert_eq!(t.object_size(&format!("{p}gap.bin")).await, None);
+    assert_eq!(t.s3.object_size(&format!("{p}gap.bin")).await, None);
 
     // A multipart upload abandoned by closing the session leaves nothing behind.
     let h = s
@@ -358,12 +359,12 @@ async fn uploads_reorder_refuse_resume_and_commit_atomically() {
             .expect("write");
     }
     assert!(
-        !t.pending_uploads(&p).await.is_empty(),
+        !t.s3.pending_uploads(&p).await.is_empty(),
         "multipart upload in progress"
     );
     drop(s);
-    assert!(t.wait_no_pending_uploads(&p).await.is_empty());
-    assert_eq!(t.object_size(&format!("{p}abandoned.bin")).await, None);
+    assert!(t.s3.wait_no_pending_uploads(&p).await.is_empty());
+    assert_eq!(t.s3.object_size(&format!("{p}abandoned.bin")).await, None);
     t.shutdown().await;
 }
 
@@ -375,7 +376,7 @@ async fn reads_in_any_order_return_the_right_bytes() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
     let data = random_bytes(30 * MIB + 123, 31);
-    t.put(&format!("{}r.bin", t.alice.prefix), &data).await;
+    t.s3.put(&format!("{}r.bin", t.alice.prefix), &data).await;
     let h = s
         .raw
         .open("/r.bin", OpenFlags::READ, attrs())
@@ -430,7 +431,7 @@ async fn reads_are_pinned_to_the_version_seen_at_open() {
     let s = t.russh_sftp(&t.alice).await;
     let key = format!("{}v.bin", t.alice.prefix);
     let v1 = random_bytes(30 * MIB, 21);
-    t.put(&key, &v1).await;
+    t.s3.put(&key, &v1).await;
     let h = s
         .raw
         .open("/v.bin", OpenFlags::READ, attrs())
@@ -439,7 +440,7 @@ async fn reads_are_pinned_to_the_version_seen_at_open() {
         .handle;
     let first = s.raw.read(&h, 0, 32 * 1024).await.expect("read").data;
     assert_eq!(first, &v1[..32 * 1024]);
-    t.put(&key, &random_bytes(30 * MIB, 22)).await;
+    t.s3.put(&key, &random_bytes(30 * MIB, 22)).await;
     // A read far from the window needs a new GET, which must not return the new bytes.
     let r = s.raw.read(&h, 28 * MIB as u64, 32 * 1024).await;
     assert_eq!(
@@ -475,12 +476,12 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
         "upload onto a directory name must fail: {closed:?}"
     );
     assert_eq!(
-        t.object(&format!("{p}d")).await,
+        t.s3.object(&format!("{p}d")).await,
         None,
         "no object at the directory's name"
     );
     assert_eq!(
-        t.object(&format!("{p}d/inner")).await.as_deref(),
+        t.s3.object(&format!("{p}d/inner")).await.as_deref(),
         Some(&b"kept"[..])
     );
     // Without TRUNCATE the open looks first and refuses at once.
@@ -510,7 +511,7 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
 
     // A small file is read whole from the GET made at open; FSTAT has its size.
     let small = random_bytes(70_000, 5);
-    t.put(&format!("{p}small.bin"), &small).await;
+    t.s3.put(&format!("{p}small.bin"), &small).await;
     let h = s
         .raw
         .open("/small.bin", OpenFlags::READ, attrs())
@@ -548,7 +549,7 @@ async fn opens_that_answer_early_still_refuse_and_read_exactly() {
         Some(small.len() as u64)
     );
     s.raw.remove("/small.bin").await.expect("remove");
-    assert_eq!(t.object(&format!("{p}small.bin")).await, None);
+    assert_eq!(t.s3.object(&format!("{p}small.bin")).await, None);
     assert_eq!(
         status_code(&s.raw.stat("/small.bin").await),
         Some(StatusCode::NoSuchFile)
@@ -571,19 +572,19 @@ async fn files_opened_from_a_listing_read_the_current_version() {
     let replaced_v1 = random_bytes(100_000, 31);
     let replaced_v2 = random_bytes(150_000, 32);
     let big_v1 = random_bytes(20 * MIB, 33);
-    t.put(&format!("{p}replaced.bin"), &replaced_v1).await;
-    t.put(&format!("{p}removed.bin"), b"soon gone").await;
-    t.put(&format!("{p}big.bin"), &big_v1).await;
+    t.s3.put(&format!("{p}replaced.bin"), &replaced_v1).await;
+    t.s3.put(&format!("{p}removed.bin"), b"soon gone").await;
+    t.s3.put(&format!("{p}big.bin"), &big_v1).await;
 
     let dir = s.raw.opendir("/").await.expect("opendir").handle;
     let names = s.raw.readdir(&dir).await.expect("readdir");
     assert_eq!(names.files.len(), 3, "{:?}", names.files);
     s.raw.close(&dir).await.expect("closedir");
 
-    t.put(&format!("{p}replaced.bin"), &replaced_v2).await;
-    t.client()
+    t.s3.put(&format!("{p}replaced.bin"), &replaced_v2).await;
+    t.s3.client
         .delete_object()
-        .bucket(t.bucket())
+        .bucket(&t.s3.bucket)
         .key(format!("{p}removed.bin"))
         .send()
         .await
@@ -632,7 +633,7 @@ async fn files_opened_from_a_listing_read_the_current_version() {
         .handle;
     let first = s.raw.read(&h, 0, 32 * 1024).await.expect("read").data;
     assert_eq!(first, &big_v1[..32 * 1024]);
-    t.put(&format!("{p}big.bin"), &random_bytes(20 * MIB, 34))
+    t.s3.put(&format!("{p}big.bin"), &random_bytes(20 * MIB, 34))
         .await;
     let r = s.raw.read(&h, 18 * MIB as u64, 32 * 1024).await;
     assert_eq!(
@@ -648,7 +649,7 @@ async fn random_reads_return_exact_ranges() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
     let data = random_bytes(9 * MIB + 123, 31);
-    t.put(&format!("{}r.bin", t.alice.prefix), &data).await;
+    t.s3.put(&format!("{}r.bin", t.alice.prefix), &data).await;
     let h = s
         .raw
         .open("/r.bin", OpenFlags::READ, attrs())
@@ -683,15 +684,7 @@ async fn random_reads_return_exact_ranges() {
 async fn malformed_packets_get_errors_and_others_keep_working() {
     let t = TestServer::start().await;
     let bystander = t.russh_sftp(&t.bob).await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.request_subsystem(true, "sftp").await.unwrap();
 
@@ -768,15 +761,7 @@ async fn malformed_packets_get_errors_and_others_keep_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shell_and_unknown_commands_are_refused() {
     let t = TestServer::start().await;
-    let mut handle = t.russh_connect().await.unwrap();
-    let auth = handle
-        .authenticate_publickey(
-            "alice",
-            russh::keys::PrivateKeyWithHashAlg::new(t.alice.key.clone(), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let handle = t.russh_login(&t.alice).await;
     let mut ch = handle.channel_open_session().await.unwrap();
     ch.exec(true, "rm -rf /").await.unwrap();
     let mut exit = None;
@@ -811,9 +796,9 @@ async fn empty_directory_typed_objects_are_directories() {
         ("folder", "application/x-directory"),
         ("empty.txt", "text/plain"),
     ] {
-        t.client()
+        t.s3.client
             .put_object()
-            .bucket(t.bucket())
+            .bucket(&t.s3.bucket)
             .key(format!("{p}{name}"))
             .content_type(content_type)
             .body(Vec::new().into())

@@ -13,14 +13,13 @@
 //!    write or at `finish`) and leaves no object and no pending multipart upload.
 //! 3. A write below the written end (a rewrite) is refused without harming the upload.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::common::bucket::BucketView;
+use crate::common::own_store::own_store;
+use crate::common::{random_bytes, MIB, PART};
 use bytes::Bytes;
-use common::own_store::{own_store, BucketView};
-use common::{random_bytes, MIB, PART};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use s3sftp::storage::client::build_client;

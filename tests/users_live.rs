@@ -1,13 +1,11 @@
 //! Permissions, per-user limits and live reload, through the admin CLI (as a process),
 //! a running server, and real clients (OpenSSH `sftp`, `scp -O`, the russh client).
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 
 fn users_file(t: &TestServer) -> PathBuf {
@@ -56,12 +54,6 @@ where
     false
 }
 
-fn local_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, data).unwrap();
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_changed_account_ends_its_sessions_and_aborts_uploads() {
     let t = TestServer::start().await;
@@ -85,7 +77,7 @@ async fn a_changed_account_ends_its_sessions_and_aborts_uploads() {
     }
     assert!(
         eventually(10, || async {
-            !t.pending_uploads(&t.alice.prefix).await.is_empty()
+            !t.s3.pending_uploads(&t.alice.prefix).await.is_empty()
         })
         .await,
         "a multipart upload is under way"
@@ -103,11 +95,13 @@ async fn a_changed_account_ends_its_sessions_and_aborts_uploads() {
         "alice's session was closed"
     );
     assert!(
-        t.wait_no_pending_uploads(&t.alice.prefix).await.is_empty(),
+        t.s3.wait_no_pending_uploads(&t.alice.prefix)
+            .await
+            .is_empty(),
         "her upload was aborted"
     );
     assert_eq!(
-        t.object_size(&format!("{}interrupted.bin", t.alice.prefix))
+        t.s3.object_size(&format!("{}interrupted.bin", t.alice.prefix))
             .await,
         None
     );
@@ -115,9 +109,9 @@ async fn a_changed_account_ends_its_sessions_and_aborts_uploads() {
     bob.raw.realpath(".").await.expect("bob's session lives on");
 
     // Her new session is read-only.
-    t.put(&format!("{}readme.txt", t.alice.prefix), b"hello\n")
+    t.s3.put(&format!("{}readme.txt", t.alice.prefix), b"hello\n")
         .await;
-    let up = local_file(t.dir.path(), "up.txt", b"new\n");
+    let up = write_local(t.dir.path(), "up.txt", b"new\n");
     let out = t
         .sftp(
             &t.alice,
@@ -139,10 +133,12 @@ async fn a_changed_account_ends_its_sessions_and_aborts_uploads() {
         stderr(&out)
     );
     assert_eq!(
-        t.object_size(&format!("{}new.txt", t.alice.prefix)).await,
+        t.s3.object_size(&format!("{}new.txt", t.alice.prefix))
+            .await,
         None
     );
     assert!(t
+        .s3
         .object(&format!("{}readme.txt", t.alice.prefix))
         .await
         .is_some());
@@ -212,13 +208,13 @@ async fn upload_only_drop_box_and_a_read_only_subfolder() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // alice: a drop box. Upload yes; list, download, overwrite no.
-    let f = local_file(t.dir.path(), "drop.txt", b"dropped\n");
+    let f = write_local(t.dir.path(), "drop.txt", b"dropped\n");
     let out = t
         .sftp(&t.alice, &format!("put {} drop.txt\n", f.display()))
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        t.object(&format!("{}drop.txt", t.alice.prefix))
+        t.s3.object(&format!("{}drop.txt", t.alice.prefix))
             .await
             .as_deref(),
         Some(&b"dropped\n"[..])
@@ -262,7 +258,7 @@ async fn upload_only_drop_box_and_a_read_only_subfolder() {
     );
 
     // bob: everything, except that /reference is read-only.
-    t.put(&format!("{}reference/manual.txt", t.bob.prefix), b"rtfm\n")
+    t.s3.put(&format!("{}reference/manual.txt", t.bob.prefix), b"rtfm\n")
         .await;
     let out = t
         .sftp(
@@ -295,13 +291,13 @@ async fn upload_only_drop_box_and_a_read_only_subfolder() {
         .await;
     assert!(!out.status.success(), "scp -O into /reference is refused");
     assert_eq!(
-        t.object(&format!("{}reference/manual.txt", t.bob.prefix))
+        t.s3.object(&format!("{}reference/manual.txt", t.bob.prefix))
             .await
             .as_deref(),
         Some(&b"rtfm\n"[..])
     );
     assert_eq!(
-        t.object_size(&format!("{}reference/x.txt", t.bob.prefix))
+        t.s3.object_size(&format!("{}reference/x.txt", t.bob.prefix))
             .await,
         None
     );

@@ -4,7 +4,6 @@
 //! on the request and the response), so every S3 request is seen and classified. A
 //! request matching a rule gets that rule's fault instead of (or, for `Truncate`, on top
 //! of) the real answer.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,27 +48,16 @@ pub enum Fault {
     StallBody(usize),
 }
 
-impl Fault {
-    /// A short name for reports: `503`, `500`, `reset`, `stall`, `cut-body`, `stall-body`.
-    pub fn kind(&self) -> String {
-        match self {
-            Fault::Status(code) => code.to_string(),
-            Fault::Reset => "reset".into(),
-            Fault::Stall => "stall".into(),
-            Fault::Truncate(_) => "cut-body".into(),
-            Fault::StallBody(_) => "stall-body".into(),
-        }
-    }
-}
-
-struct Rule {
-    op: Op,
+/// Which requests get a fault, and how many.
+pub struct Rule {
+    pub op: Op,
     /// Only requests whose path contains this (e.g. a file name).
-    path_contains: Option<String>,
-    fault: Fault,
-    remaining: u32,
+    pub path_contains: Option<String>,
+    pub fault: Fault,
+    /// How many matching requests get it (`u32::MAX`: all of them).
+    pub remaining: u32,
     /// The rule ends at this time, whatever is left of `remaining`.
-    until: Option<Instant>,
+    pub until: Option<Instant>,
 }
 
 impl Rule {
@@ -82,9 +70,8 @@ impl Rule {
 struct State {
     rules: Mutex<Vec<Rule>>,
     hits: Mutex<HashMap<Op, u32>>,
-    injected: Mutex<HashMap<Op, u32>>,
-    /// Faults given, by operation and kind ([`Fault::kind`]).
-    by_kind: Mutex<HashMap<(Op, String), u32>>,
+    /// Faults given, by operation and fault.
+    given: Mutex<HashMap<(Op, Fault), u32>>,
     /// The `x-amz-content-sha256` header of every request, by operation.
     payload_hashes: Mutex<HashMap<Op, Vec<String>>>,
     next_id: AtomicU64,
@@ -101,9 +88,12 @@ impl State {
         if rule.remaining != u32::MAX {
             rule.remaining -= 1;
         }
-        *self.injected.lock().unwrap().entry(op).or_default() += 1;
-        let key = (op, rule.fault.kind());
-        *self.by_kind.lock().unwrap().entry(key).or_default() += 1;
+        *self
+            .given
+            .lock()
+            .unwrap()
+            .entry((op, rule.fault))
+            .or_default() += 1;
         Some(rule.fault)
     }
 }
@@ -159,17 +149,6 @@ impl FaultProxy {
         self.add_rule(op, Some(path_contains.to_string()), fault, count);
     }
 
-    /// Every request of `op` gets `fault` for the next `duration` (an outage).
-    pub fn add_for_duration(&self, op: Op, fault: Fault, duration: Duration) {
-        self.push(Rule {
-            op,
-            path_contains: None,
-            fault,
-            remaining: u32::MAX,
-            until: Some(Instant::now() + duration),
-        });
-    }
-
     fn add_rule(&self, op: Op, path_contains: Option<String>, fault: Fault, count: u32) {
         self.push(Rule {
             op,
@@ -180,7 +159,8 @@ impl FaultProxy {
         });
     }
 
-    fn push(&self, rule: Rule) {
+    /// Adds `rule` (the rules that have run out are dropped).
+    pub fn push(&self, rule: Rule) {
         let mut rules = self.state.rules.lock().unwrap();
         rules.retain(Rule::active);
         rules.push(rule);
@@ -191,36 +171,31 @@ impl FaultProxy {
         self.state.rules.lock().unwrap().clear();
     }
 
+    /// Requests seen so far (forwarded or not), by operation.
+    pub fn all_hits(&self) -> HashMap<Op, u32> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
     /// Requests of `op` seen so far (forwarded or not).
     pub fn hits(&self, op: Op) -> u32 {
-        self.state
-            .hits
-            .lock()
-            .unwrap()
-            .get(&op)
-            .copied()
-            .unwrap_or(0)
+        self.all_hits().get(&op).copied().unwrap_or(0)
     }
 
-    /// Every fault given so far: operation, kind ([`Fault::kind`]) and count, sorted.
-    pub fn injected_by_kind(&self) -> Vec<(Op, String, u32)> {
-        let by_kind = self.state.by_kind.lock().unwrap();
-        let mut out: Vec<_> = by_kind
+    /// Every fault given so far: operation, fault and count.
+    pub fn given(&self) -> Vec<(Op, Fault, u32)> {
+        let given = self.state.given.lock().unwrap();
+        given
             .iter()
-            .map(|((op, kind), n)| (*op, kind.clone(), *n))
-            .collect();
-        out.sort_by(|a, b| format!("{:?}{}", a.0, a.1).cmp(&format!("{:?}{}", b.0, b.1)));
-        out
+            .map(|(&(op, fault), &n)| (op, fault, n))
+            .collect()
     }
 
-    /// Requests seen so far, every operation together.
-    pub fn total_hits(&self) -> u64 {
-        self.state
-            .hits
-            .lock()
-            .unwrap()
-            .values()
-            .map(|&n| u64::from(n))
+    /// Requests of `op` that got a fault so far.
+    pub fn injected(&self, op: Op) -> u32 {
+        self.given()
+            .iter()
+            .filter(|(o, _, _)| *o == op)
+            .map(|(_, _, n)| n)
             .sum()
     }
 
@@ -228,12 +203,6 @@ impl FaultProxy {
     pub fn payload_hashes(&self, op: Op) -> Vec<String> {
         let hashes = self.state.payload_hashes.lock().unwrap();
         hashes.get(&op).cloned().unwrap_or_default()
-    }
-
-    /// Requests of `op` that got a fault so far.
-    pub fn injected(&self, op: Op) -> u32 {
-        let injected = self.state.injected.lock().unwrap();
-        injected.get(&op).copied().unwrap_or(0)
     }
 }
 
@@ -441,8 +410,15 @@ async fn forward(
     result
 }
 
+use super::bucket::BucketView;
 use super::own_store::own_store;
-pub use super::own_store::BucketView;
+
+/// Fewer, shorter attempts than the defaults, so exhausted retries come quickly.
+pub fn quick_retries(c: &mut s3sftp::server::ServerConfig, attempts: u32, timeout: Duration) {
+    let s3 = c.s3.as_mut().expect("s3 settings");
+    s3.max_attempts = attempts;
+    s3.attempt_timeout = timeout;
+}
 
 /// A test server whose S3 goes through a fault proxy, in front of the external S3 (if
 /// `S3SFTP_TEST_S3_*` names a plain-HTTP one) or an embedded store owned by the test.

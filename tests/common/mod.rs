@@ -1,8 +1,8 @@
 //! Test harness: starts a real s3sftp server in-process over a real S3 HTTP server (the
 //! embedded store, or the external one named by `S3SFTP_TEST_S3_*` variables) and drives
 //! it with real clients: OpenSSH `sftp`/`scp` as processes, and russh + russh-sftp.
-#![allow(dead_code)]
 
+pub mod bucket;
 pub mod fault_proxy;
 pub mod log_capture;
 pub mod own_store;
@@ -19,6 +19,8 @@ use s3sftp::storage::client::S3Settings;
 use s3sftp::storage::TransferSettings;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+use bucket::BucketView;
 
 pub const MIB: usize = 1024 * 1024;
 /// Part size used by the test servers: S3's minimum, so multipart paths run on small files.
@@ -41,6 +43,8 @@ pub struct TestServer {
     pub alice: TestUser,
     pub bob: TestUser,
     pub port: u16,
+    /// The server's bucket, through the server's own S3 client.
+    pub s3: BucketView,
 }
 
 /// The external S3 named by the environment, if any.
@@ -135,25 +139,20 @@ impl TestServer {
         tweak(&mut config);
         let server = s3sftp::server::start(config).await.expect("server starts");
         let port = server.local_addr().port();
+        let storage = server.storage();
+        let s3 = BucketView::new(storage.client().clone(), storage.bucket());
         TestServer {
             server: Some(server),
             dir,
             alice,
             bob,
             port,
+            s3,
         }
     }
 
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().expect("running")
-    }
-
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        self.server().storage().client()
-    }
-
-    pub fn bucket(&self) -> &str {
-        self.server().storage().bucket()
     }
 
     pub async fn shutdown(mut self) {
@@ -162,114 +161,14 @@ impl TestServer {
         }
     }
 
-    /// The object at `key`, if any.
-    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self
-            .client()
-            .get_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(out.body.collect().await.ok()?.into_bytes().to_vec())
-    }
-
-    pub async fn object_size(&self, key: &str) -> Option<u64> {
-        let out = self
-            .client()
-            .head_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        out.content_length().map(|l| l as u64)
-    }
-
-    pub async fn put(&self, key: &str, data: &[u8]) {
-        self.client()
-            .put_object()
-            .bucket(self.bucket())
-            .key(key)
-            .body(data.to_vec().into())
-            .send()
-            .await
-            .expect("put");
-    }
-
-    /// Every key under `prefix`.
-    pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let mut req = self
-                .client()
-                .list_objects_v2()
-                .bucket(self.bucket())
-                .prefix(prefix);
-            if let Some(t) = &token {
-                req = req.continuation_token(t);
-            }
-            let out = req.send().await.expect("list");
-            keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-            token = out.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return keys;
-            }
-        }
-    }
-
-    /// Multipart uploads not yet completed or aborted under `prefix`.
-    pub async fn pending_uploads(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .client()
-            .list_multipart_uploads()
-            .bucket(self.bucket())
-            .prefix(prefix)
-            .send()
-            .await
-            .expect("list uploads");
-        out.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect()
-    }
-
-    /// Waits (up to 10 s) until no multipart upload is pending under `prefix`.
-    pub async fn wait_no_pending_uploads(&self, prefix: &str) -> Vec<String> {
-        for _ in 0..100 {
-            let pending = self.pending_uploads(prefix).await;
-            if pending.is_empty() {
-                return pending;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.pending_uploads(prefix).await
-    }
-
-    pub fn ssh_options(&self, user: &TestUser) -> Vec<String> {
-        [
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([user.key_path.display().to_string()])
-        .collect()
+    /// OpenSSH `program` (`sftp` or `scp`) as `user`, to `port` of 127.0.0.1, with the
+    /// tests' options; the caller adds the rest.
+    pub fn openssh(&self, program: &str, user: &TestUser, port: u16) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(ssh_options(&user.key_path))
+            .arg("-P")
+            .arg(port.to_string());
+        cmd
     }
 
     /// Runs OpenSSH `sftp -b` with `batch` as the command file.
@@ -281,11 +180,8 @@ impl TestServer {
     pub async fn sftp_at(&self, port: u16, user: &TestUser, batch: &str) -> Output {
         let batch_file = self.dir.path().join(format!("batch-{}", random_tag()));
         std::fs::write(&batch_file, batch).expect("batch");
-        let mut cmd = tokio::process::Command::new("sftp");
-        cmd.args(self.ssh_options(user))
-            .arg("-P")
-            .arg(port.to_string())
-            .arg("-b")
+        let mut cmd = self.openssh("sftp", user, port);
+        cmd.arg("-b")
             .arg(&batch_file)
             .arg(format!("{}@127.0.0.1", user.name));
         let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
@@ -305,10 +201,7 @@ impl TestServer {
     /// Runs OpenSSH `scp` with `args` (remote paths as `REMOTE:path`).
     pub async fn scp(&self, user: &TestUser, args: &[&str]) -> Output {
         let remote = format!("{}@127.0.0.1:", user.name);
-        let mut cmd = tokio::process::Command::new("scp");
-        cmd.args(self.ssh_options(user))
-            .arg("-P")
-            .arg(self.port.to_string());
+        let mut cmd = self.openssh("scp", user, self.port);
         for a in args {
             cmd.arg(a.replace("REMOTE:", &remote));
         }
@@ -322,7 +215,7 @@ impl TestServer {
     pub async fn ssh_exec(&self, user: &TestUser, command: &str, stdin: &[u8]) -> Output {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new("ssh")
-            .args(self.ssh_options(user))
+            .args(ssh_options(&user.key_path))
             .arg("-p")
             .arg(self.port.to_string())
             .arg(format!("{}@127.0.0.1", user.name))
@@ -374,6 +267,12 @@ impl TestServer {
 
     /// An SFTP session through the russh client, authenticated with the user's key.
     pub async fn russh_sftp(&self, user: &TestUser) -> RusshSftp {
+        let handle = self.russh_login(user).await;
+        RusshSftp::open(handle).await.expect("sftp")
+    }
+
+    /// A russh connection logged in with the user's key (no channel open yet).
+    pub async fn russh_login(&self, user: &TestUser) -> russh::client::Handle<AcceptAll> {
         let mut handle = self.russh_connect().await.expect("connect");
         let auth = handle
             .authenticate_publickey(
@@ -383,7 +282,31 @@ impl TestServer {
             .await
             .expect("auth");
         assert!(auth.success(), "key login");
-        RusshSftp::open(handle).await.expect("sftp")
+        handle
+    }
+
+    /// Kills `client` (an OpenSSH upload of a large file to `key`, in alice's home) once a
+    /// multipart upload is under way, then checks that the upload is aborted and that no
+    /// object, partial or whole, is at `key`.
+    pub async fn kill_mid_upload(&self, mut client: tokio::process::Child, key: &str) {
+        let mut started = false;
+        for _ in 0..600 {
+            if !self.s3.pending_uploads(&self.alice.prefix).await.is_empty() {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(started, "a multipart upload began");
+        client.kill().await.expect("kill the client");
+        assert!(
+            self.s3
+                .wait_no_pending_uploads(&self.alice.prefix)
+                .await
+                .is_empty(),
+            "multipart aborted"
+        );
+        assert_eq!(self.s3.object_size(key).await, None, "no partial object");
     }
 
     pub async fn russh_connect(&self) -> Result<russh::client::Handle<AcceptAll>, String> {
@@ -410,7 +333,8 @@ impl russh::client::Handler for AcceptAll {
 /// A russh-sftp raw session (status codes visible) and its connection.
 pub struct RusshSftp {
     pub raw: russh_sftp::client::RawSftpSession,
-    pub handle: russh::client::Handle<AcceptAll>,
+    /// Held so that the SSH connection stays open as long as the session.
+    _connection: russh::client::Handle<AcceptAll>,
 }
 
 impl RusshSftp {
@@ -427,7 +351,10 @@ impl RusshSftp {
         let raw = russh_sftp::client::RawSftpSession::new(channel.into_stream());
         raw.set_timeout(60);
         raw.init().await.map_err(|e| e.to_string())?;
-        Ok(RusshSftp { raw, handle })
+        Ok(RusshSftp {
+            raw,
+            _connection: handle,
+        })
     }
 
     /// Uploads `data` to `path` the way `put` does: OPEN with CREATE|TRUNCATE, WRITEs of
@@ -482,6 +409,38 @@ pub fn status_code<T: std::fmt::Debug>(
         Err(russh_sftp::client::error::Error::Status(s)) => Some(s.status_code),
         _ => None,
     }
+}
+
+/// The options every OpenSSH client of the tests gets: no host key checks, no agent or
+/// default keys, no prompts, errors only, and `key` as the identity.
+pub fn ssh_options(key: &Path) -> Vec<String> {
+    [
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([key.display().to_string()])
+    .collect()
+}
+
+/// Writes `data` to the local file `name` under `dir` (making its directories).
+pub fn write_local(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("local directory");
+    }
+    std::fs::write(&path, data).expect("write local file");
+    path
 }
 
 pub fn sha256(data: &[u8]) -> String {

@@ -9,12 +9,12 @@
 //! for something S3 did.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::common::fault_proxy::{Fault, FaultProxy, Op};
+use crate::common::fault_proxy::{Fault, FaultProxy, Op, Rule};
 
 /// Makes a fault (some kinds take a random size).
 type MakeFault = fn(&mut StdRng) -> Fault;
@@ -143,7 +143,14 @@ pub async fn schedule(
         if rng.random_ratio(1, 8) {
             let (op, fault) = outages[rng.random_range(0..outages.len())];
             let seconds = rng.random_range(2.0..5.0);
-            proxy.add_for_duration(op, fault(&mut rng), Duration::from_secs_f64(seconds));
+            // An outage: every request of `op` gets the fault for that long.
+            proxy.push(Rule {
+                op,
+                path_contains: None,
+                fault: fault(&mut rng),
+                remaining: u32::MAX,
+                until: Some(Instant::now() + Duration::from_secs_f64(seconds)),
+            });
             added.outages += 1;
             continue;
         }
@@ -164,4 +171,29 @@ pub async fn schedule(
         proxy.add(burst.op, fault, count);
         added.bursts += 1;
     }
+}
+
+/// A short name for reports: `503`, `500`, `reset`, `stall`, `cut-body`, `stall-body`.
+fn kind(fault: &Fault) -> String {
+    match fault {
+        Fault::Status(code) => code.to_string(),
+        Fault::Reset => "reset".into(),
+        Fault::Stall => "stall".into(),
+        Fault::Truncate(_) => "cut-body".into(),
+        Fault::StallBody(_) => "stall-body".into(),
+    }
+}
+
+/// Every fault the proxy gave: operation, kind ([`kind`]) and count, sorted.
+pub fn given_by_kind(proxy: &FaultProxy) -> Vec<(Op, String, u32)> {
+    let mut by_kind: Vec<(Op, String, u32)> = Vec::new();
+    for (op, fault, n) in proxy.given() {
+        let kind = kind(&fault);
+        match by_kind.iter_mut().find(|(o, k, _)| *o == op && *k == kind) {
+            Some(entry) => entry.2 += n,
+            None => by_kind.push((op, kind, n)),
+        }
+    }
+    by_kind.sort_by(|a, b| format!("{:?}{}", a.0, a.1).cmp(&format!("{:?}{}", b.0, b.1)));
+    by_kind
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::common::{random_bytes, sha256};
 use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::russh_client::upload_size;
 use super::{ClientSpec, Op, DIRS};
+use crate::common::{random_bytes, sha256, ssh_options};
 
 /// Longer than the server's worst case for one S3 request; a run past it is a hang.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -23,26 +23,12 @@ struct Tools {
 }
 
 impl Tools {
+    /// The tests' OpenSSH options, with a connect timeout: a soak run must not hang on
+    /// a server that stopped accepting.
     fn options(&self) -> Vec<String> {
-        [
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=30",
-            "-i",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([self.spec.user.key_path.display().to_string()])
-        .collect()
+        let mut options = ssh_options(&self.spec.user.key_path);
+        options.extend(["-o".to_string(), "ConnectTimeout=30".to_string()]);
+        options
     }
 
     async fn run(&self, mut cmd: tokio::process::Command) -> Option<Output> {
@@ -119,6 +105,16 @@ fn kind_of(scp: bool) -> &'static str {
     }
 }
 
+/// Every run is a fresh SSH connection and login: no output means it failed (or hung).
+fn note_login(stats: &Stats, out: &Option<Output>) {
+    let outcome = if out.is_some() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    };
+    stats.op("login", outcome);
+}
+
 fn ok(out: &Option<Output>) -> bool {
     out.as_ref().is_some_and(|o| o.status.success())
 }
@@ -151,14 +147,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
     }
     let batch: String = DIRS.iter().map(|d| format!("mkdir {d}\n")).collect();
     let out = tools.sftp(&batch).await;
-    stats.op(
-        "login",
-        if out.is_some() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        },
-    );
+    note_login(&stats, &out);
     if ok(&out) {
         for d in DIRS {
             stats.op("mkdir", Outcome::Ok);
@@ -221,14 +210,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                         .sftp(&format!("put {} {path}\n", local.display()))
                         .await
                 };
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op(kind, Outcome::Ok);
                     stats.up(size as u64);
@@ -278,14 +260,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                         .sftp(&format!("get {path} {}\n", local.display()))
                         .await
                 };
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     let got = std::fs::read(&local).unwrap_or_default();
                     if got.len() as u64 == size && sha256(&got) == sha {
@@ -307,14 +282,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
             Op::List | Op::Stat => {
                 let target = if dir.is_empty() { "/" } else { dir };
                 let out = tools.sftp(&format!("ls -1 {target}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp list", Outcome::Ok);
                 } else {
@@ -344,14 +312,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                     },
                 );
                 let out = tools.sftp(&format!("rename {from} {to}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp rename", Outcome::Ok);
                     ledger.set(
@@ -393,14 +354,7 @@ pub async fn run(spec: ClientSpec, stats: Arc<Stats>, work_dir: PathBuf, ledger:
                     },
                 );
                 let out = tools.sftp(&format!("rm {path}\n")).await;
-                stats.op(
-                    "login",
-                    if out.is_some() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Failed
-                    },
-                );
+                note_login(&stats, &out);
                 if ok(&out) {
                     stats.op("sftp remove", Outcome::Ok);
                     ledger.set(&path, State::Absent { why: "removed" });

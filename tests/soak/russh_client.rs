@@ -12,9 +12,9 @@ use russh::keys::PrivateKeyWithHashAlg;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
-use super::common::{random_bytes, sha256, AcceptAll, RusshSftp};
 use super::ledger::{Outcome, SharedLedger, State, Stats};
 use super::{ClientSpec, Op, DIRS};
+use crate::common::{random_bytes, sha256, AcceptAll, RusshSftp};
 
 /// SFTP data per READ/WRITE request, and requests in flight (OpenSSH: 32 KiB, 64).
 const CHUNK: usize = 32 * 1024;

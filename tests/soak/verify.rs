@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use super::common::own_store::BucketView;
-use super::common::sha256;
 use super::ledger::{Ledger, State};
 use super::server::SoakUser;
 use super::DIRS;
+use crate::common::bucket::BucketView;
+use crate::common::sha256;
 
 #[derive(Debug, Default)]
 pub struct Checks {
@@ -46,7 +46,7 @@ pub async fn verify(
     let mut c = Checks::default();
     for (user, ledger) in users.iter().zip(ledgers) {
         let mut in_bucket: BTreeMap<String, u64> =
-            view.keys(&user.prefix).await.into_iter().collect();
+            view.objects(&user.prefix).await.into_iter().collect();
         c.keys_in_bucket += in_bucket.len() as u64;
         c.bytes_in_bucket += in_bucket.values().sum::<u64>();
         for (path, state) in &ledger.paths {

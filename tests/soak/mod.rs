@@ -11,8 +11,6 @@
 //! between fault bursts), `SOAK_CLIENT_MIB` (40, the data a client keeps at most),
 //! `SOAK_OUT` (where the server log and the report go).
 
-#[path = "../common/mod.rs"]
-mod common;
 mod faults;
 mod ledger;
 mod openssh_client;
@@ -28,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
-use common::fault_proxy::FaultProxy;
+use crate::common::fault_proxy::FaultProxy;
 use ledger::{Ledger, SharedLedger, State, Stats};
 use server::{Budgets, ChildServer, SoakUser, MIB};
 
@@ -156,7 +154,7 @@ fn mib(bytes: u64) -> f64 {
 /// Logs in fresh after the run and puts then gets a file; returns its path and sha.
 async fn fresh_login_check(spec: &ClientSpec) -> Result<(String, String, u64), String> {
     let s = russh_client::connect(spec).await?;
-    let data = common::random_bytes(6 * MIB as usize + 123, spec.seed);
+    let data = crate::common::random_bytes(6 * MIB as usize + 123, spec.seed);
     let path = "/final-check.bin";
     let flags = russh_sftp::protocol::OpenFlags::WRITE
         | russh_sftp::protocol::OpenFlags::CREATE
@@ -201,7 +199,11 @@ async fn fresh_login_check(spec: &ClientSpec) -> Result<(String, String, u64), S
             data.len()
         ));
     }
-    Ok((path.to_string(), common::sha256(&data), data.len() as u64))
+    Ok((
+        path.to_string(),
+        crate::common::sha256(&data),
+        data.len() as u64,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,8 +225,8 @@ async fn soak() {
         cfg.out.display()
     );
 
-    let (direct, view) = common::own_store::own_store("soak").await;
-    let external = common::external_s3().is_some();
+    let (direct, view) = crate::common::own_store::own_store("soak").await;
+    let external = crate::common::external_s3().is_some();
     let endpoint = direct.endpoint.as_deref().expect("endpoint");
     let authority = endpoint.trim_start_matches("http://").split('/').next();
     let host = authority
@@ -305,7 +307,7 @@ async fn soak() {
                 mib(up),
                 mib(down),
                 rss as f64 / 1024.0,
-                proxy.injected_by_kind().iter().map(|f| f.2).sum::<u32>(),
+                faults::given_by_kind(&proxy).iter().map(|f| f.2).sum::<u32>(),
                 stats.violations().len()
             );
         }
@@ -448,11 +450,11 @@ async fn soak() {
     for (why, n) in stats.top_failures(12) {
         let _ = writeln!(r, "  {n:>6}  {why}");
     }
-    let injected = proxy.injected_by_kind();
+    let injected = faults::given_by_kind(&proxy);
     let _ = writeln!(
         r,
         "\nS3 requests through the proxy: {}; fault bursts: {}, outages (2-5 s): {}; faults given: {}",
-        proxy.total_hits(),
+        proxy.all_hits().values().map(|&n| u64::from(n)).sum::<u64>(),
         scheduled.bursts,
         scheduled.outages,
         injected.iter().map(|f| f.2).sum::<u32>()
