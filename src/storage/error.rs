@@ -106,6 +106,18 @@ impl S3Failure {
         self.status == Some(412) || self.code.as_deref() == Some("PreconditionFailed")
     }
 
+    /// The error a call reports: 404 is [`StorageError::NotFound`], 412
+    /// [`StorageError::Changed`], anything else [`into_error`](Self::into_error).
+    pub fn into_storage_error(self, op: &'static str) -> StorageError {
+        if self.is_not_found() {
+            StorageError::NotFound
+        } else if self.is_precondition_failed() {
+            StorageError::Changed
+        } else {
+            self.into_error(op)
+        }
+    }
+
     pub fn into_error(self, op: &'static str) -> StorageError {
         tracing::warn!(
             op,
@@ -143,12 +155,5 @@ pub(crate) fn s3_error<E>(op: &'static str, err: SdkError<E, Response>) -> Stora
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let failure = S3Failure::from_sdk(&err);
-    if failure.is_not_found() {
-        StorageError::NotFound
-    } else if failure.is_precondition_failed() {
-        StorageError::Changed
-    } else {
-        failure.into_error(op)
-    }
+    S3Failure::from_sdk(&err).into_storage_error(op)
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod list;
 pub mod path;
 pub mod rename;
+pub(crate) mod s3;
 pub mod signing;
 pub mod sweep;
 pub mod upload;
@@ -19,7 +20,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -33,7 +33,7 @@ pub use path::{Jail, PathError, VirtualPath};
 use crate::users::{Permission, Permissions};
 pub use upload::{Upload, WriteMode};
 
-use error::{s3_error, S3Failure};
+use s3::{ObjectOptions, S3};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -71,7 +71,7 @@ impl Default for TransferSettings {
 #[derive(Debug)]
 pub struct Storage {
     clients: client::Clients,
-    bucket: String,
+    bucket: Arc<str>,
     settings: TransferSettings,
     budget: MemoryBudget,
 }
@@ -101,7 +101,7 @@ impl Storage {
     ) -> Arc<Self> {
         Arc::new(Storage {
             clients,
-            bucket: bucket.into(),
+            bucket: Arc::from(bucket.into()),
             budget: MemoryBudget::new(settings.global_budget),
             settings,
         })
@@ -114,6 +114,11 @@ impl Storage {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The S3 call layer, with the calling thread's client.
+    pub(crate) fn s3(&self) -> S3 {
+        S3::new(self.client().clone(), self.bucket.clone())
     }
 
     pub fn settings(&self) -> &TransferSettings {
@@ -235,8 +240,8 @@ impl UserStore {
         &self.storage
     }
 
-    fn client(&self) -> &Client {
-        self.storage.client()
+    fn s3(&self) -> S3 {
+        self.storage.s3()
     }
 
     pub(crate) fn cache(&self) -> &MetaCache {
@@ -251,43 +256,13 @@ impl UserStore {
         }
     }
 
-    fn bucket(&self) -> &str {
-        &self.storage.bucket
-    }
-
     /// HEAD of one key; `None` if it does not exist.
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        match self
-            .client()
-            .head_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let size = out.content_length().unwrap_or(0).max(0) as u64;
-                let head = ObjectHead {
-                    size,
-                    etag: out.e_tag().map(str::to_string),
-                    modified: out.last_modified().and_then(to_system_time),
-                    dir_marker: size == 0
-                        && out
-                            .content_type()
-                            .is_some_and(|t| t.starts_with(DIRECTORY_CONTENT_TYPE)),
-                };
-                self.cache.insert(key, head.clone());
-                Ok(Some(head))
-            }
-            Err(err) => {
-                let failure = S3Failure::from_sdk(&err);
-                if failure.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(failure.into_error("HeadObject"))
-                }
-            }
+        let head = self.s3().head_object(key).await?;
+        if let Some(head) = &head {
+            self.cache.insert(key, head.clone());
         }
+        Ok(head)
     }
 
     /// What this session recently learnt about `key`, else a HEAD.
@@ -304,24 +279,11 @@ impl UserStore {
         prefix: &str,
         max: i32,
     ) -> Result<Vec<(String, Option<SystemTime>)>> {
-        let out = self
-            .client()
-            .list_objects_v2()
-            .bucket(self.bucket())
-            .prefix(prefix)
-            .max_keys(max)
-            .send()
-            .await
-            .map_err(|e| s3_error("ListObjectsV2", e))?;
-        Ok(out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some((
-                    o.key()?.to_string(),
-                    o.last_modified().and_then(to_system_time),
-                ))
-            })
+        let page = self.s3().list_page(prefix, None, max, None).await?;
+        Ok(page
+            .objects
+            .into_iter()
+            .map(|o| (o.key, o.head.modified))
             .collect())
     }
 
@@ -412,15 +374,12 @@ impl UserStore {
             Err(e) => return Err(e),
         }
         let marker = self.jail.dir_prefix(path)?;
-        self.client()
-            .put_object()
-            .bucket(self.bucket())
-            .key(&marker)
-            .content_type("application/x-directory")
-            .body(ByteStream::from_static(b""))
-            .send()
-            .await
-            .map_err(|e| s3_error("PutObject", e))?;
+        let options = ObjectOptions {
+            content_type: Some(DIRECTORY_CONTENT_TYPE),
+        };
+        self.s3()
+            .put_object(&marker, bytes::Bytes::new(), &options)
+            .await?;
         // Nothing was under the name when it was looked up: the new directory has no
         // subdirectories, so uploads into it need not ask S3 for one.
         self.cache.insert_dir(&marker, HashSet::new(), looked);
@@ -467,14 +426,7 @@ impl UserStore {
 
     pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
         self.cache.forget(key);
-        self.client()
-            .delete_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| s3_error("DeleteObject", e))?;
-        Ok(())
+        self.s3().delete_object(key).await
     }
 
     /// Lists a directory page by page.

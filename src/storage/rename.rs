@@ -2,13 +2,8 @@
 //! UploadPartCopy beyond), then delete the source. The source is deleted only after the
 //! copy succeeded, so a failure leaves the original in place.
 
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use tokio::task::JoinSet;
-
-use super::error::s3_error;
-use super::{
-    to_system_time, Entry, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath,
-};
+use super::s3::{Completed, CopySource, Multipart, ObjectOptions};
+use super::{Entry, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
 use crate::users::Permission;
 
 /// What [`UserStore::rename_target`] found.
@@ -135,169 +130,56 @@ impl UserStore {
         dst: &str,
         head: &ObjectHead,
     ) -> Result<Option<ObjectHead>> {
-        let storage = self.storage();
-        let source = copy_source(storage.bucket(), src);
-        if head.size <= MAX_COPY_OBJECT {
-            let mut request = storage
-                .client()
-                .copy_object()
-                .bucket(storage.bucket())
-                .key(dst)
-                .copy_source(&source);
-            if let Some(etag) = &head.etag {
-                request = request.copy_source_if_match(etag);
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| s3_error("CopyObject", e))?;
-            // The size is the source's only when the copy was pinned to its ETag.
-            let pinned = head.etag.is_some();
-            return Ok(out
-                .copy_object_result()
-                .filter(|_| pinned)
-                .and_then(|result| {
-                    Some(ObjectHead {
-                        size: head.size,
-                        etag: Some(result.e_tag()?.to_string()),
-                        modified: result.last_modified().and_then(to_system_time),
-                        dir_marker: false,
-                    })
-                }));
+        if head.size > MAX_COPY_OBJECT {
+            return self.copy_multipart(src, dst, head).await.map(|_| None);
         }
-        self.copy_multipart(&source, dst, head).await.map(|()| None)
+        let copied = self
+            .storage()
+            .s3()
+            .copy_object(src, dst, head.etag.as_deref(), &ObjectOptions::default())
+            .await?;
+        // The size is the source's only when the copy was pinned to its ETag.
+        let pinned = head.etag.is_some();
+        Ok(copied
+            .filter(|_| pinned)
+            .map(|(etag, modified)| ObjectHead {
+                size: head.size,
+                etag: Some(etag),
+                modified,
+                dir_marker: false,
+            }))
     }
 
-    async fn copy_multipart(&self, source: &str, dst: &str, head: &ObjectHead) -> Result<()> {
-        let storage = self.storage();
-        let client = storage.client();
-        let out = client
-            .create_multipart_upload()
-            .bucket(storage.bucket())
-            .key(dst)
-            .send()
-            .await
-            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
-        let upload_id = out
-            .upload_id()
-            .ok_or_else(|| StorageError::Invalid("S3 returned no upload id".into()))?
-            .to_string();
-        let result = self.copy_parts(source, dst, head, &upload_id).await;
-        let completed = match result {
-            Ok(parts) => client
-                .complete_multipart_upload()
-                .bucket(storage.bucket())
-                .key(dst)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| s3_error("CompleteMultipartUpload", e)),
+    /// Copies `src` to `dst` part by part (UploadPartCopy, a few in flight).
+    async fn copy_multipart(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<Completed> {
+        let s3 = self.storage().s3();
+        let mut mp = Multipart::create(s3, dst, &ObjectOptions::default()).await?;
+        let result = copy_parts(&mut mp, src, head).await;
+        let result = match result {
+            Ok(()) => mp.complete(head.size).await,
             Err(e) => Err(e),
         };
-        if completed.is_err() {
-            let _ = client
-                .abort_multipart_upload()
-                .bucket(storage.bucket())
-                .key(dst)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        if result.is_err() {
+            mp.abort().await;
         }
-        completed
-    }
-
-    async fn copy_parts(
-        &self,
-        source: &str,
-        dst: &str,
-        head: &ObjectHead,
-        upload_id: &str,
-    ) -> Result<Vec<CompletedPart>> {
-        let part_size = COPY_PART.max(head.size.div_ceil(10_000));
-        let mut tasks: JoinSet<Result<CompletedPart>> = JoinSet::new();
-        let mut done = Vec::new();
-        let mut start = 0u64;
-        let mut part_number = 1i32;
-        while start < head.size {
-            while tasks.len() >= COPY_CONCURRENCY {
-                if let Some(joined) = tasks.join_next().await {
-                    done.push(join_copy(joined)?);
-                }
-            }
-            let end = (start + part_size).min(head.size) - 1;
-            let storage = self.storage();
-            let mut request = storage
-                .client()
-                .upload_part_copy()
-                .bucket(storage.bucket())
-                .key(dst)
-                .upload_id(upload_id)
-                .part_number(part_number)
-                .copy_source(source)
-                .copy_source_range(format!("bytes={start}-{end}"));
-            if let Some(etag) = &head.etag {
-                request = request.copy_source_if_match(etag);
-            }
-            tasks.spawn(async move {
-                let out = request
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPartCopy", e))?;
-                Ok(CompletedPart::builder()
-                    .part_number(part_number)
-                    .set_e_tag(
-                        out.copy_part_result()
-                            .and_then(|r| r.e_tag())
-                            .map(str::to_string),
-                    )
-                    .build())
-            });
-            start = end + 1;
-            part_number += 1;
-        }
-        while let Some(joined) = tasks.join_next().await {
-            done.push(join_copy(joined)?);
-        }
-        done.sort_by_key(|p| p.part_number());
-        Ok(done)
+        result
     }
 }
 
-fn join_copy(
-    joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
-) -> Result<CompletedPart> {
-    joined.map_err(|e| StorageError::Invalid(format!("copy task failed: {e}")))?
-}
-
-/// `bucket/key` with the key percent-encoded, as the x-amz-copy-source header wants it.
-fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
-    out.push_str(bucket);
-    out.push('/');
-    for b in key.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
+/// Copies `head.size` bytes of `src` into `mp`, in parts of at least [`COPY_PART`].
+async fn copy_parts(mp: &mut Multipart, src: &str, head: &ObjectHead) -> Result<()> {
+    let part_size = COPY_PART.max(head.size.div_ceil(10_000));
+    let mut start = 0u64;
+    while start < head.size {
+        mp.wait_below(COPY_CONCURRENCY).await?;
+        let end = (start + part_size).min(head.size) - 1;
+        mp.spawn_copy(CopySource {
+            key: src.to_string(),
+            start,
+            end,
+            if_match: head.etag.clone(),
+        })?;
+        start = end + 1;
     }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn copy_source_encodes_everything_but_unreserved() {
-        assert_eq!(
-            super::copy_source("b", "u/a b+c%#ü"),
-            "b/u/a%20b%2Bc%25%23%C3%BC"
-        );
-    }
+    mp.join_all().await
 }
