@@ -148,12 +148,7 @@ impl Download {
         let settings = store.storage().settings();
         let chunk_size = settings.download_chunk.max(64 * 1024);
         let mut reservation = store.storage().budget().reserve(chunk_size).await;
-        let out = match store
-            .storage()
-            .s3()
-            .get_range(&key, 0, chunk_size, None)
-            .await
-        {
+        let out = match store.get_first(&key, chunk_size).await {
             Ok(out) => out,
             Err(GetFailure::NotFound) => return Ok(None),
             Err(GetFailure::Unsatisfiable(_)) => {
@@ -168,7 +163,6 @@ impl Download {
         };
         let head = out.head;
         let size = head.size;
-        store.cache().insert(&key, head.clone());
         let first_len = chunk_size.min(size);
         reservation.shrink_to(first_len);
         let mut download = Download::new(store, key, head);

@@ -7,9 +7,6 @@ use std::time::SystemTime;
 use super::cache::{Snapshot, MAX_DIR_NAMES};
 use super::{Entry, EntryKind, Result, UserStore};
 
-/// Keys per ListObjectsV2 page (the S3 maximum).
-const PAGE: i32 = 1000;
-
 /// An open directory: the entries of the current page and where the next page starts.
 #[derive(Debug)]
 pub struct DirLister {
@@ -53,23 +50,15 @@ impl DirLister {
     async fn fetch_page(&mut self) -> Result<()> {
         let listed = self
             .store
-            .storage()
-            .s3()
-            .list_page(&self.prefix, Some("/"), PAGE, self.token.as_deref())
+            .list_dir_page(&self.prefix, self.token.as_deref())
             .await?;
-        let cache = self.store.cache();
-        let files = listed.objects.into_iter().filter_map(|o| {
-            let name = o.key.strip_prefix(&self.prefix)?.to_string();
-            let entry = Entry {
-                name,
+        let files = listed.objects.iter().filter_map(|o| {
+            Some(Entry {
+                name: o.key.strip_prefix(&self.prefix)?.to_string(),
                 kind: EntryKind::File,
                 size: o.head.size,
                 modified: o.head.modified,
-            };
-            if !entry.name.is_empty() {
-                cache.insert(&o.key, o.head);
-            }
-            Some(entry)
+            })
         });
         let now = SystemTime::now();
         let dir_names: Vec<&str> = listed
@@ -103,7 +92,7 @@ impl DirLister {
         self.exhausted = self.token.is_none();
         if self.exhausted {
             if let Some((names, since)) = self.subdirs.take() {
-                cache.insert_dir(&self.prefix, names, since);
+                self.store.cache().insert_dir(&self.prefix, names, since);
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! the bucket bound to one user's prefix, in terms of virtual paths, files and
 //! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
 
+mod bucket;
 pub mod budget;
 pub(crate) mod cache;
 pub mod client;
@@ -16,7 +17,6 @@ pub mod signing;
 pub mod sweep;
 pub mod upload;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +33,7 @@ pub use path::{Jail, PathError, VirtualPath};
 use crate::users::{Permission, Permissions};
 pub use upload::{Upload, WriteMode};
 
-use s3::{ObjectOptions, S3};
+use s3::S3;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -256,50 +256,15 @@ impl UserStore {
         }
     }
 
-    /// HEAD of one key; `None` if it does not exist.
-    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        let head = self.s3().head_object(key).await?;
-        if let Some(head) = &head {
-            self.cache.insert(key, head.clone());
-        }
-        Ok(head)
-    }
-
-    /// What this session recently learnt about `key`, else a HEAD.
-    pub(crate) async fn cached_head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        match self.cache.get(key) {
-            Some(head) => Ok(Some(head)),
-            None => self.head(key).await,
-        }
-    }
-
-    /// The first (up to) `max` keys under `prefix`, without a delimiter.
-    pub(crate) async fn first_keys(
-        &self,
-        prefix: &str,
-        max: i32,
-    ) -> Result<Vec<(String, Option<SystemTime>)>> {
-        let page = self.s3().list_page(prefix, None, max, None).await?;
-        Ok(page
-            .objects
-            .into_iter()
-            .map(|o| (o.key, o.head.modified))
-            .collect())
-    }
-
     /// Whether `path` is a directory: the root, a `dir/` marker, or any key below it.
     async fn dir_entry(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if path.is_root() {
             return Ok(Some(Entry::dir("/", None)));
         }
         let prefix = self.jail.dir_prefix(path)?;
-        let looked = self.cache.snapshot();
-        let keys = self.first_keys(&prefix, 1).await?;
-        if keys.is_empty() {
-            self.cache.insert_absent(&prefix, looked);
-        }
-        Ok(keys.first().map(|(key, modified)| {
-            let modified = if *key == prefix { *modified } else { None };
+        let first = self.first_key_in(&prefix).await?;
+        Ok(first.map(|(key, modified)| {
+            let modified = if key == prefix { modified } else { None };
             Entry::dir(
                 path.file_name(),
                 modified.or_else(|| Some(SystemTime::now())),
@@ -374,16 +339,7 @@ impl UserStore {
             Err(e) => return Err(e),
         }
         let marker = self.jail.dir_prefix(path)?;
-        let options = ObjectOptions {
-            content_type: Some(DIRECTORY_CONTENT_TYPE),
-        };
-        self.s3()
-            .put_object(&marker, bytes::Bytes::new(), &options)
-            .await?;
-        // Nothing was under the name when it was looked up: the new directory has no
-        // subdirectories, so uploads into it need not ask S3 for one.
-        self.cache.insert_dir(&marker, HashSet::new(), looked);
-        self.cache.note_created(&marker);
+        self.put_dir_marker(&marker, looked).await?;
         tracing::debug!(key = %marker, "directory created");
         Ok(())
     }
@@ -422,11 +378,6 @@ impl UserStore {
             });
         }
         self.delete_key(&key).await
-    }
-
-    pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
-        self.cache.forget(key);
-        self.s3().delete_object(key).await
     }
 
     /// Lists a directory page by page.

@@ -2,8 +2,7 @@
 //! UploadPartCopy beyond), then delete the source. The source is deleted only after the
 //! copy succeeded, so a failure leaves the original in place.
 
-use super::s3::{Completed, CopySource, Multipart, ObjectOptions};
-use super::{Entry, EntryKind, ObjectHead, Result, StorageError, UserStore, VirtualPath};
+use super::{Entry, EntryKind, Result, StorageError, UserStore, VirtualPath};
 use crate::users::Permission;
 
 /// What [`UserStore::rename_target`] found.
@@ -13,13 +12,6 @@ enum Target {
     /// What a full lookup found.
     Found(Entry),
 }
-
-/// CopyObject's size limit.
-const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
-/// Part size for UploadPartCopy of large objects.
-const COPY_PART: u64 = 512 * 1024 * 1024;
-/// UploadPartCopy requests in flight.
-const COPY_CONCURRENCY: usize = 4;
 
 impl UserStore {
     /// Renames `from` to `to`. With `overwrite` false an existing target is an error
@@ -92,12 +84,7 @@ impl UserStore {
             .cached_head(&src)
             .await?
             .ok_or(StorageError::NotFound)?;
-        self.cache().forget(&dst);
-        self.cache().note_created(&dst);
-        if let Some(copied) = self.copy_object(&src, &dst, &head).await? {
-            // What this session just wrote: a STAT or a rename back needs no HEAD.
-            self.cache().insert(&dst, copied);
-        }
+        self.copy_object(&src, &dst, &head).await?;
         self.delete_key(&src).await?;
         tracing::debug!(from = %src, to = %dst, "renamed");
         Ok(())
@@ -116,70 +103,7 @@ impl UserStore {
             return Err(StorageError::NotFound);
         }
         let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
-        self.cache().note_created(&dst);
         self.copy_object(&src, &dst, &head).await?;
         self.delete_key(&src).await
     }
-
-    /// Server-side copy of `src` to `dst`, pinned to the source's ETag. Returns the copy's
-    /// metadata when S3 told its ETag (CopyObject does; the multipart copy of objects
-    /// above 5 GiB is not looked at).
-    pub(crate) async fn copy_object(
-        &self,
-        src: &str,
-        dst: &str,
-        head: &ObjectHead,
-    ) -> Result<Option<ObjectHead>> {
-        if head.size > MAX_COPY_OBJECT {
-            return self.copy_multipart(src, dst, head).await.map(|_| None);
-        }
-        let copied = self
-            .storage()
-            .s3()
-            .copy_object(src, dst, head.etag.as_deref(), &ObjectOptions::default())
-            .await?;
-        // The size is the source's only when the copy was pinned to its ETag.
-        let pinned = head.etag.is_some();
-        Ok(copied
-            .filter(|_| pinned)
-            .map(|(etag, modified)| ObjectHead {
-                size: head.size,
-                etag: Some(etag),
-                modified,
-                dir_marker: false,
-            }))
-    }
-
-    /// Copies `src` to `dst` part by part (UploadPartCopy, a few in flight).
-    async fn copy_multipart(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<Completed> {
-        let s3 = self.storage().s3();
-        let mut mp = Multipart::create(s3, dst, &ObjectOptions::default()).await?;
-        let result = copy_parts(&mut mp, src, head).await;
-        let result = match result {
-            Ok(()) => mp.complete(head.size).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            mp.abort().await;
-        }
-        result
-    }
-}
-
-/// Copies `head.size` bytes of `src` into `mp`, in parts of at least [`COPY_PART`].
-async fn copy_parts(mp: &mut Multipart, src: &str, head: &ObjectHead) -> Result<()> {
-    let part_size = COPY_PART.max(head.size.div_ceil(10_000));
-    let mut start = 0u64;
-    while start < head.size {
-        mp.wait_below(COPY_CONCURRENCY).await?;
-        let end = (start + part_size).min(head.size) - 1;
-        mp.spawn_copy(CopySource {
-            key: src.to_string(),
-            start,
-            end,
-            if_match: head.etag.clone(),
-        })?;
-        start = end + 1;
-    }
-    mp.join_all().await
 }

@@ -14,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::Reservation;
 use super::s3::multipart::MAX_PARTS;
-use super::s3::{Completed, Multipart, ObjectOptions};
+use super::s3::{Multipart, ObjectOptions};
 use super::{Result, StorageError, UserStore};
 
 /// S3's largest part.
@@ -249,7 +249,6 @@ impl Upload {
     async fn commit(&mut self) -> Result<u64> {
         self.check_usable()?;
         self.await_preflight().await?;
-        self.store.cache().forget(&self.key);
         if let Some(&gap_end) = self.pending.keys().next() {
             return self.fail(format!(
                 "the upload has a gap: bytes {}..{gap_end} were never written",
@@ -259,11 +258,7 @@ impl Upload {
         let size = self.written;
         if self.multipart.is_none() {
             let body = self.buffer.split().freeze();
-            let storage = self.store.storage();
-            storage
-                .s3()
-                .put_object(&self.key, body, &ObjectOptions::default())
-                .await?;
+            self.store.put_object(&self.key, body).await?;
             self.reservation = None;
             tracing::debug!(key = %self.key, size, "object stored");
             return Ok(size);
@@ -278,9 +273,7 @@ impl Upload {
         // Every part is back: no buffer is needed any more.
         drop_spare(&self.spare);
         let count = mp.parts_started();
-        if let Completed::FoundInPlace(head) = mp.complete(size).await? {
-            self.store.cache().insert(&self.key, head);
-        }
+        self.store.complete_upload(mp, &self.key, size).await?;
         self.multipart = None;
         tracing::debug!(key = %self.key, size, parts = count, "multipart object stored");
         Ok(size)
