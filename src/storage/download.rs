@@ -42,13 +42,13 @@ impl Chunk {
             let joined = handle.await;
             self.state = ChunkState::Failed;
             let (bytes, reservation) = joined
-                .map_err(|e| StorageError::Invalid(format!("download task failed: {e}")))??;
+                .map_err(|e| StorageError::Internal(format!("download task failed: {e}")))??;
             self.state = ChunkState::Ready(bytes, reservation);
         }
         match &self.state {
             ChunkState::Ready(bytes, _) => Ok(bytes),
             ChunkState::Fetching(_) | ChunkState::Failed => {
-                Err(StorageError::Invalid("chunk not fetched".into()))
+                Err(StorageError::Internal("chunk not fetched".into()))
             }
         }
     }
@@ -277,7 +277,9 @@ impl Download {
                 }
             };
             if to > data.len() || from >= to {
-                return Err(StorageError::Invalid("S3 returned a short range".into()));
+                return Err(StorageError::S3Misbehaved(
+                    "S3 returned a short range".into(),
+                ));
             }
             pieces.push(data.slice(from..to));
             pos += (to - from) as u64;
@@ -285,7 +287,7 @@ impl Download {
         self.last_end = pos;
         self.fill_window(end);
         match pieces.len() {
-            0 => Err(StorageError::Invalid(
+            0 => Err(StorageError::Internal(
                 "read found no data in the window".into(),
             )),
             1 => Ok(pieces.swap_remove(0)),

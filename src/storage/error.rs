@@ -25,8 +25,20 @@ pub enum StorageError {
     Unsupported(&'static str),
     #[error("{0}")]
     InvalidPath(#[from] PathError),
+    /// The client asked for something the operation cannot do on S3: writes that no
+    /// streamed upload can take (too far ahead, overlapping, leaving a gap), a file
+    /// larger than 10,000 parts, a directory moved into itself, or a write handle used
+    /// again after it failed or was finished.
     #[error("{0}")]
-    Invalid(String),
+    BadRequest(String),
+    /// S3 answered in a way its protocol does not allow: no upload id from
+    /// CreateMultipartUpload, fewer bytes than the range asked for.
+    #[error("{0}")]
+    S3Misbehaved(String),
+    /// A fault in s3sftp itself: a background task panicked or was cancelled, or a
+    /// transfer's state broke an invariant its code relies on.
+    #[error("{0}")]
+    Internal(String),
     #[error("permission denied ({0} not allowed here)")]
     PermissionDenied(&'static str),
     #[error("the file changed in S3 while it was being read")]
@@ -44,7 +56,10 @@ pub enum StorageError {
 impl StorageError {
     /// True for failures that are the storage's fault rather than the request's.
     pub fn is_backend(&self) -> bool {
-        matches!(self, StorageError::S3 { .. } | StorageError::Changed)
+        matches!(
+            self,
+            StorageError::S3 { .. } | StorageError::S3Misbehaved(_) | StorageError::Changed
+        )
     }
 }
 

@@ -36,7 +36,7 @@ impl UserStore {
         let (source, target) = tokio::join!(self.stat(from), self.rename_target(to, overwrite));
         let source = source?;
         if to.starts_with(from) {
-            return Err(StorageError::Invalid(
+            return Err(StorageError::BadRequest(
                 "cannot move a directory into itself".into(),
             ));
         }

@@ -238,7 +238,7 @@ impl Upload {
         };
         let result = check
             .await
-            .map_err(|e| StorageError::Invalid(format!("open check failed: {e}")))
+            .map_err(|e| StorageError::Internal(format!("open check failed: {e}")))
             .and_then(|r| r);
         match result {
             Ok(()) => Ok(()),
@@ -267,7 +267,7 @@ impl Upload {
             self.send_part().await?;
         }
         let Some(mp) = self.multipart.as_mut() else {
-            return Err(StorageError::Invalid("multipart upload vanished".into()));
+            return Err(StorageError::Internal("multipart upload vanished".into()));
         };
         mp.join_all().await?;
         // Every part is back: no buffer is needed any more.
@@ -281,17 +281,19 @@ impl Upload {
 
     fn check_usable(&self) -> Result<()> {
         match &self.failed {
-            Some(msg) => Err(StorageError::Invalid(format!(
+            Some(msg) => Err(StorageError::BadRequest(format!(
                 "upload failed earlier: {msg}"
             ))),
-            None if self.finished => Err(StorageError::Invalid("upload already finished".into())),
+            None if self.finished => {
+                Err(StorageError::BadRequest("upload already finished".into()))
+            }
             None => Ok(()),
         }
     }
 
     fn fail<T>(&mut self, msg: String) -> Result<T> {
         self.failed = Some(msg.clone());
-        Err(StorageError::Invalid(msg))
+        Err(StorageError::BadRequest(msg))
     }
 
     fn fail_with<T>(&mut self, err: StorageError) -> Result<T> {
@@ -342,7 +344,7 @@ impl Upload {
         }
         let max_in_flight = self.max_in_flight;
         let Some(mp) = self.multipart.as_mut() else {
-            return Err(StorageError::Invalid("multipart upload vanished".into()));
+            return Err(StorageError::Internal("multipart upload vanished".into()));
         };
         mp.reap()?;
         mp.wait_below(max_in_flight).await?;

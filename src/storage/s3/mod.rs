@@ -312,7 +312,7 @@ impl S3 {
             .await
             .map_err(|e| s3_error("CreateMultipartUpload", e))?;
         out.upload_id
-            .ok_or_else(|| StorageError::Invalid("S3 returned no upload id".into()))
+            .ok_or_else(|| StorageError::S3Misbehaved("S3 returned no upload id".into()))
     }
 
     /// UploadPart of `body` as part `number`.

@@ -124,7 +124,7 @@ impl Multipart {
 
     fn take_number(&mut self) -> Result<i32> {
         if self.next_part as u64 > MAX_PARTS {
-            return Err(StorageError::Invalid(
+            return Err(StorageError::BadRequest(
                 "the file is too large for S3 (10,000 parts)".into(),
             ));
         }
@@ -236,7 +236,7 @@ impl Multipart {
 
 /// A part task's result, its panic or cancellation an error.
 fn joined_part(joined: std::result::Result<Result<Part>, tokio::task::JoinError>) -> Result<Part> {
-    joined.map_err(|e| StorageError::Invalid(format!("part task failed: {e}")))?
+    joined.map_err(|e| StorageError::Internal(format!("part task failed: {e}")))?
 }
 
 /// The ETag S3 gives the object these parts make (MD5 of the parts' MD5s, `-` part count),
