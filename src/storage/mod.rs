@@ -31,6 +31,7 @@ pub use list::DirLister;
 pub use path::{Jail, PathError, VirtualPath};
 
 use crate::users::{Permission, Permissions};
+use upload::Existing;
 pub use upload::{Upload, WriteMode};
 
 use s3::S3;
@@ -453,13 +454,16 @@ impl UserStore {
                 self.clone(),
                 key,
                 size_hint,
-                None,
+                Existing::NotLooked,
                 Some(AbortOnDropHandle::new(check)),
             ));
         }
         let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
-        let existing_size = file?.map(|head| head.size);
-        let exists = existing_size.is_some();
+        let existing = match file? {
+            Some(head) => Existing::Present { size: head.size },
+            None => Existing::Absent,
+        };
+        let exists = existing != Existing::Absent;
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
         }
@@ -470,13 +474,7 @@ impl UserStore {
         if exists {
             self.check(Permission::Overwrite, path)?;
         }
-        Ok(Upload::new(
-            self.clone(),
-            key,
-            size_hint,
-            Some(existing_size),
-            None,
-        ))
+        Ok(Upload::new(self.clone(), key, size_hint, existing, None))
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).

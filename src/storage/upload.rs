@@ -33,6 +33,28 @@ pub struct WriteMode {
     pub replace: bool,
 }
 
+/// What the open found at the key, for the front ends' OPEN semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// The open did not look (see [`WriteMode::replace`]).
+    NotLooked,
+    /// There was no object.
+    Absent,
+    /// There was an object of `size` bytes.
+    Present { size: u64 },
+}
+
+/// Where an upload is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Taking writes.
+    Open,
+    /// A write or the commit failed with this message; every later call reports it.
+    Failed(String),
+    /// Finished or aborted.
+    Finished,
+}
+
 /// An empty part buffer with the budget reservation that pays for it. Reusing it spares
 /// the allocator a fresh multi-MiB mapping, and the kernel its page faults, for each part.
 struct PartBuffer {
@@ -61,12 +83,9 @@ pub struct Upload {
     multipart: Option<Multipart>,
     /// The buffer of a part S3 has, ready to be filled again.
     spare: SpareSlot,
-    /// Set after the first failure; every later call reports it.
-    failed: Option<String>,
-    finished: bool,
-    /// The size of the object at the key when opened: `Some(None)` when there was none,
-    /// `None` when the open did not look.
-    existed: Option<Option<u64>>,
+    state: State,
+    /// What the open found at the key.
+    existing: Existing,
     /// The check, still running, that the name is not a directory.
     preflight: Option<AbortOnDropHandle<Result<()>>>,
 }
@@ -109,7 +128,7 @@ impl Upload {
         store: UserStore,
         key: String,
         size_hint: Option<u64>,
-        existed: Option<Option<u64>>,
+        existing: Existing,
         preflight: Option<AbortOnDropHandle<Result<()>>>,
     ) -> Self {
         let settings = store.storage().settings();
@@ -127,9 +146,8 @@ impl Upload {
             pending_bytes: 0,
             multipart: None,
             spare: SpareSlot::default(),
-            failed: None,
-            finished: false,
-            existed,
+            state: State::Open,
+            existing,
             preflight,
         }
     }
@@ -142,12 +160,19 @@ impl Upload {
     /// Whether an object existed at the key when the upload was opened; `None` when the
     /// open did not look (see [`WriteMode::replace`]).
     pub fn replaces_existing(&self) -> Option<bool> {
-        self.existed.map(|size| size.is_some())
+        match self.existing {
+            Existing::NotLooked => None,
+            Existing::Absent => Some(false),
+            Existing::Present { .. } => Some(true),
+        }
     }
 
     /// The size of the object the upload will replace, when the open looked and found one.
     pub fn existing_size(&self) -> Option<u64> {
-        self.existed.flatten()
+        match self.existing {
+            Existing::Present { size } => Some(size),
+            Existing::NotLooked | Existing::Absent => None,
+        }
     }
 
     /// Bytes accepted so far, counting out-of-order data waiting for its gap.
@@ -218,7 +243,7 @@ impl Upload {
     /// Commits the object. Returns only once S3 has it; on error nothing is left behind.
     pub async fn finish(mut self) -> Result<u64> {
         let result = self.commit().await;
-        self.finished = true;
+        self.state = State::Finished;
         if result.is_err() {
             self.abort_now().await;
         }
@@ -227,7 +252,7 @@ impl Upload {
 
     /// Gives up: nothing is written at the key and any multipart upload is aborted.
     pub async fn abort(mut self) {
-        self.finished = true;
+        self.state = State::Finished;
         self.abort_now().await;
     }
 
@@ -280,24 +305,22 @@ impl Upload {
     }
 
     fn check_usable(&self) -> Result<()> {
-        match &self.failed {
-            Some(msg) => Err(StorageError::BadRequest(format!(
+        match &self.state {
+            State::Open => Ok(()),
+            State::Failed(msg) => Err(StorageError::BadRequest(format!(
                 "upload failed earlier: {msg}"
             ))),
-            None if self.finished => {
-                Err(StorageError::BadRequest("upload already finished".into()))
-            }
-            None => Ok(()),
+            State::Finished => Err(StorageError::BadRequest("upload already finished".into())),
         }
     }
 
     fn fail<T>(&mut self, msg: String) -> Result<T> {
-        self.failed = Some(msg.clone());
+        self.state = State::Failed(msg.clone());
         Err(StorageError::BadRequest(msg))
     }
 
     fn fail_with<T>(&mut self, err: StorageError) -> Result<T> {
-        self.failed = Some(err.to_string());
+        self.state = State::Failed(err.to_string());
         Err(err)
     }
 
