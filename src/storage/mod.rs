@@ -186,10 +186,6 @@ impl Entry {
     }
 }
 
-pub(crate) fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
-    SystemTime::try_from(*t).ok()
-}
-
 /// Metadata of an object from HEAD.
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectHead {

@@ -372,21 +372,8 @@ impl Upload {
         mp.reap()?;
         mp.wait_below(max_in_flight).await?;
         let body = std::mem::take(&mut self.buffer).freeze();
-        let reservation = self.reservation.take();
-        let spare_slot = self.spare.clone();
-        let part_number = mp.spawn_upload(body, move |body| {
-            if let (Ok(mut buffer), Some(reservation)) = (body.try_into_mut(), reservation) {
-                buffer.clear();
-                if let Ok(mut slot) = spare_slot.lock() {
-                    if slot.is_none() {
-                        *slot = Some(PartBuffer {
-                            buffer,
-                            reservation,
-                        });
-                    }
-                }
-            }
-        })?;
+        let recycle = keep_as_spare(self.spare.clone(), self.reservation.take());
+        let part_number = mp.spawn_upload(body, recycle)?;
         let grown = grown_part_size(self.part_size, part_number as u64);
         if grown != self.part_size {
             self.part_size = grown;
@@ -412,6 +399,25 @@ impl Drop for Upload {
     fn drop(&mut self) {
         if let Some(mp) = self.multipart.take() {
             mp.abort_in_background();
+        }
+    }
+}
+
+/// What a sent part's body becomes: the spare buffer (with `reservation`) if the slot
+/// is free and nothing else holds the bytes, else freed.
+fn keep_as_spare(slot: SpareSlot, reservation: Option<Reservation>) -> impl FnOnce(Bytes) {
+    move |body| {
+        let (Ok(mut buffer), Some(reservation)) = (body.try_into_mut(), reservation) else {
+            return;
+        };
+        buffer.clear();
+        if let Ok(mut slot) = slot.lock() {
+            if slot.is_none() {
+                *slot = Some(PartBuffer {
+                    buffer,
+                    reservation,
+                });
+            }
         }
     }
 }

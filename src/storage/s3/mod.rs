@@ -18,7 +18,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::error::{s3_error, S3Failure};
-use super::{to_system_time, ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
+use super::{ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
 
 pub(crate) use multipart::{Completed, CopySource, Multipart};
 
@@ -502,6 +502,10 @@ pub(crate) async fn head_bucket(
         .await
         .map(|_| ())
         .map_err(|e| S3Failure::from_sdk(&e))
+}
+
+fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
 }
 
 /// The object's total size from a `Content-Range: bytes a-b/total` header.

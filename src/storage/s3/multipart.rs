@@ -71,7 +71,7 @@ impl Multipart {
     }
 
     /// Takes up `upload_id` again from the parts S3 has of it; new parts follow the last.
-    #[allow(dead_code)] // for resumed uploads (issue 17); the calls are tested through it
+    #[allow(dead_code)] // the start of resumed uploads (issue 17); nothing resumes yet
     pub(crate) async fn resume(s3: S3, key: &str, upload_id: &str) -> Result<(Self, u64)> {
         let listed = s3.list_parts(key, upload_id).await?;
         let size = listed.iter().map(|p| p.size).sum();
