@@ -1,6 +1,10 @@
 //! The only code that knows S3. Front ends (SFTP, SCP) talk to a [`UserStore`]: a view of
 //! the bucket bound to one user's prefix, in terms of virtual paths, files and
 //! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
+//!
+//! Requests to S3 are built only in `s3` (one typed call per operation, and the one
+//! multipart-upload lifecycle); `bucket` pairs each call with the session's
+//! metadata-cache work. `upload`, `download`, `rename` and `list` are flows over those.
 
 mod bucket;
 pub mod budget;
