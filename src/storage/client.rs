@@ -12,7 +12,6 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::Client;
 
-use super::error::S3Failure;
 use super::signing::{PayloadSigning, UnsignedUploads};
 
 /// When the SDK computes request checksums. Many S3-compatible servers reject the
@@ -220,10 +219,9 @@ pub async fn check_bucket(client: &Client, settings: &S3Settings) -> Result<(), 
         .endpoint
         .clone()
         .unwrap_or_else(|| "AWS S3".to_string());
-    let Err(err) = client.head_bucket().bucket(&settings.bucket).send().await else {
+    let Err(failure) = super::s3::head_bucket(client, &settings.bucket).await else {
         return Ok(());
     };
-    let failure = S3Failure::from_sdk(&err);
     let bucket = settings.bucket.clone();
     Err(match failure.status {
         None => ConnectError::Unreachable {

@@ -15,8 +15,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use super::budget::Reservation;
-use super::error::{s3_error, S3Failure};
-use super::{to_system_time, ObjectHead, Result, StorageError, UserStore};
+use super::s3::GetFailure;
+use super::{ObjectHead, Result, StorageError, UserStore};
 
 /// One ranged GET, in flight or done.
 struct Chunk {
@@ -42,13 +42,13 @@ impl Chunk {
             let joined = handle.await;
             self.state = ChunkState::Failed;
             let (bytes, reservation) = joined
-                .map_err(|e| StorageError::Invalid(format!("download task failed: {e}")))??;
+                .map_err(|e| StorageError::Internal(format!("download task failed: {e}")))??;
             self.state = ChunkState::Ready(bytes, reservation);
         }
         match &self.state {
             ChunkState::Ready(bytes, _) => Ok(bytes),
             ChunkState::Fetching(_) | ChunkState::Failed => {
-                Err(StorageError::Invalid("chunk not fetched".into()))
+                Err(StorageError::Internal("chunk not fetched".into()))
             }
         }
     }
@@ -148,44 +148,21 @@ impl Download {
         let settings = store.storage().settings();
         let chunk_size = settings.download_chunk.max(64 * 1024);
         let mut reservation = store.storage().budget().reserve(chunk_size).await;
-        let storage = store.storage();
-        let sent = storage
-            .client()
-            .get_object()
-            .bucket(storage.bucket())
-            .key(&key)
-            .range(format!("bytes=0-{}", chunk_size - 1))
-            .send()
-            .await;
-        let out = match sent {
+        let out = match store.get_first(&key, chunk_size).await {
             Ok(out) => out,
-            Err(err) => {
-                let failure = S3Failure::from_sdk(&err);
-                if failure.is_not_found() {
-                    return Ok(None);
-                }
-                if failure.status == Some(416) {
-                    // An empty object has no byte 0 to range over.
-                    drop(reservation);
-                    return Ok(store
-                        .head(&key)
-                        .await?
-                        .map(|head| Download::new(store.clone(), key, head)));
-                }
-                return Err(s3_error("GetObject", err));
+            Err(GetFailure::NotFound) => return Ok(None),
+            Err(GetFailure::Unsatisfiable(_)) => {
+                // An empty object has no byte 0 to range over.
+                drop(reservation);
+                return Ok(store
+                    .head(&key)
+                    .await?
+                    .map(|head| Download::new(store.clone(), key, head)));
             }
+            Err(GetFailure::Other(err)) => return Err(err),
         };
-        let size = match out.content_range().and_then(range_total) {
-            Some(total) => total,
-            None => out.content_length().unwrap_or(0).max(0) as u64,
-        };
-        let head = ObjectHead {
-            size,
-            etag: out.e_tag().map(str::to_string),
-            modified: out.last_modified().and_then(to_system_time),
-            dir_marker: false,
-        };
-        store.cache().insert(&key, head.clone());
+        let head = out.head;
+        let size = head.size;
         let first_len = chunk_size.min(size);
         reservation.shrink_to(first_len);
         let mut download = Download::new(store, key, head);
@@ -300,7 +277,9 @@ impl Download {
                 }
             };
             if to > data.len() || from >= to {
-                return Err(StorageError::Invalid("S3 returned a short range".into()));
+                return Err(StorageError::S3Misbehaved(
+                    "S3 returned a short range".into(),
+                ));
             }
             pieces.push(data.slice(from..to));
             pos += (to - from) as u64;
@@ -308,7 +287,7 @@ impl Download {
         self.last_end = pos;
         self.fill_window(end);
         match pieces.len() {
-            0 => Err(StorageError::Invalid(
+            0 => Err(StorageError::Internal(
                 "read found no data in the window".into(),
             )),
             1 => Ok(pieces.swap_remove(0)),
@@ -382,11 +361,6 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
-/// The object's total size from a `Content-Range: bytes a-b/total` header.
-fn range_total(header: &str) -> Option<u64> {
-    header.rsplit_once('/')?.1.trim().parse().ok()
-}
-
 /// Attempts per chunk when the response body fails mid-way (the SDK retries a request
 /// only until its body starts streaming; a body cut short is retried here).
 const BODY_ATTEMPTS: u32 = 3;
@@ -440,6 +414,7 @@ enum Fetch {
     Body(String),
 }
 
+/// One ranged GET pinned to `etag`, its body read into `buffer`.
 async fn get_range(
     store: &UserStore,
     key: &str,
@@ -448,22 +423,18 @@ async fn get_range(
     len: u64,
     buffer: BytesMut,
 ) -> std::result::Result<Bytes, Fetch> {
-    let storage = store.storage();
-    let mut request = storage
-        .client()
-        .get_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .range(format!("bytes={}-{}", start, start + len - 1));
-    if let Some(etag) = etag {
-        request = request.if_match(etag);
-    }
-    let out = request.send().await.map_err(|e| {
-        Fetch::Request(match s3_error("GetObject", e) {
-            StorageError::NotFound => StorageError::Changed,
-            other => other,
-        })
-    })?;
+    let out = store
+        .storage()
+        .s3()
+        .get_range(key, start, len, etag)
+        .await
+        .map_err(|failure| {
+            Fetch::Request(match failure {
+                GetFailure::NotFound => StorageError::Changed,
+                GetFailure::Unsatisfiable(failure) => failure.into_storage_error("GetObject"),
+                GetFailure::Other(err) => err,
+            })
+        })?;
     let body = read_body(out.body, len, buffer)
         .await
         .map_err(|e| Fetch::Body(format!("reading the body failed: {e}")))?;

@@ -25,8 +25,20 @@ pub enum StorageError {
     Unsupported(&'static str),
     #[error("{0}")]
     InvalidPath(#[from] PathError),
+    /// The client asked for something the operation cannot do on S3: writes that no
+    /// streamed upload can take (too far ahead, overlapping, leaving a gap), a file
+    /// larger than 10,000 parts, a directory moved into itself, or a write handle used
+    /// again after it failed or was finished.
     #[error("{0}")]
-    Invalid(String),
+    BadRequest(String),
+    /// S3 answered in a way its protocol does not allow: no upload id from
+    /// CreateMultipartUpload, fewer bytes than the range asked for.
+    #[error("{0}")]
+    S3Misbehaved(String),
+    /// A fault in s3sftp itself: a background task panicked or was cancelled, or a
+    /// transfer's state broke an invariant its code relies on.
+    #[error("{0}")]
+    Internal(String),
     #[error("permission denied ({0} not allowed here)")]
     PermissionDenied(&'static str),
     #[error("the file changed in S3 while it was being read")]
@@ -44,7 +56,10 @@ pub enum StorageError {
 impl StorageError {
     /// True for failures that are the storage's fault rather than the request's.
     pub fn is_backend(&self) -> bool {
-        matches!(self, StorageError::S3 { .. } | StorageError::Changed)
+        matches!(
+            self,
+            StorageError::S3 { .. } | StorageError::S3Misbehaved(_) | StorageError::Changed
+        )
     }
 }
 
@@ -106,6 +121,18 @@ impl S3Failure {
         self.status == Some(412) || self.code.as_deref() == Some("PreconditionFailed")
     }
 
+    /// The error a call reports: 404 is [`StorageError::NotFound`], 412
+    /// [`StorageError::Changed`], anything else [`into_error`](Self::into_error).
+    pub fn into_storage_error(self, op: &'static str) -> StorageError {
+        if self.is_not_found() {
+            StorageError::NotFound
+        } else if self.is_precondition_failed() {
+            StorageError::Changed
+        } else {
+            self.into_error(op)
+        }
+    }
+
     pub fn into_error(self, op: &'static str) -> StorageError {
         tracing::warn!(
             op,
@@ -143,12 +170,5 @@ pub(crate) fn s3_error<E>(op: &'static str, err: SdkError<E, Response>) -> Stora
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let failure = S3Failure::from_sdk(&err);
-    if failure.is_not_found() {
-        StorageError::NotFound
-    } else if failure.is_precondition_failed() {
-        StorageError::Changed
-    } else {
-        failure.into_error(op)
-    }
+    S3Failure::from_sdk(&err).into_storage_error(op)
 }

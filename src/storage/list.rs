@@ -5,11 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::SystemTime;
 
 use super::cache::{Snapshot, MAX_DIR_NAMES};
-use super::error::s3_error;
-use super::{to_system_time, Entry, EntryKind, ObjectHead, Result, UserStore};
-
-/// Keys per ListObjectsV2 page (the S3 maximum).
-const PAGE: i32 = 1000;
+use super::{Entry, EntryKind, Result, UserStore};
 
 /// An open directory: the entries of the current page and where the next page starts.
 #[derive(Debug)]
@@ -52,48 +48,23 @@ impl DirLister {
     }
 
     async fn fetch_page(&mut self) -> Result<()> {
-        let storage = self.store.storage();
-        let mut request = storage
-            .client()
-            .list_objects_v2()
-            .bucket(storage.bucket())
-            .prefix(&self.prefix)
-            .delimiter("/")
-            .max_keys(PAGE);
-        if let Some(token) = &self.token {
-            request = request.continuation_token(token);
-        }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| s3_error("ListObjectsV2", e))?;
-        let cache = self.store.cache();
-        let files = out.contents().iter().filter_map(|o| {
-            let key = o.key()?;
-            let name = key.strip_prefix(&self.prefix)?;
-            if !name.is_empty() {
-                cache.insert(
-                    key,
-                    ObjectHead {
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        etag: o.e_tag().map(str::to_string),
-                        modified: o.last_modified().and_then(to_system_time),
-                        dir_marker: false,
-                    },
-                );
-            }
+        let listed = self
+            .store
+            .list_dir_page(&self.prefix, self.token.as_deref())
+            .await?;
+        let files = listed.objects.iter().filter_map(|o| {
             Some(Entry {
-                name: name.to_string(),
+                name: o.key.strip_prefix(&self.prefix)?.to_string(),
                 kind: EntryKind::File,
-                size: o.size().unwrap_or(0).max(0) as u64,
-                modified: o.last_modified().and_then(to_system_time),
+                size: o.head.size,
+                modified: o.head.modified,
             })
         });
         let now = SystemTime::now();
-        let dir_names: Vec<&str> = out
-            .common_prefixes()
+        let dir_names: Vec<&str> = listed
+            .prefixes
             .iter()
-            .filter_map(|p| p.prefix()?.strip_prefix(&self.prefix)?.strip_suffix('/'))
+            .filter_map(|p| p.strip_prefix(&self.prefix)?.strip_suffix('/'))
             .collect();
         if let Some((names, _)) = &mut self.subdirs {
             names.extend(dir_names.iter().map(|name| name.to_string()));
@@ -117,11 +88,11 @@ impl DirLister {
             self.last = Some(key);
             self.ready.push_back(entry);
         }
-        self.token = out.next_continuation_token().map(str::to_string);
-        self.exhausted = !out.is_truncated().unwrap_or(false) || self.token.is_none();
+        self.token = listed.next_token;
+        self.exhausted = self.token.is_none();
         if self.exhausted {
             if let Some((names, since)) = self.subdirs.take() {
-                cache.insert_dir(&self.prefix, names, since);
+                self.store.cache().insert_dir(&self.prefix, names, since);
             }
         }
         Ok(())

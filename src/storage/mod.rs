@@ -1,7 +1,12 @@
 //! The only code that knows S3. Front ends (SFTP, SCP) talk to a [`UserStore`]: a view of
 //! the bucket bound to one user's prefix, in terms of virtual paths, files and
 //! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
+//!
+//! Requests to S3 are built only in `s3` (one typed call per operation, and the one
+//! multipart-upload lifecycle); `bucket` pairs each call with the session's
+//! metadata-cache work. `upload`, `download`, `rename` and `list` are flows over those.
 
+mod bucket;
 pub mod budget;
 pub(crate) mod cache;
 pub mod client;
@@ -11,15 +16,14 @@ pub mod error;
 pub mod list;
 pub mod path;
 pub mod rename;
+pub(crate) mod s3;
 pub mod signing;
 pub mod sweep;
 pub mod upload;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -31,9 +35,10 @@ pub use list::DirLister;
 pub use path::{Jail, PathError, VirtualPath};
 
 use crate::users::{Permission, Permissions};
+use upload::Existing;
 pub use upload::{Upload, WriteMode};
 
-use error::{s3_error, S3Failure};
+use s3::S3;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -71,7 +76,7 @@ impl Default for TransferSettings {
 #[derive(Debug)]
 pub struct Storage {
     clients: client::Clients,
-    bucket: String,
+    bucket: Arc<str>,
     settings: TransferSettings,
     budget: MemoryBudget,
 }
@@ -101,7 +106,7 @@ impl Storage {
     ) -> Arc<Self> {
         Arc::new(Storage {
             clients,
-            bucket: bucket.into(),
+            bucket: Arc::from(bucket.into()),
             budget: MemoryBudget::new(settings.global_budget),
             settings,
         })
@@ -114,6 +119,11 @@ impl Storage {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The S3 call layer, with the calling thread's client.
+    pub(crate) fn s3(&self) -> S3 {
+        S3::new(self.client().clone(), self.bucket.clone())
     }
 
     pub fn settings(&self) -> &TransferSettings {
@@ -180,10 +190,6 @@ impl Entry {
     }
 }
 
-pub(crate) fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
-    SystemTime::try_from(*t).ok()
-}
-
 /// Metadata of an object from HEAD.
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectHead {
@@ -235,8 +241,8 @@ impl UserStore {
         &self.storage
     }
 
-    fn client(&self) -> &Client {
-        self.storage.client()
+    fn s3(&self) -> S3 {
+        self.storage.s3()
     }
 
     pub(crate) fn cache(&self) -> &MetaCache {
@@ -251,93 +257,15 @@ impl UserStore {
         }
     }
 
-    fn bucket(&self) -> &str {
-        &self.storage.bucket
-    }
-
-    /// HEAD of one key; `None` if it does not exist.
-    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        match self
-            .client()
-            .head_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let size = out.content_length().unwrap_or(0).max(0) as u64;
-                let head = ObjectHead {
-                    size,
-                    etag: out.e_tag().map(str::to_string),
-                    modified: out.last_modified().and_then(to_system_time),
-                    dir_marker: size == 0
-                        && out
-                            .content_type()
-                            .is_some_and(|t| t.starts_with(DIRECTORY_CONTENT_TYPE)),
-                };
-                self.cache.insert(key, head.clone());
-                Ok(Some(head))
-            }
-            Err(err) => {
-                let failure = S3Failure::from_sdk(&err);
-                if failure.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(failure.into_error("HeadObject"))
-                }
-            }
-        }
-    }
-
-    /// What this session recently learnt about `key`, else a HEAD.
-    pub(crate) async fn cached_head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        match self.cache.get(key) {
-            Some(head) => Ok(Some(head)),
-            None => self.head(key).await,
-        }
-    }
-
-    /// The first (up to) `max` keys under `prefix`, without a delimiter.
-    pub(crate) async fn first_keys(
-        &self,
-        prefix: &str,
-        max: i32,
-    ) -> Result<Vec<(String, Option<SystemTime>)>> {
-        let out = self
-            .client()
-            .list_objects_v2()
-            .bucket(self.bucket())
-            .prefix(prefix)
-            .max_keys(max)
-            .send()
-            .await
-            .map_err(|e| s3_error("ListObjectsV2", e))?;
-        Ok(out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some((
-                    o.key()?.to_string(),
-                    o.last_modified().and_then(to_system_time),
-                ))
-            })
-            .collect())
-    }
-
     /// Whether `path` is a directory: the root, a `dir/` marker, or any key below it.
     async fn dir_entry(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if path.is_root() {
             return Ok(Some(Entry::dir("/", None)));
         }
         let prefix = self.jail.dir_prefix(path)?;
-        let looked = self.cache.snapshot();
-        let keys = self.first_keys(&prefix, 1).await?;
-        if keys.is_empty() {
-            self.cache.insert_absent(&prefix, looked);
-        }
-        Ok(keys.first().map(|(key, modified)| {
-            let modified = if *key == prefix { *modified } else { None };
+        let first = self.first_key_in(&prefix).await?;
+        Ok(first.map(|(key, modified)| {
+            let modified = if key == prefix { modified } else { None };
             Entry::dir(
                 path.file_name(),
                 modified.or_else(|| Some(SystemTime::now())),
@@ -412,19 +340,7 @@ impl UserStore {
             Err(e) => return Err(e),
         }
         let marker = self.jail.dir_prefix(path)?;
-        self.client()
-            .put_object()
-            .bucket(self.bucket())
-            .key(&marker)
-            .content_type("application/x-directory")
-            .body(ByteStream::from_static(b""))
-            .send()
-            .await
-            .map_err(|e| s3_error("PutObject", e))?;
-        // Nothing was under the name when it was looked up: the new directory has no
-        // subdirectories, so uploads into it need not ask S3 for one.
-        self.cache.insert_dir(&marker, HashSet::new(), looked);
-        self.cache.note_created(&marker);
+        self.put_dir_marker(&marker, looked).await?;
         tracing::debug!(key = %marker, "directory created");
         Ok(())
     }
@@ -463,18 +379,6 @@ impl UserStore {
             });
         }
         self.delete_key(&key).await
-    }
-
-    pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
-        self.cache.forget(key);
-        self.client()
-            .delete_object()
-            .bucket(self.bucket())
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| s3_error("DeleteObject", e))?;
-        Ok(())
     }
 
     /// Lists a directory page by page.
@@ -550,13 +454,16 @@ impl UserStore {
                 self.clone(),
                 key,
                 size_hint,
-                None,
+                Existing::NotLooked,
                 Some(AbortOnDropHandle::new(check)),
             ));
         }
         let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
-        let existing_size = file?.map(|head| head.size);
-        let exists = existing_size.is_some();
+        let existing = match file? {
+            Some(head) => Existing::Present { size: head.size },
+            None => Existing::Absent,
+        };
+        let exists = existing != Existing::Absent;
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
         }
@@ -567,13 +474,7 @@ impl UserStore {
         if exists {
             self.check(Permission::Overwrite, path)?;
         }
-        Ok(Upload::new(
-            self.clone(),
-            key,
-            size_hint,
-            Some(existing_size),
-            None,
-        ))
+        Ok(Upload::new(self.clone(), key, size_hint, existing, None))
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::error::{s3_error, Result};
-use super::{to_system_time, Storage};
+use super::error::Result;
+use super::Storage;
 
 /// What a sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,60 +32,38 @@ pub async fn sweep_orphans(
         .checked_sub(older_than)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut report = SweepReport::default();
+    let s3 = storage.s3();
     for prefix in prefixes {
-        let mut key_marker: Option<String> = None;
-        let mut upload_marker: Option<String> = None;
+        let mut markers = (None, None);
         loop {
-            let page = storage
-                .client()
-                .list_multipart_uploads()
-                .bucket(storage.bucket())
-                .prefix(prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(upload_marker.clone())
-                .send()
-                .await
-                .map_err(|e| s3_error("ListMultipartUploads", e))?;
-            for upload in page.uploads() {
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                    continue;
-                };
+            let page = s3
+                .list_multipart_uploads(prefix, markers.0, markers.1)
+                .await?;
+            for upload in &page.uploads {
+                let (key, id) = (&upload.key, &upload.upload_id);
                 // Never trust the server's prefix filter with an abort (moto ignores it).
                 if !key.starts_with(prefix.as_str()) {
                     continue;
                 }
                 report.seen += 1;
-                let started = upload.initiated().and_then(to_system_time);
-                if started.is_none_or(|t| t > cutoff) {
+                if upload.initiated.is_none_or(|t| t > cutoff) {
                     continue;
                 }
-                match storage
-                    .client()
-                    .abort_multipart_upload()
-                    .bucket(storage.bucket())
-                    .key(key)
-                    .upload_id(id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => {
+                match s3.abort(key, id).await {
+                    Ok(()) => {
                         report.aborted += 1;
                         tracing::info!(%key, upload_id = %id, "orphaned multipart upload aborted");
                     }
-                    Err(e) => {
+                    Err(failure) => {
                         report.failed += 1;
-                        let err = s3_error("AbortMultipartUpload", e);
+                        let err = failure.into_storage_error("AbortMultipartUpload");
                         tracing::warn!(%key, upload_id = %id, "could not abort orphaned upload: {err}");
                     }
                 }
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            upload_marker = page.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && upload_marker.is_none() {
-                break;
+            match page.next {
+                Some((None, None)) | None => break,
+                Some(next) => markers = next,
             }
         }
     }

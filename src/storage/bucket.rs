@@ -1,0 +1,205 @@
+//! A session's calls on the bucket: every S3 call that reads or changes an object,
+//! wrapped with the metadata-cache work it implies (what a HEAD, GET or listing taught
+//! is remembered; a key written or removed is forgotten; a key created marks its
+//! directories). Flows (`mod.rs`, `upload`, `download`, `rename`, `list`) call these, so
+//! a new call site cannot forget the bookkeeping.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::cache::Snapshot;
+use super::s3::{Completed, CopySource, GetFailure, ListPage, Multipart, ObjectOptions, Ranged};
+use super::{ObjectHead, Result, UserStore, DIRECTORY_CONTENT_TYPE};
+
+/// Keys per ListObjectsV2 page of a directory listing (the S3 maximum).
+const PAGE: i32 = 1000;
+/// CopyObject's size limit.
+const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+/// Part size for UploadPartCopy of large objects.
+const COPY_PART: u64 = 512 * 1024 * 1024;
+/// UploadPartCopy requests in flight.
+const COPY_CONCURRENCY: usize = 4;
+
+impl UserStore {
+    /// HEAD of one key; `None` if it does not exist. Remembered.
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
+        let head = self.s3().head_object(key).await?;
+        if let Some(head) = &head {
+            self.cache().insert(key, head.clone());
+        }
+        Ok(head)
+    }
+
+    /// What this session recently learnt about `key`, else a HEAD.
+    pub(crate) async fn cached_head(&self, key: &str) -> Result<Option<ObjectHead>> {
+        match self.cache().get(key) {
+            Some(head) => Ok(Some(head)),
+            None => self.head(key).await,
+        }
+    }
+
+    /// The first (up to) `max` keys under `prefix`, without a delimiter.
+    pub(crate) async fn first_keys(
+        &self,
+        prefix: &str,
+        max: i32,
+    ) -> Result<Vec<(String, Option<SystemTime>)>> {
+        let page = self.s3().list_page(prefix, None, max, None).await?;
+        Ok(page
+            .objects
+            .into_iter()
+            .map(|o| (o.key, o.head.modified))
+            .collect())
+    }
+
+    /// The first key under the directory prefix `prefix`, if any. A lookup that finds
+    /// nothing is remembered (unless this session created a key meanwhile).
+    pub(crate) async fn first_key_in(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<(String, Option<SystemTime>)>> {
+        let looked = self.cache().snapshot();
+        let first = self.first_keys(prefix, 1).await?.into_iter().next();
+        if first.is_none() {
+            self.cache().insert_absent(prefix, looked);
+        }
+        Ok(first)
+    }
+
+    /// One page of the directory `prefix` (grouped by `/`), from `token`. The objects
+    /// listed are remembered.
+    pub(crate) async fn list_dir_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        let page = self.s3().list_page(prefix, Some("/"), PAGE, token).await?;
+        let cache = self.cache();
+        for object in &page.objects {
+            if object
+                .key
+                .strip_prefix(prefix)
+                .is_some_and(|name| !name.is_empty())
+            {
+                cache.insert(&object.key, object.head.clone());
+            }
+        }
+        Ok(page)
+    }
+
+    /// The first `len` bytes of `key`, with the object's metadata, which is remembered.
+    pub(crate) async fn get_first(
+        &self,
+        key: &str,
+        len: u64,
+    ) -> std::result::Result<Ranged, GetFailure> {
+        let out = self.s3().get_range(key, 0, len, None).await?;
+        self.cache().insert(key, out.head.clone());
+        Ok(out)
+    }
+
+    /// Writes the `dir/` marker `marker` of a directory that had nothing under its name
+    /// as of `looked`: the new directory is remembered as having no subdirectories, so
+    /// uploads into it need not ask S3 for one.
+    pub(crate) async fn put_dir_marker(&self, marker: &str, looked: Snapshot) -> Result<()> {
+        let options = ObjectOptions {
+            content_type: Some(DIRECTORY_CONTENT_TYPE),
+        };
+        self.s3().put_object(marker, Bytes::new(), &options).await?;
+        self.cache().insert_dir(marker, HashSet::new(), looked);
+        self.cache().note_created(marker);
+        Ok(())
+    }
+
+    /// PutObject of an upload's bytes (the open marked the key created).
+    pub(crate) async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
+        self.cache().forget(key);
+        self.s3()
+            .put_object(key, body, &ObjectOptions::default())
+            .await
+    }
+
+    /// Completes an upload's `mp` at `key`, `size` bytes (the open marked the key created).
+    pub(crate) async fn complete_upload(
+        &self,
+        mp: &mut Multipart,
+        key: &str,
+        size: u64,
+    ) -> Result<()> {
+        self.cache().forget(key);
+        if let Completed::FoundInPlace(head) = mp.complete(size).await? {
+            self.cache().insert(key, head);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
+        self.cache().forget(key);
+        self.s3().delete_object(key).await
+    }
+
+    /// Server-side copy of `src` (as `head` describes it) to `dst`, pinned to the source's
+    /// ETag: CopyObject up to 5 GiB, parallel UploadPartCopy beyond. The copy is
+    /// remembered when S3 told its ETag (CopyObject does; the multipart copy is not
+    /// looked at).
+    pub(crate) async fn copy_object(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<()> {
+        self.cache().forget(dst);
+        self.cache().note_created(dst);
+        if head.size > MAX_COPY_OBJECT {
+            return self.copy_multipart(src, dst, head).await;
+        }
+        let copied = self
+            .s3()
+            .copy_object(src, dst, head.etag.as_deref(), &ObjectOptions::default())
+            .await?;
+        // The size is the source's only when the copy was pinned to its ETag.
+        if let (Some((etag, modified)), true) = (copied, head.etag.is_some()) {
+            // What this session just wrote: a STAT or a rename back needs no HEAD.
+            let copy = ObjectHead {
+                size: head.size,
+                etag: Some(etag),
+                modified,
+                dir_marker: head.dir_marker,
+            };
+            self.cache().insert(dst, copy);
+        }
+        Ok(())
+    }
+
+    /// Copies `src` to `dst` part by part; on failure the copy's upload is aborted.
+    async fn copy_multipart(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<()> {
+        let mut mp = Multipart::create(self.s3(), dst, &ObjectOptions::default()).await?;
+        let result = match copy_parts(&mut mp, src, head).await {
+            Ok(()) => mp.complete(head.size).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                mp.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Copies `head.size` bytes of `src` into `mp`, in parts of at least [`COPY_PART`].
+async fn copy_parts(mp: &mut Multipart, src: &str, head: &ObjectHead) -> Result<()> {
+    let part_size = COPY_PART.max(head.size.div_ceil(10_000));
+    let mut start = 0u64;
+    while start < head.size {
+        mp.wait_below(COPY_CONCURRENCY).await?;
+        let end = (start + part_size).min(head.size) - 1;
+        mp.spawn_copy(CopySource {
+            key: src.to_string(),
+            start,
+            end,
+            if_match: head.etag.clone(),
+        })?;
+        start = end + 1;
+    }
+    mp.join_all().await
+}

@@ -1,0 +1,547 @@
+//! The S3 call layer: the only code that builds SDK requests. One typed method per
+//! operation sets the bucket and key, sends, and maps the SDK's error through
+//! [`error`](super::error), so the rest of `storage` speaks in keys, byte ranges and
+//! [`ObjectHead`]s and never sees a request builder.
+//!
+//! [`S3`] is a cheap handle (the calling thread's client and the bucket name). The calls
+//! here do not touch a session's metadata cache: the [`UserStore`](super::UserStore)
+//! methods in [`bucket`](super::bucket) wrap them with that bookkeeping.
+
+pub(crate) mod multipart;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::error::{s3_error, S3Failure};
+use super::{ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
+
+pub(crate) use multipart::{Completed, CopySource, Multipart};
+
+/// Per-request options of the calls that write an object (PutObject, CopyObject,
+/// CreateMultipartUpload). Where per-request encryption or checksum headers will go;
+/// today only the Content-Type of a directory marker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ObjectOptions {
+    /// The object's Content-Type; S3's default when `None`.
+    pub content_type: Option<&'static str>,
+}
+
+/// One part of a multipart upload, as CompleteMultipartUpload wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub number: i32,
+    pub etag: Option<String>,
+}
+
+/// One object of a listing page.
+#[derive(Debug, Clone)]
+pub(crate) struct ListedObject {
+    pub key: String,
+    pub head: ObjectHead,
+}
+
+/// One ListObjectsV2 page.
+#[derive(Debug, Default)]
+pub(crate) struct ListPage {
+    pub objects: Vec<ListedObject>,
+    /// The common prefixes (with a delimiter), each ending in it.
+    pub prefixes: Vec<String>,
+    /// Where the next page starts; `None` when this page is the last.
+    pub next_token: Option<String>,
+}
+
+/// One multipart upload in progress, from ListMultipartUploads.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// One ListMultipartUploads page.
+#[derive(Debug, Default)]
+pub(crate) struct UploadsPage {
+    pub uploads: Vec<PendingUpload>,
+    /// The key and upload-id markers of the next page; `None` when this page is the last.
+    pub next: Option<(Option<String>, Option<String>)>,
+}
+
+/// A part S3 already has, from ListParts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListedPart {
+    pub part: Part,
+    pub size: u64,
+}
+
+/// The start of a ranged GET: the object's metadata from the response headers and the
+/// body, not read yet.
+pub(crate) struct Ranged {
+    /// The whole object's size, ETag and date (not the range's).
+    pub head: ObjectHead,
+    pub body: ByteStream,
+}
+
+/// How a ranged GET failed.
+pub(crate) enum GetFailure {
+    /// There is no object at the key (404).
+    NotFound,
+    /// The range starts past the end (416): the object is empty.
+    Unsatisfiable(S3Failure),
+    /// Anything else, mapped like every other call's error.
+    Other(StorageError),
+}
+
+/// The calling thread's S3 client and the bucket: what every call needs.
+#[derive(Debug, Clone)]
+pub(crate) struct S3 {
+    client: Client,
+    bucket: Arc<str>,
+}
+
+impl S3 {
+    pub(crate) fn new(client: Client, bucket: Arc<str>) -> Self {
+        S3 { client, bucket }
+    }
+
+    /// HeadObject; `None` if there is no object at `key`.
+    pub(crate) async fn head_object(&self, key: &str) -> Result<Option<ObjectHead>> {
+        let sent = self
+            .client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let size = out.content_length().unwrap_or(0).max(0) as u64;
+                Ok(Some(ObjectHead {
+                    size,
+                    etag: out.e_tag().map(str::to_string),
+                    modified: out.last_modified().and_then(to_system_time),
+                    dir_marker: size == 0
+                        && out
+                            .content_type()
+                            .is_some_and(|t| t.starts_with(DIRECTORY_CONTENT_TYPE)),
+                }))
+            }
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                if failure.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(failure.into_error("HeadObject"))
+                }
+            }
+        }
+    }
+
+    /// GetObject of `len` bytes at `start` (`len` > 0), pinned to `if_match` when given.
+    pub(crate) async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        if_match: Option<&str>,
+    ) -> std::result::Result<Ranged, GetFailure> {
+        let sent = self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", start, start + len - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                return Err(if failure.is_not_found() {
+                    GetFailure::NotFound
+                } else if failure.status == Some(416) {
+                    GetFailure::Unsatisfiable(failure)
+                } else {
+                    GetFailure::Other(failure.into_storage_error("GetObject"))
+                });
+            }
+        };
+        let size = match out.content_range().and_then(range_total) {
+            Some(total) => total,
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let head = ObjectHead {
+            size,
+            etag: out.e_tag().map(str::to_string),
+            modified: out.last_modified().and_then(to_system_time),
+            dir_marker: false,
+        };
+        Ok(Ranged {
+            head,
+            body: out.body,
+        })
+    }
+
+    /// One ListObjectsV2 page of up to `max_keys` keys under `prefix`, grouped by
+    /// `delimiter` when given, starting at `token`.
+    pub(crate) async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        max_keys: i32,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .max_keys(max_keys)
+            .set_continuation_token(token.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", e))?;
+        let truncated = out.is_truncated.unwrap_or(false);
+        let objects = out
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                let modified = o.last_modified.as_ref().and_then(to_system_time);
+                Some(ListedObject {
+                    head: ObjectHead {
+                        size: o.size.unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag,
+                        modified,
+                        dir_marker: false,
+                    },
+                    key: o.key?,
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.prefix)
+            .collect();
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token: out.next_continuation_token.filter(|_| truncated),
+        })
+    }
+
+    /// PutObject of `body` at `key`.
+    pub(crate) async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &ObjectOptions,
+    ) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .set_content_type(options.content_type.map(str::to_string))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", e))?;
+        Ok(())
+    }
+
+    /// DeleteObject.
+    pub(crate) async fn delete_object(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("DeleteObject", e))?;
+        Ok(())
+    }
+
+    /// CopyObject of `src` to `dst` (up to 5 GiB), pinned to `if_match` when given.
+    /// Returns the copy's ETag and date when S3 told them.
+    pub(crate) async fn copy_object(
+        &self,
+        src: &str,
+        dst: &str,
+        if_match: Option<&str>,
+        _options: &ObjectOptions,
+    ) -> Result<Option<(String, Option<SystemTime>)>> {
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&*self.bucket)
+            .key(dst)
+            .copy_source(copy_source(&self.bucket, src))
+            .set_copy_source_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("CopyObject", e))?;
+        Ok(out.copy_object_result().and_then(|result| {
+            Some((
+                result.e_tag()?.to_string(),
+                result.last_modified().and_then(to_system_time),
+            ))
+        }))
+    }
+
+    /// CreateMultipartUpload; returns the upload id.
+    pub(crate) async fn create_multipart(
+        &self,
+        key: &str,
+        options: &ObjectOptions,
+    ) -> Result<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key)
+            .set_content_type(options.content_type.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
+        out.upload_id
+            .ok_or_else(|| StorageError::S3Misbehaved("S3 returned no upload id".into()))
+    }
+
+    /// UploadPart of `body` as part `number`.
+    pub(crate) async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<Part> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPart", e))?;
+        Ok(Part {
+            number,
+            etag: out.e_tag.map(|e| e.to_string()),
+        })
+    }
+
+    /// UploadPartCopy of `source` as part `number`.
+    pub(crate) async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &CopySource,
+    ) -> Result<Part> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(&self.bucket, &source.key))
+            .copy_source_range(format!("bytes={}-{}", source.start, source.end))
+            .set_copy_source_if_match(source.if_match.clone())
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPartCopy", e))?;
+        Ok(Part {
+            number,
+            etag: out
+                .copy_part_result()
+                .and_then(|r| r.e_tag())
+                .map(str::to_string),
+        })
+    }
+
+    /// CompleteMultipartUpload of `parts` (in part-number order).
+    pub(crate) async fn complete(&self, key: &str, upload_id: &str, parts: &[Part]) -> Result<()> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .set_e_tag(p.etag.clone())
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
+        Ok(())
+    }
+
+    /// AbortMultipartUpload. The failure is returned unmapped: callers decide how loudly
+    /// to tell it (an upload that is already gone may be expected).
+    pub(crate) async fn abort(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> std::result::Result<(), S3Failure> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| S3Failure::from_sdk(&e))
+    }
+
+    /// One ListMultipartUploads page under `prefix`, after the given markers.
+    pub(crate) async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+        key_marker: Option<String>,
+        upload_id_marker: Option<String>,
+    ) -> Result<UploadsPage> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(upload_id_marker)
+            .send()
+            .await
+            .map_err(|e| s3_error("ListMultipartUploads", e))?;
+        let uploads = out
+            .uploads()
+            .iter()
+            .filter_map(|u| {
+                Some(PendingUpload {
+                    key: u.key()?.to_string(),
+                    upload_id: u.upload_id()?.to_string(),
+                    initiated: u.initiated().and_then(to_system_time),
+                })
+            })
+            .collect();
+        let next = (out.is_truncated() == Some(true)).then(|| {
+            (
+                out.next_key_marker().map(str::to_string),
+                out.next_upload_id_marker().map(str::to_string),
+            )
+        });
+        Ok(UploadsPage { uploads, next })
+    }
+
+    /// Every part S3 has of `upload_id` (ListParts, page by page), in part-number order:
+    /// what resuming a multipart upload starts from.
+    pub(crate) async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<ListedPart>> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(&*self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| s3_error("ListParts", e))?;
+            parts.extend(out.parts().iter().filter_map(|p| {
+                Some(ListedPart {
+                    part: Part {
+                        number: p.part_number()?,
+                        etag: p.e_tag().map(str::to_string),
+                    },
+                    size: p.size().unwrap_or(0).max(0) as u64,
+                })
+            }));
+            marker = out
+                .next_part_number_marker()
+                .filter(|_| out.is_truncated() == Some(true))
+                .map(str::to_string);
+            if marker.is_none() {
+                break;
+            }
+        }
+        parts.sort_by_key(|p| p.part.number);
+        Ok(parts)
+    }
+}
+
+/// HeadBucket with `client`: whether the bucket is there and reachable.
+pub(crate) async fn head_bucket(
+    client: &Client,
+    bucket: &str,
+) -> std::result::Result<(), S3Failure> {
+    client
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| S3Failure::from_sdk(&e))
+}
+
+fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+/// The object's total size from a `Content-Range: bytes a-b/total` header.
+fn range_total(header: &str) -> Option<u64> {
+    header.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// `bucket/key` with the key percent-encoded, as the x-amz-copy-source header wants it.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
+    out.push_str(bucket);
+    out.push('/');
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_source_encodes_everything_but_unreserved() {
+        assert_eq!(
+            super::copy_source("b", "u/a b+c%#ü"),
+            "b/u/a%20b%2Bc%25%23%C3%BC"
+        );
+    }
+
+    #[test]
+    fn range_total_reads_the_size_after_the_slash() {
+        assert_eq!(super::range_total("bytes 0-9/1234"), Some(1234));
+        assert_eq!(super::range_total("bytes 0-9/*"), None);
+    }
+}
