@@ -3,23 +3,34 @@
 
 pub mod attrs;
 pub mod codec;
+mod pending;
 pub mod session;
 
 use bytes::Bytes;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use session::{Session, SessionLimits};
 
 use crate::storage::UserStore;
+use pending::Pending;
 
 /// Replies queued for the writer task (the client pipelines up to 64 requests).
 const REPLY_QUEUE: usize = 64;
 
 /// Serves SFTP on `channel` until the client closes it, then reports exit status 0
 /// (OpenSSH `scp` in SFTP mode exits 1 without it) and closes the channel.
+///
+/// The channel is read whatever the replies are doing. Replies wait for the client's
+/// SSH window in a queue of [`REPLY_QUEUE`]; while it is full, requests that arrive are
+/// held (not answered) in a [`Pending`] queue bounded in bytes. If the channel stopped
+/// being read instead, russh would stop reading the socket, the client's WINDOW_ADJUST
+/// would never be seen and both sides would wait forever (paramiko's prefetch sends READ
+/// requests for a whole file before it reads any reply). A client that fills the
+/// pending bound and reads no reply for [`pending::STALL_LIMIT`] is disconnected.
 ///
 /// When `draining` is cancelled (shutdown), the session ends as soon as it has no open
 /// handle: transfers in flight finish, idle sessions go at once. A session with no
@@ -44,48 +55,57 @@ pub async fn serve(
 
     let idle = limits.idle_timeout;
     let mut session = Session::new(store, &username, limits);
-    let mut framer = codec::Framer::default();
+    let mut pending = Pending::default();
     let mut drain_seen = false;
-    'session: loop {
-        if drain_seen && session.open_handles() == 0 {
+    let mut input_ended = false;
+    let mut idle_deadline = Instant::now() + idle;
+    loop {
+        if drain_seen && session.open_handles() == 0 && pending.is_empty() {
             tracing::info!(user = %username, "closing the SFTP session for shutdown");
             break;
         }
-        let msg = tokio::select! {
-            msg = tokio::time::timeout(idle, reader.wait()) => match msg {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::info!(user = %username, seconds = idle.as_secs(), "SFTP session idle; closing it");
-                    break;
-                }
-            },
-            _ = draining.cancelled(), if !drain_seen => {
-                drain_seen = true;
-                continue;
-            }
-        };
-        match msg {
-            ChannelMsg::Data { data } => framer.push(&data),
-            ChannelMsg::Eof | ChannelMsg::Close => break,
-            _ => continue,
+        if input_ended && pending.is_empty() {
+            break;
         }
-        loop {
-            match framer.next_frame() {
-                Ok(Some(frame)) => {
-                    let reply = session.handle(frame).await;
-                    if tx.send(reply).await.is_err() {
-                        break 'session;
+        let reading = !input_ended && !pending.is_full();
+        let stall = pending.stall_deadline();
+        tokio::select! {
+            biased;
+            _ = draining.cancelled(), if !drain_seen => drain_seen = true,
+            // Answer held requests first, so nothing is held while replies flow.
+            permit = tx.reserve(), if !pending.is_empty() => {
+                let Ok(permit) = permit else { break };
+                let Some(frame) = pending.pop() else { continue };
+                permit.send(session.handle(frame).await);
+            }
+            msg = reader.wait(), if reading => {
+                idle_deadline = Instant::now() + idle;
+                match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        if let Err(e) = pending.push_data(&data) {
+                            tracing::warn!(user = %username, "SFTP stream unreadable, closing the session: {e}");
+                            break;
+                        }
                     }
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => input_ended = true,
+                    Some(_) => {}
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(user = %username, "SFTP stream unreadable, closing the session: {e}");
-                    break 'session;
-                }
+            }
+            _ = tokio::time::sleep_until(stall.unwrap_or(idle_deadline)), if stall.is_some() => {
+                tracing::warn!(
+                    user = %username,
+                    held_bytes = pending.bytes(),
+                    "SFTP client sent requests without reading the replies; closing the session"
+                );
+                break;
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if pending.is_empty() && !input_ended => {
+                tracing::info!(user = %username, seconds = idle.as_secs(), "SFTP session idle; closing it");
+                break;
             }
         }
     }
+    drop(reader);
     session.close_all().await;
     drop(tx);
     if let Ok(Some(writer)) = writer_task.await {

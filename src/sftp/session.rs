@@ -45,13 +45,21 @@ impl Default for SessionLimits {
 struct WriteHandle {
     upload: Upload,
     path: VirtualPath,
-    /// The size of the existing file it was opened on without TRUNC. Such a file keeps
-    /// whatever the client does not overwrite: closing it untouched leaves the object
-    /// alone, and a write of fewer bytes is refused (S3 cannot keep the old tail).
-    untruncated: Option<u64>,
-    /// FSETSTAT set the size to the bytes written (OpenSSH `scp` does, after writing
-    /// without TRUNC): the file ends there, whatever it held before.
-    truncated: bool,
+    ending: Ending,
+}
+
+/// Where the file being written ends, which decides what CLOSE commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// A new file, or one opened with TRUNC: it ends at the last byte written.
+    AtWritten,
+    /// An existing file of `old_size` bytes opened without TRUNC: it keeps whatever the
+    /// client does not overwrite, so closing it untouched leaves the object alone, and a
+    /// write of fewer bytes is refused (S3 cannot keep the old tail).
+    Untruncated { old_size: u64 },
+    /// Opened without TRUNC, then FSETSTAT set the size to the bytes written (OpenSSH
+    /// `scp` does): the file ends there, whatever it held before.
+    SetToWritten,
 }
 
 enum OpenHandle {
@@ -71,6 +79,41 @@ pub struct Session {
 }
 
 type Reply = Bytes;
+
+/// Why a request gets a status other than OK: a storage error, or a status the session
+/// decides itself (a bad handle, a session limit, a request S3 cannot serve).
+#[derive(Debug)]
+enum Refusal {
+    Storage(StorageError),
+    Status(StatusCode, String),
+}
+
+impl From<StorageError> for Refusal {
+    fn from(err: StorageError) -> Self {
+        Refusal::Storage(err)
+    }
+}
+
+impl Refusal {
+    fn new(code: StatusCode, message: impl Into<String>) -> Self {
+        Refusal::Status(code, message.into())
+    }
+
+    fn bad_handle() -> Self {
+        Refusal::new(StatusCode::Failure, "invalid handle")
+    }
+
+    /// The STATUS reply to request `id`.
+    fn reply(&self, id: u32) -> Reply {
+        match self {
+            Refusal::Storage(err) => error_status(id, err),
+            Refusal::Status(code, message) => codec::status(id, *code, message),
+        }
+    }
+}
+
+/// What a request handler returns; [`Session::dispatch`] turns a refusal into its STATUS.
+type Outcome = Result<Reply, Refusal>;
 
 fn status_ok(id: u32) -> Reply {
     codec::status(id, StatusCode::Ok, "OK")
@@ -110,7 +153,10 @@ impl Session {
                 handle,
                 offset,
                 data,
-            } => self.write(id, &handle, offset, data).await,
+            } => self
+                .write(id, &handle, offset, data)
+                .await
+                .unwrap_or_else(|refusal| refusal.reply(id)),
             Request::Packet(Packet::Init(init)) => {
                 tracing::debug!(version = init.version, "sftp init");
                 self.initialized = true;
@@ -121,7 +167,9 @@ impl Session {
                 if !self.initialized {
                     return codec::status(id, StatusCode::BadMessage, "INIT expected first");
                 }
-                self.dispatch(packet).await
+                self.dispatch(packet)
+                    .await
+                    .unwrap_or_else(|refusal| refusal.reply(id))
             }
             Request::Malformed { id, reason } => {
                 tracing::info!(user = %self.username, "malformed SFTP request: {reason}");
@@ -134,7 +182,7 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, packet: Packet) -> Reply {
+    async fn dispatch(&mut self, packet: Packet) -> Outcome {
         match packet {
             Packet::RealPath(p) => self.realpath(p.id, &p.path),
             Packet::Stat(p) => self.stat(p.id, &p.path).await,
@@ -143,22 +191,16 @@ impl Session {
             Packet::OpenDir(p) => self.opendir(p.id, &p.path).await,
             Packet::ReadDir(p) => self.readdir(p.id, &p.handle).await,
             Packet::MkDir(p) => {
-                self.path_op(p.id, &p.path, |s, v| {
-                    Box::pin(async move { s.mkdir(&v).await })
-                })
-                .await
+                self.store.mkdir(&parse_path(&p.path)?).await?;
+                Ok(status_ok(p.id))
             }
             Packet::RmDir(p) => {
-                self.path_op(p.id, &p.path, |s, v| {
-                    Box::pin(async move { s.rmdir(&v).await })
-                })
-                .await
+                self.store.rmdir(&parse_path(&p.path)?).await?;
+                Ok(status_ok(p.id))
             }
             Packet::Remove(p) => {
-                self.path_op(p.id, &p.filename, |s, v| {
-                    Box::pin(async move { s.remove(&v).await })
-                })
-                .await
+                self.store.remove(&parse_path(&p.filename)?).await?;
+                Ok(status_ok(p.id))
             }
             Packet::Rename(p) => self.rename(p.id, &p.oldpath, &p.newpath, false).await,
             Packet::Open(p) => self.open(p.id, &p.filename, p.pflags, &p.attrs).await,
@@ -166,64 +208,45 @@ impl Session {
             Packet::Close(p) => self.close(p.id, &p.handle).await,
             Packet::SetStat(p) => self.setstat(p.id, &p.path, &p.attrs).await,
             Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs),
-            Packet::Symlink(p) => codec::status(
-                p.id,
+            Packet::Symlink(_) | Packet::ReadLink(_) => Err(Refusal::new(
                 StatusCode::OpUnsupported,
                 "symbolic links are not supported on S3",
-            ),
-            Packet::ReadLink(p) => codec::status(
-                p.id,
-                StatusCode::OpUnsupported,
-                "symbolic links are not supported on S3",
-            ),
+            )),
             Packet::Extended(p) => self.extended(p).await,
-            other => codec::status(
-                other.get_request_id(),
+            _ => Err(Refusal::new(
                 StatusCode::OpUnsupported,
                 "request type not supported",
-            ),
+            )),
         }
     }
 
-    fn parse_path(path: &str) -> Result<VirtualPath, StorageError> {
-        VirtualPath::parse_str(path).map_err(StorageError::from)
+    fn realpath(&self, id: u32, path: &str) -> Outcome {
+        let v = parse_path(path)?;
+        Ok(codec::encode(Packet::Name(Name {
+            id,
+            files: vec![File {
+                filename: v.as_str().to_string(),
+                longname: String::new(),
+                attrs: FileAttributes {
+                    size: None,
+                    uid: None,
+                    user: None,
+                    gid: None,
+                    group: None,
+                    permissions: None,
+                    atime: None,
+                    mtime: None,
+                },
+            }],
+        })))
     }
 
-    fn realpath(&self, id: u32, path: &str) -> Reply {
-        match Self::parse_path(path) {
-            Ok(v) => codec::encode(Packet::Name(Name {
-                id,
-                files: vec![File {
-                    filename: v.as_str().to_string(),
-                    longname: String::new(),
-                    attrs: FileAttributes {
-                        size: None,
-                        uid: None,
-                        user: None,
-                        gid: None,
-                        group: None,
-                        permissions: None,
-                        atime: None,
-                        mtime: None,
-                    },
-                }],
-            })),
-            Err(e) => error_status(id, &e),
-        }
+    async fn stat(&self, id: u32, path: &str) -> Outcome {
+        let entry = self.store.stat(&parse_path(path)?).await?;
+        Ok(attrs_reply(id, &entry))
     }
 
-    async fn stat(&self, id: u32, path: &str) -> Reply {
-        let result = async { self.store.stat(&Self::parse_path(path)?).await }.await;
-        match result {
-            Ok(entry) => codec::encode(Packet::Attrs(Attrs {
-                id,
-                attrs: attrs::attributes(&entry),
-            })),
-            Err(e) => error_status(id, &e),
-        }
-    }
-
-    fn fstat(&self, id: u32, handle: &str) -> Reply {
+    fn fstat(&self, id: u32, handle: &str) -> Outcome {
         let entry = match self.handles.get(handle) {
             Some(OpenHandle::Read(d, path)) => Entry {
                 name: path.file_name().to_string(),
@@ -243,44 +266,16 @@ impl Session {
                 size: 0,
                 modified: Some(SystemTime::now()),
             },
-            None => return bad_handle(id),
+            None => return Err(Refusal::bad_handle()),
         };
-        codec::encode(Packet::Attrs(Attrs {
-            id,
-            attrs: attrs::attributes(&entry),
-        }))
+        Ok(attrs_reply(id, &entry))
     }
 
-    async fn path_op<F>(&self, id: u32, path: &str, op: F) -> Reply
-    where
-        F: for<'a> FnOnce(
-            &'a UserStore,
-            VirtualPath,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>,
-        >,
-    {
-        let result = match Self::parse_path(path) {
-            Ok(v) => op(&self.store, v).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => status_ok(id),
-            Err(e) => error_status(id, &e),
-        }
-    }
-
-    async fn rename(&self, id: u32, from: &str, to: &str, overwrite: bool) -> Reply {
-        let result = async {
-            let from = Self::parse_path(from)?;
-            let to = Self::parse_path(to)?;
-            self.store.rename(&from, &to, overwrite).await
-        }
-        .await;
-        match result {
-            Ok(()) => status_ok(id),
-            Err(e) => error_status(id, &e),
-        }
+    async fn rename(&self, id: u32, from: &str, to: &str, overwrite: bool) -> Outcome {
+        let from = parse_path(from)?;
+        let to = parse_path(to)?;
+        self.store.rename(&from, &to, overwrite).await?;
+        Ok(status_ok(id))
     }
 
     /// Number of open handles (shutdown waits for a session to have none).
@@ -288,51 +283,39 @@ impl Session {
         self.handles.len()
     }
 
-    fn add_handle(&mut self, id: u32, handle: OpenHandle) -> Reply {
+    fn add_handle(&mut self, id: u32, handle: OpenHandle) -> Outcome {
         if self.handles.len() >= self.limits.max_handles {
-            return codec::status(
-                id,
+            return Err(Refusal::new(
                 StatusCode::Failure,
-                &format!("too many open handles (limit {})", self.limits.max_handles),
-            );
+                format!("too many open handles (limit {})", self.limits.max_handles),
+            ));
         }
         let name = format!("h{}", self.next_handle);
         self.next_handle += 1;
         self.handles.insert(name.clone(), handle);
-        codec::encode(Packet::Handle(Handle { id, handle: name }))
+        Ok(codec::encode(Packet::Handle(Handle { id, handle: name })))
     }
 
-    async fn opendir(&mut self, id: u32, path: &str) -> Reply {
-        let result = async {
-            let v = Self::parse_path(path)?;
-            let lister = self.store.list(&v).await?;
-            Ok::<_, StorageError>((lister, v))
-        }
-        .await;
-        match result {
-            Ok((lister, v)) => self.add_handle(id, OpenHandle::Dir(Box::new(lister), v)),
-            Err(e) => error_status(id, &e),
-        }
+    async fn opendir(&mut self, id: u32, path: &str) -> Outcome {
+        let v = parse_path(path)?;
+        let lister = self.store.list(&v).await?;
+        self.add_handle(id, OpenHandle::Dir(Box::new(lister), v))
     }
 
-    async fn readdir(&mut self, id: u32, handle: &str) -> Reply {
+    async fn readdir(&mut self, id: u32, handle: &str) -> Outcome {
         let Some(OpenHandle::Dir(lister, _)) = self.handles.get_mut(handle) else {
-            return bad_handle(id);
+            return Err(Refusal::bad_handle());
         };
-        match lister.next_batch(READDIR_BATCH).await {
-            Ok(entries) if entries.is_empty() => {
-                codec::status(id, StatusCode::Eof, "end of directory")
-            }
-            Ok(entries) => {
-                let now = SystemTime::now();
-                let files = entries
-                    .iter()
-                    .map(|e| attrs::file(e, &self.username, now))
-                    .collect();
-                codec::encode(Packet::Name(Name { id, files }))
-            }
-            Err(e) => error_status(id, &e),
+        let entries = lister.next_batch(READDIR_BATCH).await?;
+        if entries.is_empty() {
+            return Err(Refusal::new(StatusCode::Eof, "end of directory"));
         }
+        let now = SystemTime::now();
+        let files = entries
+            .iter()
+            .map(|e| attrs::file(e, &self.username, now))
+            .collect();
+        Ok(codec::encode(Packet::Name(Name { id, files })))
     }
 
     async fn open(
@@ -341,23 +324,17 @@ impl Session {
         path: &str,
         flags: OpenFlags,
         attrs: &FileAttributes,
-    ) -> Reply {
-        let v = match Self::parse_path(path) {
-            Ok(v) => v,
-            Err(e) => return error_status(id, &e),
-        };
+    ) -> Outcome {
+        let v = parse_path(path)?;
         if flags.contains(OpenFlags::APPEND) {
-            return codec::status(
-                id,
+            return Err(Refusal::new(
                 StatusCode::OpUnsupported,
                 "appending is not supported on S3",
-            );
+            ));
         }
         if !flags.contains(OpenFlags::WRITE) {
-            return match self.store.open_read_listed(&v).await {
-                Ok(d) => self.add_handle(id, OpenHandle::Read(Box::new(d), v)),
-                Err(e) => error_status(id, &e),
-            };
+            let download = self.store.open_read_listed(&v).await?;
+            return self.add_handle(id, OpenHandle::Read(Box::new(download), v));
         }
         let uploads = self
             .handles
@@ -366,195 +343,187 @@ impl Session {
             .count();
         if uploads >= self.limits.max_uploads {
             tracing::info!(user = %self.username, limit = self.limits.max_uploads, "upload refused: too many concurrent uploads in this session");
-            return codec::status(
-                id,
+            return Err(Refusal::new(
                 StatusCode::Failure,
-                &format!(
+                format!(
                     "too many files open for writing in this session (limit {})",
                     self.limits.max_uploads
                 ),
-            );
+            ));
         }
         let mode = WriteMode {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
             replace: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::TRUNCATE),
         };
-        match self.store.open_write(&v, mode, attrs.size).await {
-            Ok(upload) => {
-                let existed = upload.replaces_existing() == Some(true);
-                if !existed && !flags.contains(OpenFlags::CREATE) {
-                    return codec::status(
-                        id,
-                        StatusCode::NoSuchFile,
-                        "no such file (open without CREATE)",
-                    );
-                }
-                let untruncated = if flags.contains(OpenFlags::TRUNCATE) {
-                    None
-                } else {
-                    upload.existing_size()
-                };
-                self.add_handle(
-                    id,
-                    OpenHandle::Write(Box::new(WriteHandle {
-                        upload,
-                        path: v,
-                        untruncated,
-                        truncated: false,
-                    })),
-                )
-            }
-            Err(e) => error_status(id, &e),
+        let upload = self.store.open_write(&v, mode, attrs.size).await?;
+        let existed = upload.replaces_existing() == Some(true);
+        if !existed && !flags.contains(OpenFlags::CREATE) {
+            return Err(Refusal::new(
+                StatusCode::NoSuchFile,
+                "no such file (open without CREATE)",
+            ));
         }
+        let ending = match upload.existing_size() {
+            Some(old_size) if !flags.contains(OpenFlags::TRUNCATE) => {
+                Ending::Untruncated { old_size }
+            }
+            _ => Ending::AtWritten,
+        };
+        self.add_handle(
+            id,
+            OpenHandle::Write(Box::new(WriteHandle {
+                upload,
+                path: v,
+                ending,
+            })),
+        )
     }
 
-    async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Reply {
+    async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Outcome {
         let download = match self.handles.get_mut(handle) {
             Some(OpenHandle::Read(d, _)) => d,
             Some(_) => {
-                return codec::status(id, StatusCode::Failure, "handle is not open for reading")
+                return Err(Refusal::new(
+                    StatusCode::Failure,
+                    "handle is not open for reading",
+                ))
             }
-            None => return bad_handle(id),
+            None => return Err(Refusal::bad_handle()),
         };
         let len = len.min(MAX_READ);
         match download.read(offset, u64::from(len)).await {
-            Ok(data) if data.is_empty() => codec::status(id, StatusCode::Eof, "end of file"),
-            Ok(data) => codec::data(id, &data),
+            Ok(data) if data.is_empty() => Err(Refusal::new(StatusCode::Eof, "end of file")),
+            Ok(data) => Ok(codec::data(id, &data)),
             Err(e) => {
                 tracing::warn!(user = %self.username, key = %download.key(), "read failed: {e}");
-                error_status(id, &e)
+                Err(e.into())
             }
         }
     }
 
-    async fn write(&mut self, id: u32, handle: &str, offset: u64, data: Bytes) -> Reply {
+    async fn write(&mut self, id: u32, handle: &str, offset: u64, data: Bytes) -> Outcome {
         let w = match self.handles.get_mut(handle) {
             Some(OpenHandle::Write(w)) => w,
             Some(_) => {
-                return codec::status(id, StatusCode::Failure, "handle is not open for writing")
+                return Err(Refusal::new(
+                    StatusCode::Failure,
+                    "handle is not open for writing",
+                ))
             }
-            None => return bad_handle(id),
+            None => return Err(Refusal::bad_handle()),
         };
         match w.upload.write(offset, data).await {
-            Ok(()) => status_ok(id),
+            Ok(()) => Ok(status_ok(id)),
             Err(e) => {
                 tracing::info!(user = %self.username, key = %w.upload.key(), "write refused: {e}");
-                error_status(id, &e)
+                Err(e.into())
             }
         }
     }
 
-    async fn close(&mut self, id: u32, handle: &str) -> Reply {
+    async fn close(&mut self, id: u32, handle: &str) -> Outcome {
         let Some(open) = self.handles.remove(handle) else {
-            return bad_handle(id);
+            return Err(Refusal::bad_handle());
         };
         let OpenHandle::Write(w) = open else {
-            return status_ok(id);
+            return Ok(status_ok(id));
         };
         let WriteHandle {
             upload,
             path,
-            untruncated,
-            truncated,
+            ending,
         } = *w;
-        if let Some(old_size) = untruncated.filter(|_| !truncated) {
+        if let Ending::Untruncated { old_size } = ending {
             if upload.is_empty() {
                 upload.abort().await;
-                return status_ok(id);
+                return Ok(status_ok(id));
             }
             let written = upload.len();
             if written < old_size {
                 upload.abort().await;
                 tracing::info!(user = %self.username, path = %path, written, old_size, "partial overwrite refused at close");
-                return codec::status(
-                    id,
+                return Err(Refusal::new(
                     StatusCode::OpUnsupported,
-                    &format!(
+                    format!(
                         "only the first {written} of the file's {old_size} bytes were written and it was not truncated: changing part of a stored file is not supported on S3; the file is unchanged"
                     ),
-                );
+                ));
             }
         }
         let key = upload.key().to_string();
         match upload.finish().await {
             Ok(size) => {
                 tracing::info!(user = %self.username, path = %path, size, "upload committed");
-                status_ok(id)
+                Ok(status_ok(id))
             }
             Err(e) => {
                 tracing::warn!(user = %self.username, %key, "upload failed at close: {e}");
-                codec::status(
-                    id,
+                Err(Refusal::new(
                     StatusCode::Failure,
-                    &format!("upload failed, nothing was stored: {e}"),
-                )
+                    format!("upload failed, nothing was stored: {e}"),
+                ))
             }
         }
     }
 
-    async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Reply {
-        let entry = match Self::parse_path(path) {
-            Ok(v) => self.store.stat(&v).await,
-            Err(e) => Err(e),
-        };
-        match entry {
-            Ok(entry) => match attrs.size {
-                Some(size) if entry.kind == EntryKind::File && size != entry.size => codec::status(
-                    id,
-                    StatusCode::OpUnsupported,
-                    "changing the size of a stored file is not supported on S3",
-                ),
-                _ => {
-                    tracing::debug!(user = %self.username, %path, "setstat ignored (mode, owner and times are not kept on S3)");
-                    status_ok(id)
-                }
-            },
-            Err(e) => error_status(id, &e),
+    async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
+        let entry = self.store.stat(&parse_path(path)?).await?;
+        match attrs.size {
+            Some(size) if entry.kind == EntryKind::File && size != entry.size => Err(Refusal::new(
+                StatusCode::OpUnsupported,
+                "changing the size of a stored file is not supported on S3",
+            )),
+            _ => {
+                tracing::debug!(user = %self.username, %path, "setstat ignored (mode, owner and times are not kept on S3)");
+                Ok(status_ok(id))
+            }
         }
     }
 
-    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Reply {
+    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Outcome {
         let current = match self.handles.get_mut(handle) {
             Some(OpenHandle::Write(w)) => {
                 let written = w.upload.len();
-                if attrs.size == Some(written) {
-                    w.truncated = true;
+                if attrs.size == Some(written) && w.ending != Ending::AtWritten {
+                    w.ending = Ending::SetToWritten;
                 }
                 written
             }
             Some(OpenHandle::Read(d, _)) => d.size(),
             Some(OpenHandle::Dir(..)) => 0,
-            None => return bad_handle(id),
+            None => return Err(Refusal::bad_handle()),
         };
         match attrs.size {
-            Some(size) if size != current => codec::status(
-                id,
+            Some(size) if size != current => Err(Refusal::new(
                 StatusCode::OpUnsupported,
                 "truncating or extending a file is not supported on S3",
-            ),
+            )),
             _ => {
                 tracing::debug!(user = %self.username, "fsetstat ignored (mode, owner and times are not kept on S3)");
-                status_ok(id)
+                Ok(status_ok(id))
             }
         }
     }
 
-    async fn extended(&mut self, p: Extended) -> Reply {
+    async fn extended(&mut self, p: Extended) -> Outcome {
         let id = p.id;
         let mut r = Reader::new(p.data);
         match p.request.as_str() {
-            "posix-rename@openssh.com" => match (r.string(), r.string()) {
-                (Some(from), Some(to)) => {
-                    match (std::str::from_utf8(&from), std::str::from_utf8(&to)) {
-                        (Ok(from), Ok(to)) => self.rename(id, from, to, true).await,
-                        _ => codec::status(id, StatusCode::Failure, "path is not valid UTF-8"),
-                    }
+            "posix-rename@openssh.com" => {
+                let (Some(from), Some(to)) = (r.string(), r.string()) else {
+                    return Err(Refusal::new(
+                        StatusCode::BadMessage,
+                        "malformed posix-rename request",
+                    ));
+                };
+                match (std::str::from_utf8(&from), std::str::from_utf8(&to)) {
+                    (Ok(from), Ok(to)) => self.rename(id, from, to, true).await,
+                    _ => Err(Refusal::new(StatusCode::Failure, "path is not valid UTF-8")),
                 }
-                _ => codec::status(id, StatusCode::BadMessage, "malformed posix-rename request"),
-            },
+            }
             "statvfs@openssh.com" => {
                 let s = self.store.statvfs();
-                codec::extended_reply_u64s(
+                Ok(codec::extended_reply_u64s(
                     id,
                     &[
                         s.block_size,
@@ -569,9 +538,9 @@ impl Session {
                         0,
                         s.name_max,
                     ],
-                )
+                ))
             }
-            "limits@openssh.com" => codec::extended_reply_u64s(
+            "limits@openssh.com" => Ok(codec::extended_reply_u64s(
                 id,
                 &[
                     u64::from(MAX_PACKET),
@@ -579,12 +548,11 @@ impl Session {
                     u64::from(MAX_DATA),
                     self.limits.max_handles as u64,
                 ],
-            ),
-            other => codec::status(
-                id,
+            )),
+            other => Err(Refusal::new(
                 StatusCode::OpUnsupported,
-                &format!("extension {other} is not supported"),
-            ),
+                format!("extension {other} is not supported"),
+            )),
         }
     }
 
@@ -599,8 +567,16 @@ impl Session {
     }
 }
 
-fn bad_handle(id: u32) -> Reply {
-    codec::status(id, StatusCode::Failure, "invalid handle")
+fn parse_path(path: &str) -> Result<VirtualPath, StorageError> {
+    VirtualPath::parse_str(path).map_err(StorageError::from)
+}
+
+/// The ATTRS reply describing `entry`.
+fn attrs_reply(id: u32, entry: &Entry) -> Reply {
+    codec::encode(Packet::Attrs(Attrs {
+        id,
+        attrs: attrs::attributes(entry),
+    }))
 }
 
 /// The VERSION reply with the extensions we implement.
