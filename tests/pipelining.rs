@@ -3,11 +3,9 @@
 //! of READs outstanding. Each must complete with the right bytes: the server keeps
 //! reading its channel while replies wait on the client's window.
 
-mod common;
-
 use std::process::Stdio;
 
-use common::{random_bytes, sha256, TestServer, MIB, PASSWORD};
+use crate::common::{random_bytes, sha256, TestServer, MIB, PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether `python3 -c "import MODULE"` works (.ci/run installs paramiko and asyncssh).
@@ -71,7 +69,7 @@ async fn paramiko_get_and_put_of_large_files_complete() {
         assert_eq!(got.trim(), sha256(&data), "paramiko get of {size} bytes");
         let key = format!("{}{remote}", t.alice.prefix);
         assert_eq!(
-            t.object(&key).await.map(|o| sha256(&o)),
+            t.s3.object(&key).await.map(|o| sha256(&o)),
             Some(sha256(&data)),
             "paramiko put of {size} bytes"
         );
@@ -137,10 +135,10 @@ async fn thousands_of_outstanding_reads_are_all_answered() {
     const LEN: u32 = 32 * 1024;
     let t = TestServer::start().await;
     let data = random_bytes(8 * MIB, 90);
-    t.put(&format!("{}big.bin", t.alice.prefix), &data).await;
+    t.s3.put(&format!("{}big.bin", t.alice.prefix), &data).await;
 
-    let sftp = t.russh_sftp(&t.alice).await;
-    let channel = sftp.handle.channel_open_session().await.expect("channel");
+    let connection = t.russh_login(&t.alice).await;
+    let channel = connection.channel_open_session().await.expect("channel");
     channel.request_subsystem(true, "sftp").await.expect("sftp");
     let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
     // INIT (no request id: version 3 takes its place), then OPEN.
