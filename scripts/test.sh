@@ -8,4 +8,4 @@ if [ "${1:-}" = "--external" ]; then
   : "${S3SFTP_TEST_S3_ENDPOINT:?set S3SFTP_TEST_S3_ENDPOINT (and _BUCKET, _ACCESS_KEY, _SECRET_KEY)}"
   exec cargo test --locked --test sftp_openssh --test sftp_protocol --test scp_legacy --test hardening --test secrets_in_logs --test users_live --test s3_faults --test s3_fault_logs --test s3_requests --test proxy_protocol --test upload_order -- --test-threads=2
 fi
-exec cargo test --locked -- --test-threads=2
+exec cargo test --locked --workspace -- --test-threads=2
