@@ -17,7 +17,7 @@ when --small-runs is given).
 Everything runs on loopback, on free ports, in a temporary directory that is removed at exit:
 
 * S3 server (`--s3-server`): `embedded` (default: s3sftp's own store, run standalone from
-  examples/s3_store.rs over a temp dir, so every system can share its bucket), `rclone` (`rclone
+  crates/s3-store/examples/s3_store.rs over a temp dir, so every system can share its bucket), `rclone` (`rclone
   serve s3 --auth-key KEY,SECRET` over a temp dir: independent, Go) or `moto` (moto_server: in
   memory, Python; slow, so the default file is 256 MiB there). Bucket `bench`; every S3-backed
   system below uses that one bucket, under the prefix `data/`.

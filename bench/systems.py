@@ -55,7 +55,7 @@ def build(b: Bench) -> Path:
     if not b.args.no_build:
         log(f"cargo build --release (target dir {target})")
         started = time.monotonic()
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "s3sftp",
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--workspace", "--bin", "s3sftp",
                         "--example", "s3_store"], cwd=REPO, check=True)
         took = time.monotonic() - started
         if took > COLD_BUILD_S and not b.args.runs:
@@ -79,7 +79,7 @@ def start_s3_server(b: Bench) -> None:
     b.s3_endpoint = f"http://127.0.0.1:{b.s3_port}"
     b.access_key, b.secret_key = ACCESS_KEY, SECRET_KEY
     if b.args.s3_server == "embedded":
-        # s3sftp's own store, standalone (examples/s3_store.rs), so every system shares it.
+        # s3sftp's own store, standalone (crates/s3-store/examples/s3_store.rs), so every system shares it.
         lf = t / "s3store.log"
         store = REPO_TARGET() / "release" / "examples" / "s3_store"
         b.s3_proc = subprocess.Popen(

@@ -9,4 +9,4 @@ if [ "${1:-}" = "--external" ]; then
   : "${S3SFTP_TEST_S3_ENDPOINT:?set S3SFTP_TEST_S3_ENDPOINT (and _BUCKET, _ACCESS_KEY, _SECRET_KEY)}"
   exec cargo test --locked --test integration -- --test-threads=2
 fi
-exec cargo test --locked -- --test-threads=2
+exec cargo test --locked --workspace -- --test-threads=2

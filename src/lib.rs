@@ -20,7 +20,9 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod embedded;
+/// The embedded S3 store ([`s3_store`]), built in with the default `embedded-store` feature.
+#[cfg(feature = "embedded-store")]
+pub use s3_store as embedded;
 pub mod exec;
 pub mod lanes;
 pub mod reload;

@@ -92,6 +92,10 @@ fn error_chain(err: &anyhow::Error) -> String {
 /// large buffer on its own and gives it back when it is freed. `MALLOC_MMAP_THRESHOLD_` in
 /// the environment still wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(
+    unsafe_code,
+    reason = "mallopt is a C function; the one unsafe call in the workspace"
+)]
 fn tune_allocator() {
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
         return;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+#[cfg(feature = "embedded-store")]
 use crate::embedded::{EmbeddedError, EmbeddedS3};
 use crate::lanes::Lanes;
 use crate::sftp::SessionLimits;
@@ -16,6 +17,19 @@ use crate::storage::client::{self, ConnectError, S3Settings};
 use crate::storage::sweep::sweep_orphans;
 use crate::storage::{Storage, TransferSettings};
 use crate::users::{UsersError, UsersFile};
+
+/// Stands in for the embedded store in a build without it (the `embedded-store` feature):
+/// a type with no values, so a `RunningServer` there never holds one.
+#[cfg(not(feature = "embedded-store"))]
+#[derive(Debug)]
+enum EmbeddedS3 {}
+
+#[cfg(not(feature = "embedded-store"))]
+impl EmbeddedS3 {
+    async fn shutdown(self) {
+        match self {}
+    }
+}
 
 /// Bucket name the embedded store serves.
 pub const EMBEDDED_BUCKET: &str = "s3sftp";
@@ -79,8 +93,15 @@ pub enum StartError {
     HostKey(#[from] hostkey::HostKeyError),
     #[error(transparent)]
     Bucket(#[from] ConnectError),
+    #[cfg(feature = "embedded-store")]
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[cfg(not(feature = "embedded-store"))]
+    #[error(
+        "no bucket configured, and this s3sftp was built without the embedded S3 store \
+         (cargo feature `embedded-store`): pass a bucket with --bucket (S3SFTP_BUCKET)"
+    )]
+    NoEmbeddedStore,
     #[error(
         "PROXY protocol is on but no load balancer is trusted: set --proxy-trusted-cidrs \
          (S3SFTP_PROXY_TRUSTED_CIDRS), or a header from anyone could claim any client address"
@@ -135,6 +156,7 @@ impl RunningServer {
     }
 
     /// The embedded store, when it is in use.
+    #[cfg(feature = "embedded-store")]
     pub fn embedded(&self) -> Option<&EmbeddedS3> {
         self.embedded.as_ref()
     }
@@ -188,6 +210,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     {
         return Err(StartError::ProxyWithoutTrust);
     }
+    // Before anything is created on disk (the host key).
+    #[cfg(not(feature = "embedded-store"))]
+    if config.s3.is_none() {
+        return Err(StartError::NoEmbeddedStore);
+    }
     hostkey::warn_if_readable_by_others(&config.users_file);
     let users = UsersFile::load(&config.users_file)?;
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
@@ -195,6 +222,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let (s3, embedded) = match &config.s3 {
         Some(s3) => (s3.clone(), None),
+        #[cfg(feature = "embedded-store")]
         None => {
             let store = EmbeddedS3::start(
                 &config.embedded_data_dir,
@@ -216,6 +244,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             );
             (settings, Some(store))
         }
+        #[cfg(not(feature = "embedded-store"))]
+        None => return Err(StartError::NoEmbeddedStore),
     };
     let client = client::build_client(&s3).await;
     client::check_bucket(&client, &s3).await?;

@@ -65,7 +65,8 @@ impl EtagSource {
 
 /// The 16 bytes of a Content-MD5 header (base64), or `InvalidDigest`.
 fn parse_content_md5(value: &str) -> S3Result<[u8; 16]> {
-    aws_smithy_types::base64::decode(value.trim())
+    base64_simd::STANDARD
+        .decode_to_vec(value.trim())
         .ok()
         .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
         .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid."))

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use s3sftp::embedded::EmbeddedS3;
+use s3_store::EmbeddedS3;
 use tokio::io::AsyncReadExt;
 
 #[tokio::main]

@@ -1,18 +1,33 @@
-//! The embedded S3-compatible store used when no bucket is configured.
+//! A small S3-compatible server over a local folder: s3sftp's embedded store, used when no
+//! bucket is configured, and on its own (`examples/s3_store.rs`) by the benchmarks.
 //!
-//! It serves a local data folder over HTTP on loopback, so the server talks to it through
+//! It serves a data folder over HTTP on loopback, so s3sftp talks to it through
 //! aws-sdk-s3 exactly as it talks to real S3. It is for trying s3sftp and for tests, not
 //! for production, but it keeps the S3 semantics the server relies on and that simpler
 //! stores lack: empty `dir/` markers are ordinary objects, `a`, `a/` and `a/b` coexist,
 //! listings page by `max-keys` with opaque continuation tokens, ranges and preconditions
 //! behave as on S3, and multipart uploads enforce S3's part rules.
 //!
-//! Files: `store.rs` (on-disk layout and index), `parts.rs` (multipart state on disk),
-//! `s3.rs` (the `s3s::S3` operations), `list.rs`, `multipart.rs`, `conditions.rs`
-//! (preconditions, ranges), `body.rs` (streaming bytes in and out), `error.rs`.
+//! Modules:
+//! - this file: [`EmbeddedS3`], which opens the data folder, generates the credentials and
+//!   runs the HTTP server (hyper-util, serving `s3s`'s service) until shut down;
+//! - `s3`: the `s3s::S3` operations for buckets and single objects, handing listings to
+//!   `list` and multipart uploads to `multipart`;
+//! - `store`: the on-disk layout, the folder lock and each bucket's in-memory key index;
+//! - `list`: ListObjectsV2 and ListObjects (v1) as range queries over that index;
+//! - `multipart`: create, parts (uploaded or copied), complete, abort, and their listings;
+//! - `parts`: the on-disk state of unfinished uploads;
+//! - `assembly`: parts written in place, so completing an upload moves no bytes;
+//! - `conditions`: preconditions (`If-Match` and the rest) and byte ranges;
+//! - `body`: request bodies into files (hashed as they arrive), files out as response
+//!   bodies, file-to-file copies;
+//! - `error`: [`EmbeddedError`] (start-up failures) and I/O failures as S3 error replies.
+//!
+//! A simple object's ETag is its MD5, checked against `Content-MD5` when the request sends
+//! one; a part sent without `Content-MD5` gets a random ETag (see `body`).
 //!
 //! Not supported: versioning, ACLs and policies, tagging, encryption, checksums other than
-//! the ETag, virtual-hosted-style addressing, `Content-MD5` verification.
+//! the ETag and `Content-MD5`, virtual-hosted-style addressing.
 
 mod assembly;
 mod body;

@@ -17,7 +17,7 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use futures::StreamExt;
 use md5::{Digest, Md5};
-use s3sftp::embedded::{EmbeddedError, EmbeddedS3};
+use s3_store::{EmbeddedError, EmbeddedS3};
 
 const MIB: usize = 1024 * 1024;
 const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
@@ -60,7 +60,7 @@ fn quoted_md5(data: &[u8]) -> String {
 
 /// The Content-MD5 header of `data`: its MD5 in base64.
 fn content_md5(data: &[u8]) -> String {
-    aws_smithy_types::base64::encode(Md5::digest(data))
+    base64_simd::STANDARD.encode_to_string(Md5::digest(data))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
