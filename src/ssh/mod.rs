@@ -4,22 +4,33 @@
 pub mod guard;
 mod handler;
 pub mod hostkey;
+mod lifeline;
+pub mod log_text;
+mod password_checks;
 pub mod proxy_protocol;
 pub mod registry;
+mod source;
+mod unclaimed;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use guard::{Guard, GuardSettings};
 pub use handler::Connection;
+use handler::Login;
+use lifeline::Lifeline;
+pub use password_checks::{default_password_checks, PasswordChecks};
 pub use proxy_protocol::ProxySettings;
+pub use source::source_of;
 
 use crate::lanes::Lanes;
 use crate::sftp::SessionLimits;
@@ -43,6 +54,12 @@ pub struct SshSettings {
     pub guard: GuardSettings,
     /// PROXY protocol from trusted load balancers; `None`: off, every peer is the client.
     pub proxy_protocol: Option<ProxySettings>,
+    /// Channels one connection may hold at once (sshd's MaxSessions).
+    pub max_channels: usize,
+    /// A channel with no subsystem or exec request within this long is closed.
+    pub channel_claim_timeout: Duration,
+    /// Password checks (argon2) running at once in the whole server; the rest wait.
+    pub max_password_checks: usize,
 }
 
 impl Default for SshSettings {
@@ -55,6 +72,9 @@ impl Default for SshSettings {
             auth_deadline: Duration::from_secs(60),
             guard: GuardSettings::default(),
             proxy_protocol: None,
+            max_channels: 10,
+            channel_claim_timeout: unclaimed::CLAIM_TIMEOUT,
+            max_password_checks: default_password_checks(),
         }
     }
 }
@@ -70,6 +90,8 @@ pub struct Shared {
     pub guard: Arc<Guard>,
     /// Logged-in connections per user.
     pub registry: Arc<registry::Registry>,
+    /// Permits for password checks, shared by every connection.
+    pub password_checks: PasswordChecks,
     /// Cancelled when shutdown begins: front ends finish what is in flight, take nothing new.
     pub draining: CancellationToken,
     /// Cancelled when the grace period is over: connections are cut, uploads aborted.
@@ -81,15 +103,16 @@ impl Shared {
         users: UsersFile,
         storage: Arc<Storage>,
         sftp_limits: SessionLimits,
-        guard: GuardSettings,
+        ssh: &SshSettings,
     ) -> Arc<Self> {
         Arc::new(Shared {
             users: RwLock::new(Arc::new(users)),
             storage,
             sftp_limits,
             tasks: TaskTracker::new(),
-            guard: Guard::new(guard),
+            guard: Guard::new(ssh.guard.clone()),
             registry: Arc::default(),
+            password_checks: PasswordChecks::new(ssh.max_password_checks),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
         })
@@ -131,10 +154,49 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            key: std::borrow::Cow::Borrowed(KEY_ALGORITHMS),
+            compression: std::borrow::Cow::Borrowed(COMPRESSION),
             ..russh::Preferred::default()
         },
         ..Default::default()
     })
+}
+
+/// Host key and user key signature algorithms offered (also sent as `server-sig-algs`):
+/// russh's defaults without `ssh-rsa`, whose SHA-1 signatures are forgeable by chosen
+/// prefix collisions; RSA keys sign with rsa-sha2-512/256 instead (OpenSSH >= 7.2).
+const KEY_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
+
+/// Compression offered: none, or OpenSSH's delayed zlib, which starts only after login.
+/// Plain `zlib` would inflate whatever an unauthenticated client sends.
+const COMPRESSION: &[russh::compression::Name] =
+    &[russh::compression::NONE, russh::compression::ZLIB_LEGACY];
+
+/// Logs that `ip`'s source was banned for `length`.
+fn log_ban(ip: IpAddr, length: Duration) {
+    tracing::warn!(
+        peer = %ip,
+        source = %source_of(ip),
+        seconds = length.as_secs(),
+        "address banned after repeated failed logins or connections without a login"
+    );
 }
 
 /// Ciphers offered, AES-GCM first: with AES-NI it is the fastest here, and russh's own
@@ -160,6 +222,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     lanes: Arc<Lanes>,
 ) {
+    let settings = Arc::new(settings);
     loop {
         let (socket, peer) = tokio::select! {
             _ = shared.draining.cancelled() => break,
@@ -217,14 +280,14 @@ pub async fn accept_loop(
                 else {
                     return;
                 };
-                let admission = match slot.admit(client.ip()) {
+                let mut admission = match slot.admit(client.ip()) {
                     Ok(a) => a,
                     Err(refusal) => {
                         tracing::info!(peer = %client, reason = %refusal, "connection refused");
                         return;
                     }
                 };
-                serve_connection(socket, client, config, shared2, &settings).await;
+                serve_connection(socket, client, config, shared2, settings, &mut admission).await;
                 drop(admission);
             },
             &lane,
@@ -273,73 +336,163 @@ async fn client_address(
     }
 }
 
+/// How long a polite DISCONNECT may take to be queued before the connection is cut.
+const DISCONNECT_WAIT: Duration = Duration::from_millis(300);
+/// How long the session may take to end by itself after a DISCONNECT, or after its socket
+/// was shut down, before the next, harder step.
+const END_WAIT: Duration = Duration::from_millis(600);
+
+/// Why the connection task stops waiting on the session.
+enum End {
+    /// The session ended by itself (client gone, error, too many auth attempts).
+    Closed,
+    /// Tell the client why, then make sure the connection ends.
+    Disconnect(&'static str),
+}
+
 async fn serve_connection(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
-    settings: &SshSettings,
+    settings: Arc<SshSettings>,
+    admission: &mut guard::Admission,
 ) {
     tracing::debug!(%peer, "connection");
-    let authenticated = Arc::new(AtomicBool::new(false));
+    let started = tokio::time::Instant::now();
+    let lifeline = Arc::new(Lifeline::default());
+    let (login_tx, mut login_rx) = watch::channel(None::<Login>);
     let active = Arc::new(AtomicUsize::new(0));
     let hard_stop = shared.hard_stop.clone();
     let draining = shared.draining.clone();
     let kick = CancellationToken::new();
     let handler = Connection::new(
-        shared,
+        shared.clone(),
+        settings.clone(),
         Some(peer),
-        authenticated.clone(),
+        login_tx,
         active.clone(),
         kick.clone(),
+        lifeline.clone(),
     );
-    let session = match tokio::time::timeout(
-        settings.handshake_timeout,
-        russh::server::run_stream(config, socket, handler),
-    )
-    .await
-    {
+    let stream = lifeline.wrap(socket);
+    let handshake = tokio::time::timeout(
+        settings.handshake_timeout.min(settings.auth_deadline),
+        russh::server::run_stream(config, stream, handler),
+    );
+    let mut session = match handshake.await {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "SSH handshake failed: {e}");
+            penalise_no_login(&shared, &lifeline, peer);
             return;
         }
         Err(_) => {
             tracing::info!(%peer, "SSH handshake timed out");
+            penalise_no_login(&shared, &lifeline, peer);
             return;
         }
     };
     let handle = session.handle();
-    let auth_deadline = async {
-        tokio::time::sleep(settings.auth_deadline).await;
-        if authenticated.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
-    };
-    let reason = tokio::select! {
-        result = session => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection ended: {e}");
+    let deadline = tokio::time::sleep_until(started + settings.auth_deadline);
+    tokio::pin!(deadline);
+    let mut expiry: Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(std::future::pending());
+    let mut logged_in = false;
+    let mut login_open = true;
+    let end = loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                break End::Closed;
             }
-            None
-        }
-        _ = hard_stop.cancelled() => Some("server shutting down"),
-        _ = drained(&draining, &active) => Some("server shutting down"),
-        _ = kick.cancelled() => {
-            tracing::info!(%peer, "account changed in the users file; closing the connection");
-            Some("your account changed; please log in again")
-        }
-        _ = auth_deadline => {
-            tracing::info!(%peer, "no successful login within the deadline; disconnecting");
-            Some("authentication timeout")
+            _ = hard_stop.cancelled() => break End::Disconnect("server shutting down"),
+            _ = drained(&draining, &active) => break End::Disconnect("server shutting down"),
+            _ = kick.cancelled() => {
+                tracing::info!(%peer, "account changed in the users file; closing the connection");
+                break End::Disconnect("your account changed; please log in again");
+            }
+            _ = &mut deadline, if !logged_in => {
+                tracing::info!(%peer, "no successful login within the deadline; disconnecting");
+                penalise_no_login(&shared, &lifeline, peer);
+                break End::Disconnect("authentication timeout");
+            }
+            changed = login_rx.changed(), if login_open && !logged_in => {
+                if changed.is_err() {
+                    // The handler is gone: the session is ending.
+                    login_open = false;
+                    continue;
+                }
+                let login = *login_rx.borrow_and_update();
+                if let Some(login) = login {
+                    logged_in = true;
+                    admission.logged_in();
+                    if let Some(at) = login.expires_at {
+                        expiry = Box::pin(sleep_until_time(at));
+                    }
+                }
+            }
+            _ = &mut expiry => {
+                tracing::info!(%peer, "account expired (expires_at); closing the connection");
+                break End::Disconnect("your account expired");
+            }
         }
     };
-    if let Some(reason) = reason {
-        let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
-            .await;
+    if let End::Disconnect(reason) = end {
+        // russh ignores this during a key exchange, and cannot send it while its loop
+        // waits on a channel: each step is bounded, and the socket is cut after them.
+        let polite =
+            handle.disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into());
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, polite).await;
+        if tokio::time::timeout(END_WAIT, &mut session).await.is_err() {
+            cut(&lifeline, &mut session, peer).await;
+        }
+    } else if !logged_in {
+        penalise_no_login(&shared, &lifeline, peer);
     }
+    // Whatever the russh task still does, the user's session slot is free now.
+    lifeline.release();
     tracing::debug!(%peer, "connection closed");
+}
+
+/// Shuts the socket down and stops every task of the connection, then gives the russh
+/// task a moment to finish (it then drops the handler). A task that still does not end is
+/// left behind: the connection is gone for the client and for every count.
+async fn cut<S>(lifeline: &Lifeline, session: &mut S, peer: SocketAddr)
+where
+    S: std::future::Future + Unpin,
+{
+    tracing::debug!(%peer, "cutting the connection");
+    lifeline.sever();
+    if tokio::time::timeout(END_WAIT, session).await.is_err() {
+        tracing::warn!(%peer, "the SSH session task did not end after its socket was shut down");
+    }
+}
+
+/// Counts a connection that ended without logging in against its source, once (a
+/// wrong password already counted is enough), unless its address is exempt.
+fn penalise_no_login(shared: &Shared, lifeline: &Lifeline, peer: SocketAddr) {
+    if lifeline.mark_penalised() {
+        return;
+    }
+    if let Some(length) = shared.guard.penalise(peer.ip()) {
+        log_ban(peer.ip(), length);
+    }
+}
+
+/// Resolves at the wall-clock time `at` (at once if it has passed). Re-checks the clock
+/// every minute at most, so a clock step is noticed.
+async fn sleep_until_time(at: chrono::DateTime<chrono::FixedOffset>) {
+    loop {
+        let left = at.signed_duration_since(chrono::Utc::now());
+        let Ok(left) = left.to_std() else { return };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(60))).await;
+    }
 }
 
 /// Resolves once shutdown has begun and the connection has no front end running (its

@@ -1,0 +1,182 @@
+//! What ends a connection for sure, whatever it is doing.
+//!
+//! russh runs each connection's session loop in a task it spawns and gives no way to
+//! abort. That loop stops reading its socket while a channel it delivers to is full, and
+//! ignores a DISCONNECT asked for during an unfinished key exchange, so a polite
+//! disconnect can wait forever. A [`Lifeline`] ends it from outside instead: it shuts the
+//! socket down (the peer sees the connection close at once, and the loop's next read
+//! ends), and cancels [`Lifeline::killed`], which every task of the connection (front
+//! ends, readers of unclaimed channels, queued password checks) watches, so whatever the
+//! loop was waiting on is dropped and the loop can finish.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registration;
+
+/// Shared by a connection's task, its russh handler and the socket it runs on.
+#[derive(Debug, Default)]
+pub struct Lifeline {
+    /// Cancelled when the connection is cut: everything it runs stops.
+    killed: CancellationToken,
+    /// The socket while its stream lives. The stream clears it under this lock before the
+    /// socket closes, so [`Lifeline::sever`] never shuts down a descriptor number that
+    /// was closed and reused by another connection.
+    fd: Mutex<Option<RawFd>>,
+    /// The user's place among its live sessions, held here (not in the handler, which a
+    /// wedged russh task would keep forever) so the connection task frees it on exit.
+    registration: Mutex<Option<Registration>>,
+    /// A failed login (or a penalty) was already counted for this connection.
+    penalised: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Lifeline {
+    /// Wraps `socket` so that [`Lifeline::sever`] can shut it down.
+    pub fn wrap(self: &Arc<Self>, socket: TcpStream) -> LinkedStream {
+        *lock(&self.fd) = Some(socket.as_raw_fd());
+        LinkedStream {
+            inner: socket,
+            lifeline: self.clone(),
+        }
+    }
+
+    /// Cancelled once the connection is cut.
+    pub fn killed(&self) -> &CancellationToken {
+        &self.killed
+    }
+
+    /// Cuts the connection: shuts its socket down in both directions and stops every
+    /// task of the connection. Calling it again does nothing more.
+    pub fn sever(&self) {
+        if let Some(fd) = *lock(&self.fd) {
+            // SAFETY: `fd` is open: the stream that owns it clears `self.fd` under this
+            // lock before closing it. shutdown(2) neither closes nor frees the descriptor.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        self.killed.cancel();
+    }
+
+    /// Keeps the user's session registration until [`Lifeline::release`].
+    pub fn hold(&self, registration: Registration) {
+        *lock(&self.registration) = Some(registration);
+    }
+
+    /// Frees the user's session registration, if any.
+    pub fn release(&self) {
+        lock(&self.registration).take();
+    }
+
+    /// Marks that a failed login was counted; returns whether one was already.
+    pub fn mark_penalised(&self) -> bool {
+        self.penalised.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// A TCP stream its [`Lifeline`] can shut down from another task.
+pub struct LinkedStream {
+    inner: TcpStream,
+    lifeline: Arc<Lifeline>,
+}
+
+impl Drop for LinkedStream {
+    fn drop(&mut self) {
+        // Before `inner` drops and closes the descriptor.
+        *lock(&self.lifeline.fd) = None;
+    }
+}
+
+impl AsyncRead for LinkedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LinkedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn sever_closes_the_socket_for_both_sides() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let lifeline = Arc::new(Lifeline::default());
+        let mut stream = lifeline.wrap(server);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            stream.read(&mut buf).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        lifeline.sever();
+        assert!(lifeline.killed().is_cancelled());
+        // The server side's pending read ends...
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the read ends")
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // ...and the client sees the connection closed.
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the client sees the close");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        let _ = client.write_all(b"x").await;
+        // Once the stream is gone, severing again touches no descriptor.
+        assert!(lock(&lifeline.fd).is_none());
+        lifeline.sever();
+    }
+}
