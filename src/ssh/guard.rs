@@ -410,4 +410,85 @@ mod tests {
         }
         assert!(g.admit(ip(1)).is_ok());
     }
+
+    #[test]
+    fn unauthenticated_connections_are_capped_in_total_and_per_source() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 0,
+            max_unauthenticated: 3,
+            max_unauthenticated_per_source: 2,
+            ..Default::default()
+        });
+        let mut a = g.admit(ip(1)).unwrap();
+        let _b = g.admit(ip(1)).unwrap();
+        assert_eq!(
+            g.admit(ip(1)).unwrap_err(),
+            Refusal::UnauthenticatedPerSourceLimit(2)
+        );
+        let _c = g.admit(ip(2)).unwrap();
+        assert_eq!(g.reserve().unwrap_err(), Refusal::UnauthenticatedLimit(3));
+        // A login frees both unauthenticated counts but keeps the connection counted.
+        a.logged_in();
+        a.logged_in();
+        let _d = g
+            .admit(ip(1))
+            .expect("room again for the source and in total");
+        assert_eq!(g.lock().total, 4);
+        assert_eq!(g.lock().unauthenticated, 3);
+        drop(a);
+        assert_eq!(g.lock().total, 3);
+        assert_eq!(
+            g.lock().unauthenticated,
+            3,
+            "a logged-in connection is not counted twice"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 2,
+            max_unauthenticated_per_source: 2,
+            ..Default::default()
+        });
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _a = g.admit(v6("2001:db8:0:1::1")).unwrap();
+        let _b = g.admit(v6("2001:db8:0:1::2")).unwrap();
+        assert_eq!(
+            g.admit(v6("2001:db8:0:1:ffff::3")).unwrap_err(),
+            Refusal::UnauthenticatedPerSourceLimit(2)
+        );
+        assert!(g.admit(v6("2001:db8:0:2::1")).is_ok(), "another /64");
+        // Failures of any address in the /64 ban the whole /64.
+        g.failed_login(v6("2001:db8:0:1::9"));
+        assert!(g.is_banned(v6("2001:db8:0:1::1")));
+        assert!(!g.is_banned(v6("2001:db8:0:2::1")));
+    }
+
+    #[test]
+    fn hitting_a_source_limit_is_penalised_unless_exempt() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 2,
+            max_unauthenticated_per_source: 1,
+            exempt: vec!["10.0.0.0/24".parse().unwrap()],
+            ..Default::default()
+        });
+        let outsider = IpAddr::from([192, 0, 2, 1]);
+        let _a = g.admit(outsider).unwrap();
+        assert!(g.admit(outsider).is_err());
+        assert!(!g.is_banned(outsider), "one penalty so far");
+        assert!(g.admit(outsider).is_err());
+        assert!(g.is_banned(outsider), "two penalties ban");
+        // An exempt address is neither capped per source nor penalised.
+        let _x = g.admit(ip(1)).unwrap();
+        let _y = g.admit(ip(1)).expect("exempt from the per-source cap");
+        for _ in 0..5 {
+            assert_eq!(g.penalise(ip(1)), None);
+        }
+        assert!(!g.is_banned(ip(1)));
+        // Wrong passwords still count for exempt addresses.
+        g.failed_login(ip(1));
+        g.failed_login(ip(1));
+        assert!(g.is_banned(ip(1)));
+    }
 }
