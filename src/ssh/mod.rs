@@ -189,13 +189,14 @@ const KEY_ALGORITHMS: &[Algorithm] = &[
 const COMPRESSION: &[russh::compression::Name] =
     &[russh::compression::NONE, russh::compression::ZLIB_LEGACY];
 
-/// Logs that `ip`'s source was banned for `length`.
+/// Logs that `ip`'s source was banned for `length` (after failed logins, connections
+/// without a login, or refusals by its own limits: all count as failed logins).
 fn log_ban(ip: IpAddr, length: Duration) {
     tracing::warn!(
         peer = %ip,
         source = %source_of(ip),
         seconds = length.as_secs(),
-        "address banned after repeated failed logins or connections without a login"
+        "address banned after repeated failed logins"
     );
 }
 
