@@ -504,3 +504,29 @@ async fn drained(draining: &CancellationToken, active: &AtomicUsize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_sha1_rsa_and_no_zlib_before_login_are_offered() {
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).expect("key");
+        let config = russh_config(key, &SshSettings::default());
+        // `preferred.key` is also what russh sends as `server-sig-algs`.
+        assert!(!config
+            .preferred
+            .key
+            .contains(&Algorithm::Rsa { hash: None }));
+        assert!(config.preferred.key.contains(&Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256)
+        }));
+        let compression: Vec<&str> = config
+            .preferred
+            .compression
+            .iter()
+            .map(|c| c.as_ref())
+            .collect();
+        assert_eq!(compression, ["none", "zlib@openssh.com"]);
+    }
+}
