@@ -110,7 +110,7 @@ async fn edit_user(
     std::fs::rename(&tmp, &path).expect("rename");
     t.server().reload_users();
     let shared = t.server().shared().clone();
-    let done = eventually(10, || shared.users().get(name).is_some_and(|u| applied(u))).await;
+    let done = eventually(10, || shared.users().get(name).is_some_and(&applied)).await;
     assert!(done, "the users file was reloaded");
 }
 
@@ -301,7 +301,7 @@ async fn a_second_wrong_password_is_still_asked() {
             russh::client::AuthResult::Failure {
                 remaining_methods, ..
             } => assert!(
-                remaining_methods.iter().any(|m| *m == MethodKind::Password),
+                remaining_methods.contains(&MethodKind::Password),
                 "password still offered after wrong attempt {attempt}"
             ),
             russh::client::AuthResult::Success => panic!("a wrong password was accepted"),
