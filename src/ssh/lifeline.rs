@@ -179,4 +179,101 @@ mod tests {
         assert!(lock(&lifeline.fd).is_none());
         lifeline.sever();
     }
+
+    /// A handler that gives each channel to a task that never reads it (a front end that
+    /// stopped reading) until the connection is cut.
+    struct Wedge {
+        killed: CancellationToken,
+    }
+
+    impl russh::server::Handler for Wedge {
+        type Error = russh::Error;
+
+        async fn auth_none(&mut self, _user: &str) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            channel: russh::Channel<russh::server::Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            let killed = self.killed.clone();
+            tokio::spawn(async move {
+                killed.cancelled().await;
+                drop(channel);
+            });
+            reply.accept().await;
+            Ok(())
+        }
+    }
+
+    struct Client;
+
+    impl russh::client::Handler for Client {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sever_ends_a_russh_session_wedged_on_an_unread_channel() {
+        use std::time::Duration;
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .unwrap();
+        let config = Arc::new(russh::server::Config {
+            methods: russh::MethodSet::from(&[russh::MethodKind::None][..]),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![key],
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lifeline = Arc::new(Lifeline::default());
+        let server = {
+            let lifeline = lifeline.clone();
+            tokio::spawn(async move {
+                let (socket, _) = listener.accept().await.unwrap();
+                let handler = Wedge {
+                    killed: lifeline.killed().clone(),
+                };
+                russh::server::run_stream(config, lifeline.wrap(socket), handler)
+                    .await
+                    .unwrap()
+            })
+        };
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut client = russh::client::connect_stream(
+            Arc::new(russh::client::Config::default()),
+            stream,
+            Client,
+        )
+        .await
+        .unwrap();
+        assert!(client.authenticate_none("u").await.unwrap().success());
+        let mut session = server.await.unwrap();
+        let channel = client.channel_open_session().await.unwrap();
+        // More messages than russh queues for a channel (100): its loop now waits.
+        for _ in 0..300 {
+            channel.data_bytes(vec![b'x'; 64]).await.unwrap();
+        }
+        let _ = client
+            .disconnect(russh::Disconnect::ByApplication, "bye", "en")
+            .await;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), &mut session)
+                .await
+                .is_err(),
+            "the session is wedged: even the client's DISCONNECT is not read"
+        );
+        lifeline.sever();
+        let ended = tokio::time::timeout(Duration::from_secs(10), &mut session).await;
+        assert!(ended.is_ok(), "a severed session ends");
+    }
 }
