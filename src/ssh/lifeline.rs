@@ -73,6 +73,15 @@ impl Lifeline {
         self.killed.cancel();
     }
 
+    /// Whether the client has closed its side of the socket (FIN or RST seen). A healthy
+    /// session ends by itself as soon as that happens; one still running seconds later is
+    /// wedged, and the connection task cuts it.
+    pub fn peer_closed(&self) -> bool {
+        let guard = lock(&self.fd);
+        let Some(fd) = *guard else { return false };
+        peer_closed(fd)
+    }
+
     /// Keeps the user's session registration until [`Lifeline::release`].
     pub fn hold(&self, registration: Registration) {
         *lock(&self.registration) = Some(registration);
@@ -87,6 +96,26 @@ impl Lifeline {
     pub fn mark_penalised(&self) -> bool {
         self.penalised.swap(true, Ordering::AcqRel)
     }
+}
+
+/// Whether the peer of the open socket `fd` has closed its side; polled, never blocks.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_closed(fd: RawFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; `fd` is open (see `Lifeline::fd`); a zero timeout.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready > 0 && pollfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Elsewhere the check is not available: a wedged session is then ended only by the
+/// other deadlines (kicks, expiry, shutdown).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_closed(_fd: RawFd) -> bool {
+    false
 }
 
 /// A TCP stream its [`Lifeline`] can shut down from another task.
@@ -178,6 +207,30 @@ mod tests {
         // Once the stream is gone, severing again touches no descriptor.
         assert!(lock(&lifeline.fd).is_none());
         lifeline.sever();
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_is_seen() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let lifeline = Arc::new(Lifeline::default());
+        let stream = lifeline.wrap(server);
+        assert!(!lifeline.peer_closed());
+        drop(client);
+        let mut seen = false;
+        for _ in 0..50 {
+            if lifeline.peer_closed() {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(seen, "the client's close is seen");
+        drop(stream);
+        assert!(!lifeline.peer_closed(), "no socket, nothing to check");
     }
 
     /// A handler that gives each channel to a task that never reads it (a front end that

@@ -349,7 +349,15 @@ enum End {
     Closed,
     /// Tell the client why, then make sure the connection ends.
     Disconnect(&'static str),
+    /// The client is gone but the session did not notice: cut it.
+    Cut,
 }
+
+/// How often the connection task checks whether the client closed the socket.
+const HANG_UP_CHECK: Duration = Duration::from_secs(2);
+/// How long a session may go on after its client closed the socket before it is taken
+/// for wedged and cut (a healthy one ends at once).
+const HUNG_UP_GRACE: Duration = Duration::from_secs(4);
 
 async fn serve_connection(
     socket: tokio::net::TcpStream,
@@ -401,6 +409,9 @@ async fn serve_connection(
         Box::pin(std::future::pending());
     let mut logged_in = false;
     let mut login_open = true;
+    let mut hang_up_check = tokio::time::interval(HANG_UP_CHECK);
+    hang_up_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hung_up_since: Option<tokio::time::Instant> = None;
     let end = loop {
         tokio::select! {
             result = &mut session => {
@@ -435,12 +446,26 @@ async fn serve_connection(
                     }
                 }
             }
+            now = hang_up_check.tick() => {
+                if !lifeline.peer_closed() {
+                    hung_up_since = None;
+                    continue;
+                }
+                let since = *hung_up_since.get_or_insert(now);
+                if now.duration_since(since) >= HUNG_UP_GRACE {
+                    tracing::warn!(%peer, "the client closed the connection but its session did not end; cutting it");
+                    break End::Cut;
+                }
+            }
             _ = &mut expiry => {
                 tracing::info!(%peer, "account expired (expires_at); closing the connection");
                 break End::Disconnect("your account expired");
             }
         }
     };
+    if let End::Cut = end {
+        cut(&lifeline, &mut session, peer).await;
+    }
     if let End::Disconnect(reason) = end {
         // russh ignores this during a key exchange, and cannot send it while its loop
         // waits on a channel: each step is bounded, and the socket is cut after them.
