@@ -564,3 +564,53 @@ async fn kexinit_offers_no_early_zlib_and_no_sha1_rsa() {
     }
     t.shutdown().await;
 }
+
+/// Item 8: an RSA key logs in with rsa-sha2 signatures (OpenSSH and russh), and the same
+/// key signing with SHA-1 (`ssh-rsa`) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rsa_keys_log_in_with_sha2_and_never_with_sha1() {
+    let t = TestServer::start().await;
+    let key_path = t.dir.path().join("bob_rsa");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&key_path)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(made.success());
+    let key = russh::keys::load_secret_key(&key_path, None).expect("rsa key");
+    let public = key.public_key().to_openssh().expect("public");
+    edit_user(
+        &t,
+        "bob",
+        |u| u["public_keys"] = serde_json::json!([public]),
+        |u| u.public_keys.len() == 1,
+    )
+    .await;
+    let key = Arc::new(key);
+    let server = &t;
+    let try_login = |hash: Option<russh::keys::HashAlg>| {
+        let key = key.clone();
+        async move {
+            let mut h = server.russh_connect().await.expect("connect");
+            h.authenticate_publickey("bob", PrivateKeyWithHashAlg::new(key, hash))
+                .await
+                .map(|r| r.success())
+                .unwrap_or(false)
+        }
+    };
+    assert!(
+        try_login(Some(russh::keys::HashAlg::Sha512)).await,
+        "rsa-sha2-512"
+    );
+    assert!(
+        try_login(Some(russh::keys::HashAlg::Sha256)).await,
+        "rsa-sha2-256"
+    );
+    assert!(!try_login(None).await, "ssh-rsa (SHA-1) is refused");
+    // OpenSSH picks rsa-sha2 from the server's server-sig-algs.
+    let mut rsa_bob = t.bob.clone();
+    rsa_bob.key_path = key_path;
+    let out = t.sftp(&rsa_bob, "pwd\n").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.shutdown().await;
+}
