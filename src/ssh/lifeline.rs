@@ -291,6 +291,8 @@ mod tests {
         let lifeline = Arc::new(Lifeline::default());
         let server = {
             let lifeline = lifeline.clone();
+            // Returns the running session (a future) for the test to await.
+            #[allow(clippy::async_yields_async)]
             tokio::spawn(async move {
                 let (socket, _) = listener.accept().await.unwrap();
                 let handler = Wedge {
