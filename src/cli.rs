@@ -341,7 +341,9 @@ pub struct ServeArgs {
     /// Seconds a connection has to log in before it is dropped.
     #[arg(long, env = "S3SFTP_AUTH_DEADLINE", default_value_t = 60)]
     pub auth_deadline: u64,
-    /// Failed logins from one address (within 10 minutes) that ban it; 0 disables bans.
+    /// Failed logins from one address (within 10 minutes) that ban it; connections that
+    /// end without a login and refusals by a per-address limit count too (see
+    /// --penalty-exempt-cidrs); an IPv6 /64 is one address; 0 disables bans.
     #[arg(long, env = "S3SFTP_BAN_THRESHOLD", default_value_t = 10)]
     pub ban_threshold: u32,
     /// Seconds of the first ban of an address; each further ban doubles, up to --ban-max-time.
@@ -350,7 +352,8 @@ pub struct ServeArgs {
     /// Longest ban, in seconds.
     #[arg(long, env = "S3SFTP_BAN_MAX_TIME", default_value_t = 86400)]
     pub ban_max_time: u64,
-    /// Open connections allowed from one address; 0 means no limit.
+    /// Open connections allowed from one address (an IPv6 /64 is one address); 0 means no
+    /// limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
     pub max_connections_per_ip: usize,
     /// Open connections allowed in total; 0 means no limit.
