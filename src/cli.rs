@@ -341,7 +341,9 @@ pub struct ServeArgs {
     /// Seconds a connection has to log in before it is dropped.
     #[arg(long, env = "S3SFTP_AUTH_DEADLINE", default_value_t = 60)]
     pub auth_deadline: u64,
-    /// Failed logins from one address (within 10 minutes) that ban it; 0 disables bans.
+    /// Failed logins from one address (within 10 minutes) that ban it; connections that
+    /// end without a login and refusals by a per-address limit count too (see
+    /// --penalty-exempt-cidrs); an IPv6 /64 is one address; 0 disables bans.
     #[arg(long, env = "S3SFTP_BAN_THRESHOLD", default_value_t = 10)]
     pub ban_threshold: u32,
     /// Seconds of the first ban of an address; each further ban doubles, up to --ban-max-time.
@@ -350,12 +352,44 @@ pub struct ServeArgs {
     /// Longest ban, in seconds.
     #[arg(long, env = "S3SFTP_BAN_MAX_TIME", default_value_t = 86400)]
     pub ban_max_time: u64,
-    /// Open connections allowed from one address; 0 means no limit.
+    /// Open connections allowed from one address (an IPv6 /64 is one address); 0 means no
+    /// limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
     pub max_connections_per_ip: usize,
     /// Open connections allowed in total; 0 means no limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS", default_value_t = 2000)]
     pub max_connections: usize,
+    /// Connections not logged in yet allowed in total (like sshd's MaxStartups); 0 means
+    /// no limit.
+    #[arg(long, env = "S3SFTP_MAX_UNAUTHENTICATED", default_value_t = 256)]
+    pub max_unauthenticated: usize,
+    /// Connections not logged in yet allowed from one address (an IPv6 /64 counts as one
+    /// address); 0 means no limit.
+    #[arg(long, env = "S3SFTP_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 32)]
+    pub max_unauthenticated_per_ip: usize,
+    /// Networks never penalised for connections that do not log in or hit a limit, and
+    /// not held to --max-unauthenticated-per-ip: comma-separated CIDRs (e.g. a load
+    /// balancer's health checks). Wrong passwords still count towards bans.
+    #[arg(
+        long,
+        env = "S3SFTP_PENALTY_EXEMPT_CIDRS",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        value_parser = parse_trusted_cidr
+    )]
+    pub penalty_exempt_cidrs: Vec<IpNet>,
+    /// Password checks (argon2, 19 MiB each) running at once; the others wait their turn
+    /// [default: one per CPU core, at most 4].
+    #[arg(long, env = "S3SFTP_MAX_PASSWORD_CHECKS", value_name = "N")]
+    pub max_password_checks: Option<usize>,
+    /// Failed login attempts allowed on one connection before it is closed (like sshd's
+    /// MaxAuthTries); each one counts towards --ban-threshold.
+    #[arg(long, env = "S3SFTP_MAX_AUTH_ATTEMPTS", default_value_t = 6)]
+    pub max_auth_attempts: usize,
+    /// Channels (SFTP sessions, commands) open at once on one connection (like sshd's
+    /// MaxSessions).
+    #[arg(long, env = "S3SFTP_MAX_CHANNELS", default_value_t = 10)]
+    pub max_channels: usize,
     /// Behind a load balancer: connections from --proxy-trusted-cidrs must begin with a PROXY
     /// protocol (v1 or v2) header, whose client address is then used for bans, limits,
     /// allowed_ips and logs. Other connections are served as direct clients.
@@ -385,7 +419,8 @@ pub struct ServeArgs {
     pub orphan_sweep_hours: u64,
 }
 
-/// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).
+/// One entry of `--proxy-trusted-cidrs` or `--penalty-exempt-cidrs` (spaces around it
+/// allowed).
 fn parse_trusted_cidr(text: &str) -> Result<IpNet, String> {
     users::parse_cidr(text.trim())
 }

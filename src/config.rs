@@ -74,6 +74,18 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     {
         return Err(bad("--session-threads", "must be between 1 and 1024"));
     }
+    if args
+        .max_password_checks
+        .is_some_and(|n| !(1..=1024).contains(&n))
+    {
+        return Err(bad("--max-password-checks", "must be between 1 and 1024"));
+    }
+    if args.max_auth_attempts == 0 {
+        return Err(bad("--max-auth-attempts", "must be at least 1"));
+    }
+    if args.max_channels == 0 {
+        return Err(bad("--max-channels", "must be at least 1"));
+    }
     if args.bucket.is_none() && (args.s3_endpoint.is_some() || args.s3_access_key.is_some()) {
         return Err(bad(
             "--bucket",
@@ -123,12 +135,20 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         auth_deadline: Duration::from_secs(args.auth_deadline.max(1)),
+        max_auth_attempts: args.max_auth_attempts,
+        max_channels: args.max_channels,
+        max_password_checks: args
+            .max_password_checks
+            .unwrap_or_else(crate::ssh::default_password_checks),
         guard: GuardSettings {
             ban_threshold: args.ban_threshold,
             ban_time: Duration::from_secs(args.ban_time),
             max_ban_time: Duration::from_secs(args.ban_max_time.max(args.ban_time)),
             max_per_ip: args.max_connections_per_ip,
             max_total: args.max_connections,
+            max_unauthenticated: args.max_unauthenticated,
+            max_unauthenticated_per_source: args.max_unauthenticated_per_ip,
+            exempt: args.penalty_exempt_cidrs.clone(),
             ..GuardSettings::default()
         },
         proxy_protocol: args
@@ -198,6 +218,43 @@ mod tests {
         let argv = ["s3sftp", "serve", "--proxy-trusted-cidrs", "10.0.0.1"];
         let err = Cli::try_parse_from(argv).expect_err("a bare address is refused");
         assert!(err.to_string().contains("10.0.0.1/32"), "{err}");
+    }
+
+    #[test]
+    fn connection_hardening_flags() {
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.ssh.max_channels, 10);
+        assert_eq!(config.ssh.max_auth_attempts, 6);
+        assert!((1..=4).contains(&config.ssh.max_password_checks));
+        assert_eq!(config.ssh.guard.max_unauthenticated, 256);
+        assert_eq!(config.ssh.guard.max_unauthenticated_per_source, 32);
+        assert!(config.ssh.guard.exempt.is_empty());
+        let config = from_args(&serve_args(&[
+            "--max-channels",
+            "3",
+            "--max-password-checks",
+            "2",
+            "--max-unauthenticated",
+            "50",
+            "--max-unauthenticated-per-ip",
+            "5",
+            "--penalty-exempt-cidrs",
+            "10.1.0.0/16, 2001:db8::/48",
+        ]))
+        .expect("valid");
+        assert_eq!(config.ssh.max_channels, 3);
+        assert_eq!(config.ssh.max_password_checks, 2);
+        assert_eq!(config.ssh.guard.max_unauthenticated, 50);
+        assert_eq!(config.ssh.guard.max_unauthenticated_per_source, 5);
+        assert_eq!(config.ssh.guard.exempt.len(), 2);
+        for (flag, value) in [
+            ("--max-channels", "0"),
+            ("--max-password-checks", "0"),
+            ("--max-auth-attempts", "0"),
+        ] {
+            let err = from_args(&serve_args(&[flag, value])).expect_err("refused");
+            assert_eq!(err.flag, flag);
+        }
     }
 
     #[test]

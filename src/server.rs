@@ -263,12 +263,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         addr: config.listen,
         source,
     })?;
-    let shared = Shared::new(
-        users,
-        storage,
-        config.sftp.clone(),
-        config.ssh.guard.clone(),
-    );
+    let shared = Shared::new(users, storage, config.sftp.clone(), &config.ssh);
     let russh_config = ssh::russh_config(host_key, &config.ssh);
     let accept = tokio::spawn(ssh::accept_loop(
         listener,

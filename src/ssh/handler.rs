@@ -2,21 +2,23 @@
 //! routing of session channels to the front ends. Callbacks run on the connection's event
 //! loop, so anything slow (argon2, S3) runs in spawned tasks.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use russh::keys::PublicKey;
+use chrono::{DateTime, FixedOffset};
+use russh::keys::{Algorithm, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId};
-
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::registry::Registration;
-use super::Shared;
-use crate::users::{verify_password_or_dummy, Permissions, User};
+use super::lifeline::Lifeline;
+use super::log_text::escaped;
+use super::unclaimed::{ChannelCount, ChannelSlot, ReaderContext, Unclaimed};
+use super::{Shared, SshSettings};
+use crate::users::{Permissions, User};
 
 /// Who this connection authenticated as.
 #[derive(Debug, Clone)]
@@ -26,49 +28,69 @@ struct LoggedIn {
     permissions: Arc<Permissions>,
 }
 
+/// What the connection task learns at login.
+#[derive(Debug, Clone, Copy)]
+pub struct Login {
+    /// The account's `expires_at`: the connection ends when it passes.
+    pub expires_at: Option<DateTime<FixedOffset>>,
+}
+
 /// Per-connection state.
 pub struct Connection {
     shared: Arc<Shared>,
+    settings: Arc<SshSettings>,
     peer: Option<SocketAddr>,
     user: Option<LoggedIn>,
-    /// Session channels opened but not yet given to a front end.
-    channels: HashMap<ChannelId, Channel<Msg>>,
-    /// Set at login; the connection task enforces the auth deadline with it.
-    authenticated: Arc<AtomicBool>,
+    /// Session channels opened but not yet given to a front end (each is being read).
+    unclaimed: Unclaimed,
+    /// Channels this connection holds, for `max_channels`.
+    channels: ChannelCount,
+    /// Set at login; the connection task enforces the auth deadline and expiry with it.
+    login: watch::Sender<Option<Login>>,
     /// Front-end tasks (SFTP sessions, exec commands) running on this connection.
     active: Arc<AtomicUsize>,
     /// Cancelled to end this connection (the user's account changed).
     kick: CancellationToken,
-    /// This connection's place among the user's live sessions.
-    registration: Option<Registration>,
+    /// Cuts the connection; holds its session registration.
+    lifeline: Arc<Lifeline>,
 }
 
 impl Connection {
     pub fn new(
         shared: Arc<Shared>,
+        settings: Arc<SshSettings>,
         peer: Option<SocketAddr>,
-        authenticated: Arc<AtomicBool>,
+        login: watch::Sender<Option<Login>>,
         active: Arc<AtomicUsize>,
         kick: CancellationToken,
+        lifeline: Arc<Lifeline>,
     ) -> Self {
         Connection {
             shared,
+            settings,
             peer,
             user: None,
-            channels: HashMap::new(),
-            authenticated,
+            unclaimed: Unclaimed::default(),
+            channels: ChannelCount::default(),
+            login,
             active,
             kick,
-            registration: None,
+            lifeline,
         }
     }
 
-    /// Runs a front end on the shared tracker, counted as active on this connection.
-    fn spawn_front_end(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Runs a front end on the shared tracker, counted as active on this connection and
+    /// holding its channel slot; it is dropped if the connection is cut.
+    fn spawn_front_end(&self, slot: ChannelSlot, task: impl Future<Output = ()> + Send + 'static) {
         let active = self.active.clone();
+        let killed = self.lifeline.killed().clone();
         active.fetch_add(1, Ordering::AcqRel);
         self.shared.tasks.spawn(async move {
-            task.await;
+            tokio::select! {
+                _ = task => {}
+                _ = killed.cancelled() => {}
+            }
+            drop(slot);
             active.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -101,9 +123,11 @@ impl Connection {
         else {
             return self.reject(&user.username, method, "max_sessions reached");
         };
-        tracing::info!(user = %user.username, peer = %self.peer(), method, "login");
-        self.registration = Some(registration);
-        self.authenticated.store(true, Ordering::Release);
+        tracing::info!(user = %escaped(&user.username), peer = %self.peer(), method, "login");
+        self.lifeline.hold(registration);
+        self.login.send_replace(Some(Login {
+            expires_at: user.expires_at,
+        }));
         self.user = Some(LoggedIn {
             username: user.username.clone(),
             key_prefix: user.key_prefix.clone(),
@@ -112,18 +136,23 @@ impl Connection {
         Auth::Accept
     }
 
+    /// Refuses a login attempt and counts it against the client's address. Both methods
+    /// stay on offer, so a user who mistyped is asked again, up to `max_auth_attempts`
+    /// (after which russh disconnects), like OpenSSH's MaxAuthTries.
     fn reject(&self, name: &str, method: &str, why: &str) -> Auth {
-        tracing::warn!(user = %name, peer = %self.peer(), method, reason = why, "login refused");
+        tracing::warn!(user = %escaped(name), peer = %self.peer(), method, reason = why, "login refused");
+        self.lifeline.mark_penalised();
         if let Some(peer) = self.peer {
             if let Some(length) = self.shared.guard.failed_login(peer.ip()) {
-                tracing::warn!(
-                    peer = %peer.ip(),
-                    seconds = length.as_secs(),
-                    "address banned after repeated failed logins"
-                );
+                super::log_ban(peer.ip(), length);
             }
         }
-        Auth::reject()
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(
+                &[MethodKind::Password, MethodKind::PublicKey][..],
+            )),
+            partial_success: false,
+        }
     }
 
     fn key_allowed(&self, name: &str, key: &PublicKey) -> Option<User> {
@@ -139,7 +168,7 @@ impl Connection {
         message: &str,
         status: u32,
     ) -> Result<(), russh::Error> {
-        self.channels.remove(&channel);
+        self.unclaimed.forget(channel);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, format!("{message}\n").into_bytes())?;
         session.exit_status_request(channel, status)?;
@@ -154,12 +183,11 @@ impl russh::server::Handler for Connection {
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let record = self.shared.users().get(user).cloned();
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            verify_password_or_dummy(record.as_ref(), &password)
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self
+            .shared
+            .password_checks
+            .verify(record, password.to_string(), self.lifeline.killed())
+            .await;
         if !ok {
             return Ok(self.reject(user, "password", "wrong password, unknown or disabled user"));
         }
@@ -174,6 +202,9 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if is_sha1_rsa(offer.algorithm) {
+            return Ok(Auth::reject());
+        }
         match self.key_allowed(user, offer.public_key) {
             Some(_) => Ok(Auth::Accept),
             None => Ok(Auth::reject()),
@@ -185,6 +216,9 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if is_sha1_rsa(key.algorithm) {
+            return Ok(self.reject(user, "publickey", "ssh-rsa (SHA-1) signatures are refused"));
+        }
         match self.key_allowed(user, key.public_key) {
             Some(u) => Ok(self.accept(&u, "publickey")),
             None => Ok(self.reject(
@@ -199,7 +233,7 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.user.is_none() {
             reply
@@ -207,7 +241,21 @@ impl russh::server::Handler for Connection {
                 .await;
             return Ok(());
         }
-        self.channels.insert(channel.id(), channel);
+        let max = self.settings.max_channels;
+        let Some(slot) = self.channels.take(max) else {
+            tracing::info!(peer = %self.peer(), max_channels = max, "channel refused: too many channels on this connection");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        let cx = ReaderContext {
+            handle: session.handle(),
+            killed: self.lifeline.killed().clone(),
+            timeout: self.settings.channel_claim_timeout,
+            peer: self.peer(),
+        };
+        self.unclaimed.hold(channel, slot, &self.shared.tasks, cx);
         reply.accept().await;
         Ok(())
     }
@@ -217,7 +265,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
+        self.unclaimed.forget(channel);
         Ok(())
     }
 
@@ -228,12 +276,12 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (Some(user), true) = (self.user.clone(), name == "sftp") else {
-            tracing::info!(peer = %self.peer(), subsystem = name, "subsystem refused");
-            self.channels.remove(&channel_id);
+            tracing::info!(peer = %self.peer(), subsystem = %escaped(name), "subsystem refused");
+            self.unclaimed.forget(channel_id);
             session.channel_failure(channel_id)?;
             return Ok(());
         };
-        let Some(channel) = self.channels.remove(&channel_id) else {
+        let Some((channel, slot)) = self.unclaimed.claim(channel_id).await else {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
@@ -243,14 +291,17 @@ impl russh::server::Handler for Connection {
             .storage
             .user_store_with(&user.key_prefix, user.permissions.clone());
         let limits = self.shared.sftp_limits.clone();
-        tracing::debug!(user = %user.username, "sftp session started");
-        self.spawn_front_end(crate::sftp::serve(
-            channel,
-            store,
-            user.username,
-            limits,
-            self.shared.draining.clone(),
-        ));
+        tracing::debug!(user = %escaped(&user.username), "sftp session started");
+        self.spawn_front_end(
+            slot,
+            crate::sftp::serve(
+                channel,
+                store,
+                user.username,
+                limits,
+                self.shared.draining.clone(),
+            ),
+        );
         Ok(())
     }
 
@@ -264,7 +315,7 @@ impl russh::server::Handler for Connection {
         let line = String::from_utf8_lossy(data);
         let user = match (&command, self.user.clone()) {
             (crate::exec::Command::Refused { message, status }, _) => {
-                tracing::info!(peer = %self.peer(), command = %line, "exec refused");
+                tracing::info!(peer = %self.peer(), command = %escaped(&line), "exec refused");
                 let (message, status) = (message.clone(), *status);
                 return self.refuse_channel(channel_id, session, &message, status);
             }
@@ -274,17 +325,20 @@ impl russh::server::Handler for Connection {
             }
             (_, Some(user)) => user,
         };
-        let Some(channel) = self.channels.remove(&channel_id) else {
+        let Some((channel, slot)) = self.unclaimed.claim(channel_id).await else {
             session.channel_failure(channel_id)?;
             return Ok(());
         };
         session.channel_success(channel_id)?;
-        tracing::info!(user = %user.username, peer = %self.peer(), command = %line, "exec");
+        tracing::info!(user = %escaped(&user.username), peer = %self.peer(), command = %escaped(&line), "exec");
         let store = self
             .shared
             .storage
             .user_store_with(&user.key_prefix, user.permissions.clone());
-        self.spawn_front_end(crate::exec::run(channel, store, user.username, command));
+        self.spawn_front_end(
+            slot,
+            crate::exec::run(channel, store, user.username, command),
+        );
         Ok(())
     }
 
@@ -317,4 +371,10 @@ impl russh::server::Handler for Connection {
         session.channel_failure(channel)?;
         Ok(())
     }
+}
+
+/// Whether `algorithm` is RSA signed with SHA-1 (`ssh-rsa`), which is not offered and
+/// not accepted: rsa-sha2-256 and rsa-sha2-512 sign with the same keys.
+fn is_sha1_rsa(algorithm: &Algorithm) -> bool {
+    *algorithm == Algorithm::Rsa { hash: None }
 }

@@ -1,25 +1,32 @@
 //! The SSH side: the russh configuration, the accept loop and per-connection handlers.
 //! Front ends get a channel and a [`crate::storage::UserStore`]; nothing here knows S3.
 
+mod connection;
 pub mod guard;
 mod handler;
 pub mod hostkey;
+mod lifeline;
+pub mod log_text;
+mod password_checks;
 pub mod proxy_protocol;
 pub mod registry;
+mod source;
+mod unclaimed;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use guard::{Guard, GuardSettings};
 pub use handler::Connection;
+pub use password_checks::{default_password_checks, PasswordChecks};
 pub use proxy_protocol::ProxySettings;
+pub use source::source_of;
 
 use crate::lanes::Lanes;
 use crate::sftp::SessionLimits;
@@ -43,6 +50,12 @@ pub struct SshSettings {
     pub guard: GuardSettings,
     /// PROXY protocol from trusted load balancers; `None`: off, every peer is the client.
     pub proxy_protocol: Option<ProxySettings>,
+    /// Channels one connection may hold at once (sshd's MaxSessions).
+    pub max_channels: usize,
+    /// A channel with no subsystem or exec request within this long is closed.
+    pub channel_claim_timeout: Duration,
+    /// Password checks (argon2) running at once in the whole server; the rest wait.
+    pub max_password_checks: usize,
 }
 
 impl Default for SshSettings {
@@ -55,6 +68,9 @@ impl Default for SshSettings {
             auth_deadline: Duration::from_secs(60),
             guard: GuardSettings::default(),
             proxy_protocol: None,
+            max_channels: 10,
+            channel_claim_timeout: unclaimed::CLAIM_TIMEOUT,
+            max_password_checks: default_password_checks(),
         }
     }
 }
@@ -70,6 +86,8 @@ pub struct Shared {
     pub guard: Arc<Guard>,
     /// Logged-in connections per user.
     pub registry: Arc<registry::Registry>,
+    /// Permits for password checks, shared by every connection.
+    pub password_checks: PasswordChecks,
     /// Cancelled when shutdown begins: front ends finish what is in flight, take nothing new.
     pub draining: CancellationToken,
     /// Cancelled when the grace period is over: connections are cut, uploads aborted.
@@ -81,15 +99,16 @@ impl Shared {
         users: UsersFile,
         storage: Arc<Storage>,
         sftp_limits: SessionLimits,
-        guard: GuardSettings,
+        ssh: &SshSettings,
     ) -> Arc<Self> {
         Arc::new(Shared {
             users: RwLock::new(Arc::new(users)),
             storage,
             sftp_limits,
             tasks: TaskTracker::new(),
-            guard: Guard::new(guard),
+            guard: Guard::new(ssh.guard.clone()),
             registry: Arc::default(),
+            password_checks: PasswordChecks::new(ssh.max_password_checks),
             draining: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
         })
@@ -131,10 +150,50 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            key: std::borrow::Cow::Borrowed(KEY_ALGORITHMS),
+            compression: std::borrow::Cow::Borrowed(COMPRESSION),
             ..russh::Preferred::default()
         },
         ..Default::default()
     })
+}
+
+/// Host key and user key signature algorithms offered (also sent as `server-sig-algs`):
+/// russh's defaults without `ssh-rsa`, whose SHA-1 signatures are forgeable by chosen
+/// prefix collisions; RSA keys sign with rsa-sha2-512/256 instead (OpenSSH >= 7.2).
+const KEY_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
+
+/// Compression offered: none, or OpenSSH's delayed zlib, which starts only after login.
+/// Plain `zlib` would inflate whatever an unauthenticated client sends.
+const COMPRESSION: &[russh::compression::Name] =
+    &[russh::compression::NONE, russh::compression::ZLIB_LEGACY];
+
+/// Logs that `ip`'s source was banned for `length` (after failed logins, connections
+/// without a login, or refusals by its own limits: all count as failed logins).
+fn log_ban(ip: IpAddr, length: Duration) {
+    tracing::warn!(
+        peer = %ip,
+        source = %source_of(ip),
+        seconds = length.as_secs(),
+        "address banned after repeated failed logins"
+    );
 }
 
 /// Ciphers offered, AES-GCM first: with AES-NI it is the fastest here, and russh's own
@@ -160,6 +219,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     lanes: Arc<Lanes>,
 ) {
+    let settings = Arc::new(settings);
     loop {
         let (socket, peer) = tokio::select! {
             _ = shared.draining.cancelled() => break,
@@ -217,14 +277,15 @@ pub async fn accept_loop(
                 else {
                     return;
                 };
-                let admission = match slot.admit(client.ip()) {
+                let mut admission = match slot.admit(client.ip()) {
                     Ok(a) => a,
                     Err(refusal) => {
                         tracing::info!(peer = %client, reason = %refusal, "connection refused");
                         return;
                     }
                 };
-                serve_connection(socket, client, config, shared2, &settings).await;
+                connection::serve_connection(socket, client, config, shared2, settings, &mut admission)
+                    .await;
                 drop(admission);
             },
             &lane,
@@ -273,80 +334,28 @@ async fn client_address(
     }
 }
 
-async fn serve_connection(
-    socket: tokio::net::TcpStream,
-    peer: SocketAddr,
-    config: Arc<russh::server::Config>,
-    shared: Arc<Shared>,
-    settings: &SshSettings,
-) {
-    tracing::debug!(%peer, "connection");
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let active = Arc::new(AtomicUsize::new(0));
-    let hard_stop = shared.hard_stop.clone();
-    let draining = shared.draining.clone();
-    let kick = CancellationToken::new();
-    let handler = Connection::new(
-        shared,
-        Some(peer),
-        authenticated.clone(),
-        active.clone(),
-        kick.clone(),
-    );
-    let session = match tokio::time::timeout(
-        settings.handshake_timeout,
-        russh::server::run_stream(config, socket, handler),
-    )
-    .await
-    {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "SSH handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "SSH handshake timed out");
-            return;
-        }
-    };
-    let handle = session.handle();
-    let auth_deadline = async {
-        tokio::time::sleep(settings.auth_deadline).await;
-        if authenticated.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
-    };
-    let reason = tokio::select! {
-        result = session => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-            None
-        }
-        _ = hard_stop.cancelled() => Some("server shutting down"),
-        _ = drained(&draining, &active) => Some("server shutting down"),
-        _ = kick.cancelled() => {
-            tracing::info!(%peer, "account changed in the users file; closing the connection");
-            Some("your account changed; please log in again")
-        }
-        _ = auth_deadline => {
-            tracing::info!(%peer, "no successful login within the deadline; disconnecting");
-            Some("authentication timeout")
-        }
-    };
-    if let Some(reason) = reason {
-        let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
-            .await;
-    }
-    tracing::debug!(%peer, "connection closed");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Resolves once shutdown has begun and the connection has no front end running (its
-/// transfers are done), so the client is told to go instead of left waiting.
-async fn drained(draining: &CancellationToken, active: &AtomicUsize) {
-    draining.cancelled().await;
-    while active.load(Ordering::Acquire) > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    #[test]
+    fn no_sha1_rsa_and_no_zlib_before_login_are_offered() {
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).expect("key");
+        let config = russh_config(key, &SshSettings::default());
+        // `preferred.key` is also what russh sends as `server-sig-algs`.
+        assert!(!config
+            .preferred
+            .key
+            .contains(&Algorithm::Rsa { hash: None }));
+        assert!(config.preferred.key.contains(&Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256)
+        }));
+        let compression: Vec<&str> = config
+            .preferred
+            .compression
+            .iter()
+            .map(|c| c.as_ref())
+            .collect();
+        assert_eq!(compression, ["none", "zlib@openssh.com"]);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::TryRng;
 
@@ -156,11 +156,7 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     match HashKind::of(hash) {
         Some(HashKind::Argon2id | HashKind::Argon2i | HashKind::Argon2d) => {
             match PasswordHash::new(hash) {
-                // `Argon2::default()` only provides the code: algorithm, version, parameters
-                // and salt all come from the PHC string.
-                Ok(parsed) => Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok(),
+                Ok(parsed) => verify_argon2(&parsed, password.as_bytes()),
                 Err(_) => false,
             }
         }
@@ -173,6 +169,55 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         }
         None => false,
     }
+}
+
+thread_local! {
+    /// This thread's argon2 working memory, kept between checks (it grows to the largest
+    /// memory cost seen). argon2's own API allocates 19 MiB per check; after a few hundred
+    /// checks glibc kept those blocks in its per-thread arenas, and 100 wrong passwords
+    /// left hundreds of MiB resident even with two checks at a time. Password checks run
+    /// on a few dedicated threads, so this is a fixed cost per thread.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks `password` against an argon2 PHC hash (algorithm, version, parameters and salt
+/// all from the hash) in this thread's reused working memory; the comparison of the
+/// outputs is constant-time.
+fn verify_argon2(parsed: &PasswordHash<'_>, password: &[u8]) -> bool {
+    let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(parsed) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let blocks = params.m_cost() as usize;
+    let mut out = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params);
+    let hashed = ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::new());
+        }
+        argon2.hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+    });
+    if hashed.is_err() {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    argon2::password_hash::Output::new(&out).is_ok_and(|out| out == expected)
 }
 
 /// Checks `password` for a login as `user`, spending one hash verification whatever happens.
