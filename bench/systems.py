@@ -141,7 +141,8 @@ def _s3sftp_common(b: Bench, name: str, label: str, extra: list[str], env_extra:
     s.proc = spawn([str(b.binary), "serve", "--listen", f"127.0.0.1:{s.port}",
                     "--state-dir", str(d / "state"), "--users-file", str(uf),
                     # 200 idle sessions from one address need more than the default 50.
-                    "--max-connections-per-ip", "0", "--log", "warn", *extra], lf, env=env)
+                    "--max-connections-per-ip", "0", "--max-unauthenticated-per-ip", "0",
+                    "--log", "warn", *extra], lf, env=env)
     s.log = lf
     wait_port(s.port, s.proc, name, lf)
     time.sleep(1.0)

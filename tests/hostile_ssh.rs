@@ -3,13 +3,12 @@
 //! open too many channels or outlive their account, each asserting the bound the server
 //! keeps, not just that it survives. Deadlines are generous; no test asserts speed.
 
-mod common;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::MethodKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -507,7 +506,7 @@ async fn a_session_ends_when_its_account_expires() {
     .await;
     let s = t.russh_sftp(&t.bob).await;
     s.raw.realpath(".").await.expect("works before expiry");
-    let ended = eventually(30, || s.handle.is_closed()).await;
+    let ended = eventually(30, || s.connection.is_closed()).await;
     assert!(ended, "the session ended after expires_at");
     let at = chrono::Utc::now();
     assert!(

@@ -62,6 +62,10 @@ impl Lifeline {
 
     /// Cuts the connection: shuts its socket down in both directions and stops every
     /// task of the connection. Calling it again does nothing more.
+    #[allow(
+        unsafe_code,
+        reason = "shutdown(2) of a socket another task owns; russh keeps the stream"
+    )]
     pub fn sever(&self) {
         if let Some(fd) = *lock(&self.fd) {
             // SAFETY: `fd` is open: the stream that owns it clears `self.fd` under this
@@ -100,6 +104,10 @@ impl Lifeline {
 
 /// Whether the peer of the open socket `fd` has closed its side; polled, never blocks.
 #[cfg(any(target_os = "linux", target_os = "android"))]
+#[allow(
+    unsafe_code,
+    reason = "poll(2) for POLLRDHUP, which no safe wrapper in our dependencies offers"
+)]
 fn peer_closed(fd: RawFd) -> bool {
     let mut pollfd = libc::pollfd {
         fd,

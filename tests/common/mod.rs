@@ -334,7 +334,7 @@ impl russh::client::Handler for AcceptAll {
 pub struct RusshSftp {
     pub raw: russh_sftp::client::RawSftpSession,
     /// Held so that the SSH connection stays open as long as the session.
-    _connection: russh::client::Handle<AcceptAll>,
+    pub connection: russh::client::Handle<AcceptAll>,
 }
 
 impl RusshSftp {
@@ -353,7 +353,7 @@ impl RusshSftp {
         raw.init().await.map_err(|e| e.to_string())?;
         Ok(RusshSftp {
             raw,
-            _connection: handle,
+            connection: handle,
         })
     }
 

@@ -149,6 +149,7 @@ impl ChildServer {
                 &budgets.download_chunk_mib.to_string(),
             ])
             .args(["--max-connections-per-ip", "0", "--ban-threshold", "0"])
+            .args(["--max-unauthenticated-per-ip", "0"])
             .args(["--auth-failure-delay-ms", "100", "--shutdown-grace", "20"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
