@@ -3,7 +3,6 @@
 //! open too many channels or outlive their account, each asserting the bound the server
 //! keeps, not just that it survives. Deadlines are generous; no test asserts speed.
 
-
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
