@@ -417,6 +417,19 @@ pub struct ServeArgs {
     /// Hours between orphan sweeps after the one at start; 0 sweeps only at start.
     #[arg(long, env = "S3SFTP_ORPHAN_SWEEP_HOURS", default_value_t = 0)]
     pub orphan_sweep_hours: u64,
+    /// Address of the operations listener: Prometheus metrics on /metrics, /healthz and
+    /// /readyz. Off unless set; plain HTTP, so keep it on loopback or a private network.
+    #[arg(long, env = "S3SFTP_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between the readiness probes of S3 (a one-key listing under a user's
+    /// prefix); /readyz fails when none succeeded for three times this long.
+    #[arg(long, env = "S3SFTP_READINESS_PROBE_SECS", default_value_t = 10)]
+    pub readiness_probe_secs: u64,
+    /// On SIGTERM with --metrics-listen set: seconds during which /readyz already answers
+    /// 503 but new connections are still accepted, so a load balancer's health check takes
+    /// the gateway out before it stops accepting.
+    #[arg(long, env = "S3SFTP_DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
 }
 
 /// One entry of `--proxy-trusted-cidrs` or `--penalty-exempt-cidrs` (spaces around it

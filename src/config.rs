@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
-use crate::server::ServerConfig;
+use crate::server::{OpsSettings, ServerConfig};
 use crate::sftp::SessionLimits;
 use crate::ssh::{GuardSettings, ProxySettings, SshSettings};
 use crate::storage::client::S3Settings;
@@ -168,6 +168,11 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     config.orphan_age = Duration::from_secs(args.orphan_age_hours * 3600);
     config.orphan_sweep_every =
         (args.orphan_sweep_hours > 0).then(|| Duration::from_secs(args.orphan_sweep_hours * 3600));
+    config.ops = args.metrics_listen.map(|listen| OpsSettings {
+        listen,
+        probe_every: Duration::from_secs(args.readiness_probe_secs.max(1)),
+        drain_delay: Duration::from_secs(args.drain_delay_secs),
+    });
     Ok(config)
 }
 

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 #[cfg(feature = "embedded-store")]
 use crate::embedded::{EmbeddedError, EmbeddedS3};
 use crate::lanes::Lanes;
+use crate::readiness::Readiness;
 use crate::sftp::SessionLimits;
 use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
@@ -55,6 +56,18 @@ pub struct ServerConfig {
     pub orphan_sweep_every: Option<Duration>,
     /// Single-threaded runtimes the SSH connections are spread over ([`crate::lanes`]).
     pub session_threads: usize,
+    /// The operations listener (metrics, health, readiness); `None`: off.
+    pub ops: Option<OpsSettings>,
+}
+
+/// Settings of the operations listener.
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
+    pub listen: SocketAddr,
+    /// Time between readiness probes of S3.
+    pub probe_every: Duration,
+    /// On shutdown, how long /readyz fails before the SSH listener stops accepting.
+    pub drain_delay: Duration,
 }
 
 /// One session thread per CPU the process may use.
@@ -80,6 +93,7 @@ impl ServerConfig {
             orphan_age: Duration::from_secs(24 * 3600),
             orphan_sweep_every: None,
             session_threads: default_session_threads(),
+            ops: None,
         }
     }
 }
@@ -111,6 +125,13 @@ pub enum StartError {
         "cannot start the session threads: {0} (check --session-threads / S3SFTP_SESSION_THREADS)"
     )]
     Threads(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot listen for metrics on {addr}: {source} (check --metrics-listen / S3SFTP_METRICS_LISTEN)")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source} (check --listen / S3SFTP_LISTEN)")]
     Listen {
         addr: SocketAddr,
@@ -127,6 +148,17 @@ pub struct RunningServer {
     reload: Arc<tokio::sync::Notify>,
     embedded: Option<EmbeddedS3>,
     grace: Duration,
+    /// The operations listener, when on.
+    ops: Option<Ops>,
+}
+
+/// The running operations listener and what shutdown does with it.
+struct Ops {
+    addr: SocketAddr,
+    readiness: Arc<Readiness>,
+    drain_delay: Duration,
+    /// Stops the listener and the readiness probe.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl RunningServer {
@@ -164,7 +196,22 @@ impl RunningServer {
     /// Stops accepting; lets transfers in flight finish for up to the grace period (idle
     /// SFTP sessions end at once); then disconnects whoever is left, which aborts their
     /// uploads (no partial object), and stops the embedded store.
+    /// The address of the operations listener, when it is on.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|o| o.addr)
+    }
+
     pub async fn shutdown(self) {
+        if let Some(ops) = &self.ops {
+            ops.readiness.set_draining();
+            if !ops.drain_delay.is_zero() {
+                tracing::info!(
+                    seconds = ops.drain_delay.as_secs_f64(),
+                    "shutting down: /readyz answers 503; still accepting connections while load balancers notice"
+                );
+                tokio::time::sleep(ops.drain_delay).await;
+            }
+        }
         self.shared.draining.cancel();
         let _ = self.accept.await;
         self.shared.tasks.close();
@@ -192,6 +239,9 @@ impl RunningServer {
         self.lanes.stop().await;
         if let Some(embedded) = self.embedded {
             embedded.shutdown().await;
+        }
+        if let Some(ops) = self.ops {
+            ops.stop.cancel();
         }
         tracing::info!("server stopped");
     }
@@ -291,6 +341,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             "PROXY protocol on: connections from the trusted networks must begin with a PROXY header"
         );
     }
+    let ops = match &config.ops {
+        Some(settings) => Some(start_ops(settings, &shared).await?),
+        None => None,
+    };
     Ok(RunningServer {
         addr,
         shared,
@@ -299,6 +353,56 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         reload,
         embedded,
         grace: config.shutdown_grace,
+        ops,
+    })
+}
+
+/// Starts the metrics recorder, the readiness probe and the operations listener.
+async fn start_ops(settings: &OpsSettings, shared: &Arc<Shared>) -> Result<Ops, StartError> {
+    let metrics = crate::metrics::install()?;
+    let listener = crate::ops_http::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::MetricsListen {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::MetricsListen {
+            addr: settings.listen,
+            source,
+        })?;
+    // Three missed probes in a row make the gateway unready.
+    let readiness = Readiness::new(settings.probe_every * 3);
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The probe lists under a user's prefix: a least-privilege policy allows that, not
+    // HeadBucket.
+    let prefix = shared
+        .users()
+        .users()
+        .iter()
+        .find(|u| u.enabled)
+        .map(|u| u.key_prefix.clone())
+        .unwrap_or_default();
+    tokio::spawn(readiness.clone().probe_loop(
+        shared.storage.clone(),
+        prefix,
+        settings.probe_every,
+        stop.clone(),
+    ));
+    let state = Arc::new(crate::ops_http::OpsState {
+        metrics,
+        readiness: readiness.clone(),
+        storage: shared.storage.clone(),
+        guard: shared.guard.clone(),
+    });
+    tokio::spawn(crate::ops_http::serve(listener, state, stop.clone()));
+    tracing::info!(%addr, "operations listener: /metrics, /healthz, /readyz");
+    Ok(Ops {
+        addr,
+        readiness,
+        drain_delay: settings.drain_delay,
+        stop,
     })
 }
 

@@ -10,6 +10,7 @@ mod common;
 mod fuzz_corpus;
 mod hardening;
 mod hostile_ssh;
+mod operations;
 mod pipelining;
 mod proxy_protocol;
 mod s3_fault_logs;

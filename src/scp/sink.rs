@@ -233,11 +233,15 @@ where
 {
     match upload.finish().await {
         Ok(size) => {
+            crate::metrics::transfer("scp", crate::metrics::Direction::Upload, true, size);
             tracing::info!(user = %username, %path, size, "upload committed (scp)");
             wire.ok().await?;
             Ok(true)
         }
-        Err(e) => report(wire, username, path, e).await,
+        Err(e) => {
+            crate::metrics::transfer("scp", crate::metrics::Direction::Upload, false, 0);
+            report(wire, username, path, e).await
+        }
     }
 }
 

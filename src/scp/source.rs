@@ -212,9 +212,11 @@ impl Source<'_> {
             None => {
                 wire.ok().await?;
                 tracing::info!(user = %self.username, %path, size, "download sent (scp)");
+                crate::metrics::transfer("scp", crate::metrics::Direction::Download, true, size);
             }
             Some(e) => {
                 tracing::warn!(user = %self.username, %path, "scp download failed: {e}");
+                crate::metrics::transfer("scp", crate::metrics::Direction::Download, false, 0);
                 self.fail(wire, &format!("{spelled}: {e}")).await?;
             }
         }

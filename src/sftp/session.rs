@@ -12,6 +12,7 @@ use russh_sftp::protocol::{
 
 use super::attrs;
 use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
+use crate::metrics::Direction;
 use crate::storage::{
     DirLister, Download, Entry, EntryKind, PathError, StorageError, Upload, UserStore, VirtualPath,
     WriteMode,
@@ -121,7 +122,12 @@ fn status_ok(id: u32) -> Reply {
 
 /// The SFTP status for a storage error, with a message a person can act on.
 pub fn error_status(id: u32, err: &StorageError) -> Reply {
-    let code = match err {
+    codec::status(id, error_code(err), &err.to_string())
+}
+
+/// The SFTP status code of a storage error.
+fn error_code(err: &StorageError) -> StatusCode {
+    match err {
         StorageError::NotFound => StatusCode::NoSuchFile,
         StorageError::Unsupported(_) => StatusCode::OpUnsupported,
         StorageError::PermissionDenied(_) => StatusCode::PermissionDenied,
@@ -129,8 +135,66 @@ pub fn error_status(id: u32, err: &StorageError) -> Reply {
             StatusCode::BadMessage
         }
         _ => StatusCode::Failure,
-    };
-    codec::status(id, code, &err.to_string())
+    }
+}
+
+/// The `status` label of the SFTP request metric.
+fn status_label(code: StatusCode) -> &'static str {
+    match code {
+        StatusCode::Ok => "ok",
+        StatusCode::Eof => "eof",
+        StatusCode::NoSuchFile => "no_such_file",
+        StatusCode::PermissionDenied => "permission_denied",
+        StatusCode::Failure => "failure",
+        StatusCode::BadMessage => "bad_message",
+        StatusCode::NoConnection => "no_connection",
+        StatusCode::ConnectionLost => "connection_lost",
+        StatusCode::OpUnsupported => "op_unsupported",
+    }
+}
+
+/// The `type` label of the SFTP request metric.
+fn request_label(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Open(_) => "open",
+        Packet::Close(_) => "close",
+        Packet::Read(_) => "read",
+        Packet::Write(_) => "write",
+        Packet::Lstat(_) => "lstat",
+        Packet::Fstat(_) => "fstat",
+        Packet::SetStat(_) => "setstat",
+        Packet::FSetStat(_) => "fsetstat",
+        Packet::OpenDir(_) => "opendir",
+        Packet::ReadDir(_) => "readdir",
+        Packet::Remove(_) => "remove",
+        Packet::MkDir(_) => "mkdir",
+        Packet::RmDir(_) => "rmdir",
+        Packet::RealPath(_) => "realpath",
+        Packet::Stat(_) => "stat",
+        Packet::Rename(_) => "rename",
+        Packet::ReadLink(_) => "readlink",
+        Packet::Symlink(_) => "symlink",
+        Packet::Extended(_) => "extended",
+        _ => "other",
+    }
+}
+
+/// Counts an answered request in the metrics and turns a refusal into its STATUS.
+fn answered(kind: &'static str, id: u32, outcome: Outcome) -> Reply {
+    match outcome {
+        Ok(reply) => {
+            crate::metrics::sftp_request(kind, "ok");
+            reply
+        }
+        Err(refusal) => {
+            let code = match &refusal {
+                Refusal::Storage(err) => error_code(err),
+                Refusal::Status(code, _) => *code,
+            };
+            crate::metrics::sftp_request(kind, status_label(code));
+            refusal.reply(id)
+        }
+    }
 }
 
 impl Session {
@@ -153,10 +217,10 @@ impl Session {
                 handle,
                 offset,
                 data,
-            } => self
-                .write(id, &handle, offset, data)
-                .await
-                .unwrap_or_else(|refusal| refusal.reply(id)),
+            } => {
+                let outcome = self.write(id, &handle, offset, data).await;
+                answered("write", id, outcome)
+            }
             Request::Packet(Packet::Init(init)) => {
                 tracing::debug!(version = init.version, "sftp init");
                 self.initialized = true;
@@ -167,9 +231,9 @@ impl Session {
                 if !self.initialized {
                     return codec::status(id, StatusCode::BadMessage, "INIT expected first");
                 }
-                self.dispatch(packet)
-                    .await
-                    .unwrap_or_else(|refusal| refusal.reply(id))
+                let kind = request_label(&packet);
+                let outcome = self.dispatch(packet).await;
+                answered(kind, id, outcome)
             }
             Request::Malformed { id, reason } => {
                 tracing::info!(user = %self.username, "malformed SFTP request: {reason}");
@@ -393,7 +457,10 @@ impl Session {
         let len = len.min(MAX_READ);
         match download.read(offset, u64::from(len)).await {
             Ok(data) if data.is_empty() => Err(Refusal::new(StatusCode::Eof, "end of file")),
-            Ok(data) => Ok(codec::data(id, &data)),
+            Ok(data) => {
+                crate::metrics::transfer_bytes("sftp", Direction::Download, data.len() as u64);
+                Ok(codec::data(id, &data))
+            }
             Err(e) => {
                 tracing::warn!(user = %self.username, key = %download.key(), "read failed: {e}");
                 Err(e.into())
@@ -425,8 +492,13 @@ impl Session {
         let Some(open) = self.handles.remove(handle) else {
             return Err(Refusal::bad_handle());
         };
-        let OpenHandle::Write(w) = open else {
-            return Ok(status_ok(id));
+        let w = match open {
+            OpenHandle::Write(w) => w,
+            OpenHandle::Read(..) => {
+                crate::metrics::transfer("sftp", Direction::Download, true, 0);
+                return Ok(status_ok(id));
+            }
+            OpenHandle::Dir(..) => return Ok(status_ok(id)),
         };
         let WriteHandle {
             upload,
@@ -441,6 +513,7 @@ impl Session {
             let written = upload.len();
             if written < old_size {
                 upload.abort().await;
+                crate::metrics::transfer("sftp", Direction::Upload, false, written);
                 tracing::info!(user = %self.username, path = %path, written, old_size, "partial overwrite refused at close");
                 return Err(Refusal::new(
                     StatusCode::OpUnsupported,
@@ -451,12 +524,15 @@ impl Session {
             }
         }
         let key = upload.key().to_string();
+        let written = upload.len();
         match upload.finish().await {
             Ok(size) => {
+                crate::metrics::transfer("sftp", Direction::Upload, true, size);
                 tracing::info!(user = %self.username, path = %path, size, "upload committed");
                 Ok(status_ok(id))
             }
             Err(e) => {
+                crate::metrics::transfer("sftp", Direction::Upload, false, written);
                 tracing::warn!(user = %self.username, %key, "upload failed at close: {e}");
                 Err(Refusal::new(
                     StatusCode::Failure,
@@ -561,6 +637,7 @@ impl Session {
         for (_, handle) in self.handles.drain() {
             if let OpenHandle::Write(w) = handle {
                 tracing::info!(user = %self.username, key = %w.upload.key(), "session ended mid-upload: aborting");
+                crate::metrics::transfer("sftp", Direction::Upload, false, w.upload.len());
                 w.upload.abort().await;
             }
         }

@@ -47,6 +47,7 @@ pub(super) async fn serve_connection(
     admission: &mut guard::Admission,
 ) {
     tracing::debug!(%peer, "connection");
+    let _open = crate::metrics::OpenConnection::count();
     let started = tokio::time::Instant::now();
     let lifeline = Arc::new(Lifeline::default());
     let (login_tx, mut login_rx) = watch::channel(None::<Login>);

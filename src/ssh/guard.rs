@@ -113,6 +113,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The `reason` label of the refused-connections metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Banned(_) => "banned",
+            Refusal::PerIpLimit(_) => "per_ip_limit",
+            Refusal::TotalLimit(_) => "total_limit",
+            Refusal::UnauthenticatedLimit(_) => "unauthenticated_limit",
+            Refusal::UnauthenticatedPerSourceLimit(_) => "unauthenticated_per_source_limit",
+        }
+    }
+
     /// Whether the refusal counts against the source like a failed login: a source that
     /// keeps hitting its own limits is banned. Total limits are not the source's doing.
     fn is_penalised(&self) -> bool {
@@ -323,6 +334,16 @@ impl Guard {
             .get(&source_of(ip))
             .and_then(|r| r.banned_until)
             .is_some_and(|t| t > now)
+    }
+
+    /// Sources banned now.
+    pub fn banned_count(&self) -> usize {
+        let now = Instant::now();
+        self.lock()
+            .by_ip
+            .values()
+            .filter(|r| r.banned_until.is_some_and(|t| t > now))
+            .count()
     }
 }
 

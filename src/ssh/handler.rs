@@ -124,6 +124,7 @@ impl Connection {
             return self.reject(&user.username, method, "max_sessions reached");
         };
         tracing::info!(user = %escaped(&user.username), peer = %self.peer(), method, "login");
+        crate::metrics::login(method, "ok");
         self.lifeline.hold(registration);
         self.login.send_replace(Some(Login {
             expires_at: user.expires_at,
@@ -141,6 +142,7 @@ impl Connection {
     /// (after which russh disconnects), like OpenSSH's MaxAuthTries.
     fn reject(&self, name: &str, method: &str, why: &str) -> Auth {
         tracing::warn!(user = %escaped(name), peer = %self.peer(), method, reason = why, "login refused");
+        crate::metrics::login(method, "refused");
         self.lifeline.mark_penalised();
         if let Some(peer) = self.peer {
             if let Some(length) = self.shared.guard.failed_login(peer.ip()) {

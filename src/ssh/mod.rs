@@ -236,6 +236,7 @@ pub async fn accept_loop(
             Ok(slot) => slot,
             Err(refusal) => {
                 tracing::info!(%peer, reason = %refusal, "connection refused");
+                crate::metrics::connection_refused(refusal.label());
                 drop(socket);
                 continue;
             }
@@ -281,6 +282,7 @@ pub async fn accept_loop(
                     Ok(a) => a,
                     Err(refusal) => {
                         tracing::info!(peer = %client, reason = %refusal, "connection refused");
+                        crate::metrics::connection_refused(refusal.label());
                         return;
                     }
                 };

@@ -143,6 +143,7 @@ pub async fn build_client(settings: &S3Settings) -> Client {
     if shared.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }
+    builder = builder.interceptor(super::observe::S3Metrics);
     if let Some(endpoint) = &settings.endpoint {
         builder = builder
             .endpoint_url(endpoint)

@@ -14,6 +14,7 @@ pub mod compat;
 pub mod download;
 pub mod error;
 pub mod list;
+mod observe;
 pub mod path;
 pub mod rename;
 pub(crate) mod s3;

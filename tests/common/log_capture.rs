@@ -8,9 +8,6 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Names the one test a child process of the test binary runs (and captures for).
-const CHILD_ENV: &str = "S3SFTP_TEST_CAPTURE_CHILD";
-
 static INSTALLED: OnceLock<Capture> = OnceLock::new();
 
 #[derive(Clone, Default)]
@@ -34,33 +31,11 @@ impl Capture {
     /// and returns the capture. In the test binary's own process: runs the child, fails if
     /// the test fails there (or did not run), and returns `None`: the caller returns.
     pub async fn alone(filter: &str) -> Option<&'static Capture> {
-        let thread = std::thread::current();
-        let name = thread
-            .name()
-            .filter(|n| n.contains("::"))
-            .expect("libtest names the test's thread after the test");
-        match std::env::var(CHILD_ENV) {
-            Ok(child) if child == name => return Some(Self::install(filter)),
-            Ok(child) => panic!("the child process for {child} runs {name}"),
-            Err(_) => {}
+        if super::alone::in_own_process().await {
+            Some(Self::install(filter))
+        } else {
+            None
         }
-        let exe = std::env::current_exe().expect("the test binary");
-        let out = tokio::process::Command::new(exe)
-            .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, name)
-            .output()
-            .await
-            .expect("the test binary runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        print!("{stdout}");
-        eprint!("{stderr}");
-        assert!(
-            out.status.success() && stdout.contains(&format!("test {name} ... ok")),
-            "{name} failed in its own process ({})",
-            out.status
-        );
-        None
     }
 
     /// The capture [`Capture::alone`] installed in this process.

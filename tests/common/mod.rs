@@ -2,6 +2,7 @@
 //! embedded store, or the external one named by `S3SFTP_TEST_S3_*` variables) and drives
 //! it with real clients: OpenSSH `sftp`/`scp` as processes, and russh + russh-sftp.
 
+pub mod alone;
 pub mod bucket;
 pub mod fault_proxy;
 pub mod log_capture;
