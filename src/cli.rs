@@ -252,9 +252,20 @@ pub struct ServeArgs {
     /// Address to listen on for SSH.
     #[arg(long, env = "S3SFTP_LISTEN", default_value = "127.0.0.1:2222")]
     pub listen: SocketAddr,
-    /// Directory for the host key (and the embedded store's data).
+    /// Directory for the generated host keys (and the embedded store's data).
     #[arg(long, env = "S3SFTP_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
+    /// A host key to serve instead of the generated ones: an OpenSSH private key without a
+    /// passphrase, such as sshd's /etc/ssh/ssh_host_ed25519_key. Repeat for more (one per
+    /// type); comma-separated in the variable. Without it, Ed25519, ECDSA P-256 and RSA 3072
+    /// keys are generated in the state directory on first start.
+    #[arg(
+        long = "host-key",
+        env = "S3SFTP_HOST_KEY",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub host_keys: Vec<PathBuf>,
     /// The users file (JSON; see docs/users.md).
     #[arg(long, env = "S3SFTP_USERS_FILE", default_value = "users.json")]
     pub users_file: PathBuf,

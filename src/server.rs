@@ -25,6 +25,8 @@ pub const EMBEDDED_BUCKET: &str = "s3sftp";
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// Host key files to serve; empty: the keys generated in `state_dir` ([`hostkey::load`]).
+    pub host_keys: Vec<PathBuf>,
     pub users_file: PathBuf,
     /// `None` starts the embedded store over `embedded_data_dir`.
     pub s3: Option<S3Settings>,
@@ -56,6 +58,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             embedded_data_dir: state_dir.join("data"),
             state_dir,
+            host_keys: Vec::new(),
             users_file: users_file.into(),
             s3: None,
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -191,7 +194,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     hostkey::warn_if_readable_by_others(&config.users_file);
     let users = UsersFile::load(&config.users_file)?;
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
-    let host_key = hostkey::load_or_create(&config.state_dir)?;
+    let host_keys = hostkey::load(&config.state_dir, &config.host_keys)?;
 
     let (s3, embedded) = match &config.s3 {
         Some(s3) => (s3.clone(), None),
@@ -239,7 +242,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.sftp.clone(),
         config.ssh.guard.clone(),
     );
-    let russh_config = ssh::russh_config(host_key, &config.ssh);
+    let russh_config = ssh::russh_config(host_keys, &config.ssh);
     let accept = tokio::spawn(ssh::accept_loop(
         listener,
         russh_config,

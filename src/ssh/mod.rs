@@ -113,7 +113,12 @@ impl Shared {
 }
 
 /// The russh server configuration.
-pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::server::Config> {
+/// `host_keys`: one per algorithm ([`hostkey::load`]); only the algorithms in
+/// [`hostkey::ALGORITHMS`] are offered (never SHA-1 `ssh-rsa`).
+pub fn russh_config(
+    host_keys: Vec<PrivateKey>,
+    settings: &SshSettings,
+) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         server_id: russh::SshId::Standard(
             concat!("SSH-2.0-s3sftp_", env!("CARGO_PKG_VERSION")).into(),
@@ -123,7 +128,7 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         ),
         auth_rejection_time: settings.auth_failure_delay,
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![host_key],
+        keys: host_keys,
         max_auth_attempts: settings.max_auth_attempts,
         inactivity_timeout: Some(settings.idle_timeout),
         keepalive_interval: Some(Duration::from_secs(60)),
@@ -131,6 +136,7 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            key: std::borrow::Cow::Borrowed(hostkey::ALGORITHMS),
             ..russh::Preferred::default()
         },
         ..Default::default()
