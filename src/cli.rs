@@ -3,13 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::storage::client::ChecksumMode;
 use crate::storage::signing::PayloadSigning;
+use crate::units;
 use crate::users::{self, edit, PermissionSet, Settings};
 
 #[derive(Debug, Parser)]
@@ -249,8 +252,14 @@ impl SettingsArgs {
 /// `s3sftp serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for SSH.
-    #[arg(long, env = "S3SFTP_LISTEN", default_value = "127.0.0.1:2222")]
+    /// Address to listen on for SSH: ADDRESS:PORT, or :PORT for every address (IPv6 and
+    /// IPv4).
+    #[arg(
+        long,
+        env = "S3SFTP_LISTEN",
+        default_value = "127.0.0.1:2222",
+        value_parser = units::listen_addr
+    )]
     pub listen: SocketAddr,
     /// Directory for the generated host keys (and the embedded store's data).
     #[arg(long, env = "S3SFTP_STATE_DIR", default_value = "state")]
@@ -280,7 +289,8 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_S3_REGION")]
     pub s3_region: Option<String>,
     /// Path-style addressing (endpoint/bucket/key), needed by most self-hosted servers.
-    #[arg(long, env = "S3SFTP_S3_PATH_STYLE")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(long, env = "S3SFTP_S3_PATH_STYLE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub s3_path_style: bool,
     /// Access key id; without it the standard AWS credential chain is used.
     #[arg(long, env = "S3SFTP_S3_ACCESS_KEY", requires = "s3_secret_key")]
@@ -304,9 +314,9 @@ pub struct ServeArgs {
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]
     pub s3_max_attempts: u32,
-    /// Seconds allowed for one attempt of one S3 request.
-    #[arg(long, env = "S3SFTP_S3_TIMEOUT", default_value_t = 120)]
-    pub s3_timeout: u64,
+    /// Time allowed for one attempt of one S3 request (seconds, or with units: 2m).
+    #[arg(long, env = "S3SFTP_S3_TIMEOUT", default_value = "120", value_parser = units::seconds)]
+    pub s3_timeout: Duration,
 
     /// Address of the embedded S3 store (loopback only; port 0 picks a free one).
     #[arg(long, env = "S3SFTP_EMBEDDED_LISTEN", default_value = "127.0.0.1:0")]
@@ -315,23 +325,48 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Multipart part size in MiB (at least 5; grows for very large files).
-    #[arg(long, env = "S3SFTP_PART_SIZE_MIB", default_value_t = 8)]
-    pub part_size_mib: u64,
-    /// Buffer ceiling of one transfer in MiB.
-    #[arg(long, env = "S3SFTP_TRANSFER_BUDGET_MIB", default_value_t = 64)]
-    pub transfer_budget_mib: u64,
-    /// Buffer ceiling of all transfers together in MiB.
-    #[arg(long, env = "S3SFTP_MEMORY_BUDGET_MIB", default_value_t = 1024)]
-    pub memory_budget_mib: u64,
-    /// Size of one ranged GET of the download read-ahead, in MiB.
-    #[arg(long, env = "S3SFTP_DOWNLOAD_CHUNK_MIB", default_value_t = 8)]
-    pub download_chunk_mib: u64,
+    /// Multipart part size in MiB, or with units (8MiB); at least 5 MiB, grows for very
+    /// large files.
+    #[arg(
+        long = "part-size-mib",
+        env = "S3SFTP_PART_SIZE_MIB",
+        value_name = "SIZE",
+        default_value = "8",
+        value_parser = units::mebibytes
+    )]
+    pub part_size: u64,
+    /// Buffer ceiling of one transfer in MiB, or with units (64MiB).
+    #[arg(
+        long = "transfer-budget-mib",
+        env = "S3SFTP_TRANSFER_BUDGET_MIB",
+        value_name = "SIZE",
+        default_value = "64",
+        value_parser = units::mebibytes
+    )]
+    pub transfer_budget: u64,
+    /// Buffer ceiling of all transfers together in MiB, or with units (1GiB).
+    #[arg(
+        long = "memory-budget-mib",
+        env = "S3SFTP_MEMORY_BUDGET_MIB",
+        value_name = "SIZE",
+        default_value = "1024",
+        value_parser = units::mebibytes
+    )]
+    pub memory_budget: u64,
+    /// Size of one ranged GET of the download read-ahead, in MiB or with units (8MiB).
+    #[arg(
+        long = "download-chunk-mib",
+        env = "S3SFTP_DOWNLOAD_CHUNK_MIB",
+        value_name = "SIZE",
+        default_value = "8",
+        value_parser = units::mebibytes
+    )]
+    pub download_chunk: u64,
     /// Seconds a session trusts what a listing or HEAD told it about a file (so the STAT,
     /// REMOVE or OPEN that follows a listing costs no extra request); 0 turns it off.
     /// Changes made by other sessions show after at most this long.
-    #[arg(long, env = "S3SFTP_METADATA_CACHE_SECS", default_value_t = 30)]
-    pub metadata_cache_secs: u64,
+    #[arg(long = "metadata-cache-secs", env = "S3SFTP_METADATA_CACHE_SECS", value_name = "DURATION", default_value = "30", value_parser = units::seconds)]
+    pub metadata_cache: Duration,
     /// Threads the SSH connections are spread over; each connection stays on one
     /// [default: one per CPU core].
     #[arg(long, env = "S3SFTP_SESSION_THREADS", value_name = "N")]
@@ -339,28 +374,29 @@ pub struct ServeArgs {
     /// Open files and directories per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_HANDLES", default_value_t = 256)]
     pub max_handles: usize,
-    /// Minimum time of a failed login, in milliseconds.
-    #[arg(long, env = "S3SFTP_AUTH_FAILURE_DELAY_MS", default_value_t = 500)]
-    pub auth_failure_delay_ms: u64,
+    /// Minimum time of a failed login, in milliseconds (or with units: 1s).
+    #[arg(long = "auth-failure-delay-ms", env = "S3SFTP_AUTH_FAILURE_DELAY_MS", value_name = "DURATION", default_value = "500", value_parser = units::millis)]
+    pub auth_failure_delay: Duration,
     /// Files open for writing at once per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_UPLOADS", default_value_t = 16)]
     pub max_uploads: usize,
-    /// Close SFTP sessions with no request for this many seconds (keepalives don't count),
-    /// and SSH connections with no traffic at all for as long.
-    #[arg(long, env = "S3SFTP_IDLE_TIMEOUT", default_value_t = 600)]
-    pub idle_timeout: u64,
-    /// Seconds a connection has to log in before it is dropped.
-    #[arg(long, env = "S3SFTP_AUTH_DEADLINE", default_value_t = 60)]
-    pub auth_deadline: u64,
+    /// Close SFTP sessions with no request for this long (keepalives don't count), and SSH
+    /// connections with no traffic at all for as long: seconds, or with units (10m).
+    #[arg(long, env = "S3SFTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "600", value_parser = units::seconds)]
+    pub idle_timeout: Duration,
+    /// Time a connection has to log in before it is dropped (seconds, or with units: 1m).
+    #[arg(long, env = "S3SFTP_AUTH_DEADLINE", value_name = "DURATION", default_value = "60", value_parser = units::seconds)]
+    pub auth_deadline: Duration,
     /// Failed logins from one address (within 10 minutes) that ban it; 0 disables bans.
     #[arg(long, env = "S3SFTP_BAN_THRESHOLD", default_value_t = 10)]
     pub ban_threshold: u32,
-    /// Seconds of the first ban of an address; each further ban doubles, up to --ban-max-time.
-    #[arg(long, env = "S3SFTP_BAN_TIME", default_value_t = 300)]
-    pub ban_time: u64,
-    /// Longest ban, in seconds.
-    #[arg(long, env = "S3SFTP_BAN_MAX_TIME", default_value_t = 86400)]
-    pub ban_max_time: u64,
+    /// First ban of an address (seconds, or with units: 5m); each further ban doubles, up to
+    /// --ban-max-time.
+    #[arg(long, env = "S3SFTP_BAN_TIME", value_name = "DURATION", default_value = "300", value_parser = units::seconds)]
+    pub ban_time: Duration,
+    /// Longest ban (seconds, or with units: 1d).
+    #[arg(long, env = "S3SFTP_BAN_MAX_TIME", value_name = "DURATION", default_value = "86400", value_parser = units::seconds)]
+    pub ban_max_time: Duration,
     /// Open connections allowed from one address; 0 means no limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
     pub max_connections_per_ip: usize,
@@ -370,7 +406,8 @@ pub struct ServeArgs {
     /// Behind a load balancer: connections from --proxy-trusted-cidrs must begin with a PROXY
     /// protocol (v1 or v2) header, whose client address is then used for bans, limits,
     /// allowed_ips and logs. Other connections are served as direct clients.
-    #[arg(long, env = "S3SFTP_PROXY_PROTOCOL")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(long, env = "S3SFTP_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub proxy_protocol: bool,
     /// The load balancers' networks, comma-separated CIDRs (e.g. 10.0.0.0/8,192.0.2.10/32);
     /// required by --proxy-protocol, ignored without it.
@@ -382,18 +419,19 @@ pub struct ServeArgs {
         value_parser = parse_trusted_cidr
     )]
     pub proxy_trusted_cidrs: Vec<IpNet>,
-    /// On SIGTERM/SIGINT: seconds to let transfers in flight finish (new connections are
+    /// On SIGTERM/SIGINT: time to let transfers in flight finish (new connections are
     /// refused, idle sessions closed at once); then the rest are disconnected and their
-    /// uploads aborted.
-    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", default_value_t = 60)]
-    pub shutdown_grace: u64,
-    /// Multipart uploads under the users' prefixes older than this many hours are
-    /// aborted by the orphan sweep (at start, and every --orphan-sweep-hours).
-    #[arg(long, env = "S3SFTP_ORPHAN_AGE_HOURS", default_value_t = 24)]
-    pub orphan_age_hours: u64,
-    /// Hours between orphan sweeps after the one at start; 0 sweeps only at start.
-    #[arg(long, env = "S3SFTP_ORPHAN_SWEEP_HOURS", default_value_t = 0)]
-    pub orphan_sweep_hours: u64,
+    /// uploads aborted. Seconds, or with units (2m).
+    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "60", value_parser = units::seconds)]
+    pub shutdown_grace: Duration,
+    /// Multipart uploads under the users' prefixes older than this many hours (or with
+    /// units: 2d) are aborted by the orphan sweep (at start, and every --orphan-sweep-hours).
+    #[arg(long = "orphan-age-hours", env = "S3SFTP_ORPHAN_AGE_HOURS", value_name = "DURATION", default_value = "24", value_parser = units::hours)]
+    pub orphan_age: Duration,
+    /// Hours (or with units: 30m) between orphan sweeps after the one at start; 0 sweeps
+    /// only at start.
+    #[arg(long = "orphan-sweep-hours", env = "S3SFTP_ORPHAN_SWEEP_HOURS", value_name = "DURATION", default_value = "0", value_parser = units::hours)]
+    pub orphan_sweep_every: Duration,
 }
 
 /// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).

@@ -226,12 +226,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
     let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -278,6 +276,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         embedded,
         grace: config.shutdown_grace,
     })
+}
+
+/// Binds the SSH listener. The unspecified IPv6 address (`[::]`, which `--listen :PORT`
+/// means) is bound dual-stack, so IPv4 clients are accepted too whatever
+/// `net.ipv6.bindv6only` says; on a kernel without IPv6 it falls back to `0.0.0.0`.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let any_v6 = addr.is_ipv6() && addr.ip().is_unspecified();
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(socket) => socket,
+        Err(e) if any_v6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, fallback = %v4, "no IPv6 on this host: listening on IPv4 only");
+            return bind(v4);
+        }
+        Err(e) => return Err(e),
+    };
+    if any_v6 {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's TcpListener::bind: a restart can reuse the port at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Runs the orphan sweep at start and then every `every`, until shutdown.
