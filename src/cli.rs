@@ -6,9 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
+use std::error::Error as _;
+use std::ffi::OsString;
+
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 use crate::storage::client::ChecksumMode;
 use crate::storage::signing::PayloadSigning;
@@ -23,10 +29,115 @@ use crate::users::{self, edit, PermissionSet, Settings};
 )]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `s3sftp=debug`.
-    #[arg(long, global = true, env = "S3SFTP_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "S3SFTP_LOG",
+        default_value = "info",
+        value_parser = log_filter
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process. Exits with clap's message when it is wrong, except
+    /// that a bad value taken from an `S3SFTP_*` variable is reported under the variable's
+    /// name: the admin looking for `--listen` on the command line would not find it.
+    pub fn from_env_and_args() -> Cli {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        Cli::try_parse_from(&argv).unwrap_or_else(|e| name_the_variable(e, &argv).exit())
+    }
+}
+
+/// `err` reworded to name the environment variable its bad value came from, if it did.
+fn name_the_variable(err: clap::Error, argv: &[OsString]) -> clap::Error {
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let long = arg.split([' ', '=']).next().unwrap_or_default();
+    let Some(env) = variable_of(long) else {
+        return err;
+    };
+    if given_in(argv, long) || std::env::var_os(&env).is_none() {
+        return err;
+    }
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("possible values: {}", valid.join(", "))
+        }
+        _ => "not a valid value".to_owned(),
+    };
+    Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!("invalid value {value:?} in the environment variable {env} (the variable of {long}): {reason}"),
+    )
+}
+
+/// Whether `long` (`--listen`) is on the command line `argv`.
+fn given_in(argv: &[OsString], long: &str) -> bool {
+    argv.iter().skip(1).any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == long
+            || arg
+                .strip_prefix(long)
+                .is_some_and(|rest| rest.starts_with('='))
+    })
+}
+
+/// The environment variable of the flag `long` (`--listen` → `S3SFTP_LISTEN`), in any
+/// subcommand.
+fn variable_of(long: &str) -> Option<String> {
+    fn find(cmd: &clap::Command, name: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|sub| find(sub, name)))
+    }
+    find(&Cli::command(), long.strip_prefix("--")?)
+}
+
+/// How the admin set the flag `flag` (`--part-size-mib`): the flag itself when it is on this
+/// process's command line or has no variable, else its environment variable when that is set.
+/// For errors about a setting, so they name what the admin actually wrote.
+pub fn setting_name(flag: &str) -> String {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match variable_of(flag) {
+        Some(env) if !given_in(&argv, flag) && std::env::var_os(&env).is_some() => env,
+        _ => flag.to_owned(),
+    }
+}
+
+/// Checks a `--log` filter. EnvFilter takes a bare word that is not a level as a target to
+/// log at every level, so a typo (`degub`, `warning`) would silence the server without a
+/// word; here a bare word must be a level, and `target=level` says what it means.
+pub fn log_filter(text: &str) -> Result<String, String> {
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains(['=', '[']) {
+            continue;
+        }
+        if directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{directive:?} is not a level (error, warn, info, debug, trace or off); \
+                 to log a module at every level write {directive}=trace"
+            ));
+        }
+    }
+    EnvFilter::try_new(text).map_err(|e| format!("not a valid log filter: {e}"))?;
+    Ok(text.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,6 +543,44 @@ pub struct ServeArgs {
     /// only at start.
     #[arg(long = "orphan-sweep-hours", env = "S3SFTP_ORPHAN_SWEEP_HOURS", value_name = "DURATION", default_value = "0", value_parser = units::hours)]
     pub orphan_sweep_every: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_with_a_typo_are_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "s3sftp=debug",
+            "info,s3sftp::ssh=trace",
+            "warn,russh=off",
+            "",
+        ] {
+            assert_eq!(log_filter(good).as_deref(), Ok(good));
+        }
+        for bad in ["degub", "warning", "info,verbose"] {
+            let err = log_filter(bad).expect_err(bad);
+            assert!(err.contains("is not a level"), "{err}");
+        }
+        let err = log_filter("s3sftp=verbose").expect_err("bad level");
+        assert!(err.contains("not a valid log filter"), "{err}");
+    }
+
+    #[test]
+    fn flags_and_variables_are_found_by_name() {
+        assert_eq!(variable_of("--listen").as_deref(), Some("S3SFTP_LISTEN"));
+        assert_eq!(variable_of("--log").as_deref(), Some("S3SFTP_LOG"));
+        assert_eq!(variable_of("--nope"), None);
+        let argv: Vec<OsString> = ["s3sftp", "serve", "--listen=:22", "--listening"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(given_in(&argv, "--listen"));
+        assert!(!given_in(&argv, "--log"));
+    }
 }
 
 /// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).
