@@ -202,11 +202,18 @@ pub enum UsersCommand {
     },
     /// List the users: name, enabled, prefix, login methods, key fingerprints.
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Print a JSON array of the users, each as `show --json` prints it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show everything about one user (the password hash itself is never shown).
     Show {
         /// The user.
         name: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a user's prefix, permissions and limits.
     Set {

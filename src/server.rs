@@ -78,6 +78,10 @@ impl ServerConfig {
 pub enum StartError {
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error(
+        "users file {path} does not exist; create it with a first user: {add} (see docs/users.md)"
+    )]
+    NoUsersFile { path: PathBuf, add: String },
     #[error(transparent)]
     HostKey(#[from] hostkey::HostKeyError),
     #[error(transparent)]
@@ -192,8 +196,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         return Err(StartError::ProxyWithoutTrust);
     }
     hostkey::warn_if_readable_by_others(&config.users_file);
-    let users = UsersFile::load(&config.users_file)?;
+    let users = match UsersFile::load_empty_ok(&config.users_file) {
+        Err(UsersError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StartError::NoUsersFile {
+                add: add_user_command(&path),
+                path,
+            })
+        }
+        loaded => loaded?,
+    };
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
+    if users.users().is_empty() {
+        tracing::warn!(
+            file = %config.users_file.display(),
+            "the users file has no users: nobody can log in until one is added with: {}",
+            add_user_command(&config.users_file)
+        );
+    }
     let host_keys = hostkey::load(&config.state_dir, &config.host_keys)?;
 
     let (s3, embedded) = match &config.s3 {
@@ -276,6 +295,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         embedded,
         grace: config.shutdown_grace,
     })
+}
+
+/// The command that adds a first user to the users file at `path` (which it creates).
+fn add_user_command(path: &std::path::Path) -> String {
+    let path = path.display().to_string();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c);
+    let path = if path.chars().all(safe) {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    };
+    format!("s3sftp users --users-file {path} add NAME --prefix users/NAME/ --generate-password")
 }
 
 /// Binds the SSH listener. The unspecified IPv6 address (`[::]`, which `--listen :PORT`
