@@ -552,6 +552,11 @@ pub struct ServeArgs {
     pub orphan_sweep_every: Duration,
 }
 
+/// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).
+fn parse_trusted_cidr(text: &str) -> Result<IpNet, String> {
+    users::parse_cidr(text.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,9 +593,4 @@ mod tests {
         assert!(given_in(&argv, "--listen"));
         assert!(!given_in(&argv, "--log"));
     }
-}
-
-/// One entry of `--proxy-trusted-cidrs` (spaces around it allowed).
-fn parse_trusted_cidr(text: &str) -> Result<IpNet, String> {
-    users::parse_cidr(text.trim())
 }

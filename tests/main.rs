@@ -17,6 +17,7 @@ mod s3_faults;
 mod s3_requests;
 mod scp_legacy;
 mod secrets_in_logs;
+mod serve_cli;
 mod sftp_openssh;
 mod sftp_protocol;
 mod upload_order;
