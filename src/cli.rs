@@ -53,6 +53,9 @@ impl Cli {
 
 /// `err` reworded to name the environment variable its bad value came from, if it did.
 fn name_the_variable(err: clap::Error, argv: &[OsString]) -> clap::Error {
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        return name_missing_variables(err);
+    }
     if !matches!(
         err.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
@@ -83,6 +86,28 @@ fn name_the_variable(err: clap::Error, argv: &[OsString]) -> clap::Error {
     Cli::command().error(
         ErrorKind::ValueValidation,
         format!("invalid value {value:?} in the environment variable {env} (the variable of {long}): {reason}"),
+    )
+}
+
+/// A missing required setting (`--s3-secret-key`, required by an access key that may have come
+/// from the environment) named with its variable too, since either one provides it.
+fn name_missing_variables(err: clap::Error) -> clap::Error {
+    let Some(ContextValue::Strings(missing)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let named: Vec<String> = missing
+        .iter()
+        .map(|arg| {
+            let long = arg.split([' ', '=']).next().unwrap_or_default();
+            match variable_of(long) {
+                Some(env) => format!("{long} (or the environment variable {env})"),
+                None => arg.clone(),
+            }
+        })
+        .collect();
+    Cli::command().error(
+        ErrorKind::MissingRequiredArgument,
+        format!("missing setting: {}", named.join(", ")),
     )
 }
 

@@ -132,6 +132,11 @@ fn errors_about_a_variable_name_the_variable() {
             "{value}: {err}"
         );
     }
+    let err = fails_with(&d.run(&["serve"], &[("S3SFTP_S3_ACCESS_KEY", "AKIA")]));
+    assert!(
+        err.contains("--s3-secret-key (or the environment variable S3SFTP_S3_SECRET_KEY)"),
+        "{err}"
+    );
     let err = fails_with(&d.run(&["serve"], &[("S3SFTP_S3_PATH_STYLE", "maybe")]));
     assert!(
         err.contains("in the environment variable S3SFTP_S3_PATH_STYLE"),
