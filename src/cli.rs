@@ -1,14 +1,14 @@
 //! The command line: `serve` and the `users` admin commands. Every `serve` flag has an
-//! `S3SFTP_*` environment variable, and so has the users file.
+//! `S3SFTP_*` environment variable, and so has the users file. Errors about a value name the
+//! variable when that is where the value came from.
 
+use std::error::Error as _;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use std::error::Error as _;
-use std::ffi::OsString;
-
 use clap::builder::BoolishValueParser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
