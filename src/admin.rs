@@ -78,7 +78,7 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                 (None, None)
             } else {
                 // Fail fast on an unknown user before asking for a password.
-                if UsersFile::load(file)?.get(&name).is_none() {
+                if UsersFile::load_empty_ok(file)?.get(&name).is_none() {
                     return Err(UsersError::from(edit::EditError::NoSuchUser { name }).into());
                 }
                 new_password(&source, true)?
@@ -127,20 +127,31 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                 ),
             );
         }
-        UsersCommand::List => {
-            let users = UsersFile::load(file)?;
-            print_out(&list_table(users.users(), Utc::now()))?;
+        UsersCommand::List { json } => {
+            let users = UsersFile::load_empty_ok(file)?;
+            let now = Utc::now();
+            if json {
+                let all: Vec<serde_json::Value> =
+                    users.users().iter().map(|u| user_json(u, now)).collect();
+                println_out(&serde_json::Value::Array(all).to_string())?;
+            } else {
+                print_out(&list_table(users.users(), now))?;
+            }
             if users.users().is_empty() {
                 eprintln!("{}: no users", file.display());
             }
         }
-        UsersCommand::Show { name } => {
-            let users = UsersFile::load(file)?;
+        UsersCommand::Show { name, json } => {
+            let users = UsersFile::load_empty_ok(file)?;
             let user = users
                 .get(&name)
                 .ok_or(edit::EditError::NoSuchUser { name })
                 .map_err(UsersError::from)?;
-            print_out(&show(user, Utc::now()))?;
+            if json {
+                println_out(&user_json(user, Utc::now()).to_string())?;
+            } else {
+                print_out(&show(user, Utc::now()))?;
+            }
         }
         UsersCommand::Set {
             name,
@@ -160,7 +171,7 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
         }
         UsersCommand::Check { file: given } => {
             let path = given.as_deref().unwrap_or(file);
-            return match UsersFile::load(path) {
+            return match UsersFile::load_empty_ok(path) {
                 Ok(users) => {
                     println_out(&format!(
                         "{}: {} users, valid",
@@ -291,7 +302,7 @@ fn read_password(from_stdin: bool) -> Result<String, AdminError> {
 
 fn import_sftpgo(dump: &Path, target: &Path, dry_run: bool) -> Result<(), AdminError> {
     let import = if dry_run {
-        let existing = match UsersFile::load(target) {
+        let existing = match UsersFile::load_empty_ok(target) {
             Ok(file) => file.into_users(),
             Err(UsersError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 Vec::new()
@@ -409,6 +420,43 @@ pub fn list_table(users: &[User], now: chrono::DateTime<Utc>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A user for `show --json` and `list --json`: the users file's fields (the password as its
+/// hash kind only, keys as fingerprint, algorithm and comment), plus `expired` and
+/// `auth_methods`, so scripts need not work those out.
+pub fn user_json(user: &User, now: chrono::DateTime<Utc>) -> serde_json::Value {
+    let keys: Vec<serde_json::Value> = user
+        .public_keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "fingerprint": k.fingerprint(),
+                "algorithm": k.algorithm(),
+                "comment": k.comment(),
+            })
+        })
+        .collect();
+    let permissions: serde_json::Map<String, serde_json::Value> = user
+        .permissions
+        .entries()
+        .map(|(path, set)| (path.to_owned(), serde_json::json!(set.names())))
+        .collect();
+    let methods = auth_methods(user);
+    let methods: Vec<&str> = methods.split(',').filter(|m| !m.is_empty()).collect();
+    serde_json::json!({
+        "username": user.username,
+        "enabled": user.enabled,
+        "expired": user.is_expired(now),
+        "key_prefix": user.key_prefix,
+        "password": user.password_kind().map(|kind| kind.name()),
+        "auth_methods": methods,
+        "public_keys": keys,
+        "permissions": permissions,
+        "allowed_ips": user.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max_sessions": user.max_sessions,
+        "expires_at": user.expires_at.map(|at| at.to_rfc3339()),
+    })
 }
 
 /// The `users show` text: every field, the password as its kind only.
@@ -532,6 +580,36 @@ mod tests {
             lines[2],
             "alice-long-name  no       a/           publickey  SHA256:f7BXZ/Pc78Xk0UiEJFSVXhYGjkt71GpzHV61V4SMOqw"
         );
+    }
+
+    #[test]
+    fn json_has_every_field_and_no_hash() {
+        let users = users();
+        let demo = user_json(&users[0], Utc::now());
+        assert_eq!(demo["username"], "demo");
+        assert_eq!(demo["enabled"], true);
+        assert_eq!(demo["expired"], false);
+        assert_eq!(demo["password"], "argon2id");
+        assert_eq!(demo["auth_methods"], serde_json::json!(["password"]));
+        assert_eq!(demo["permissions"], serde_json::json!({"/": ["*"]}));
+        assert_eq!(demo["max_sessions"], serde_json::Value::Null);
+        assert!(!demo.to_string().contains("$argon2"));
+        let alice = user_json(&users[1], Utc::now());
+        assert_eq!(alice["enabled"], false);
+        assert_eq!(alice["expired"], true);
+        assert_eq!(alice["password"], serde_json::Value::Null);
+        assert_eq!(
+            alice["public_keys"][0]["fingerprint"],
+            "SHA256:f7BXZ/Pc78Xk0UiEJFSVXhYGjkt71GpzHV61V4SMOqw"
+        );
+        assert_eq!(alice["public_keys"][0]["comment"], "alice@laptop");
+        assert_eq!(
+            alice["permissions"],
+            serde_json::json!({"/": ["list"], "/inbox": ["upload"]})
+        );
+        assert_eq!(alice["allowed_ips"], serde_json::json!(["10.0.0.0/8"]));
+        assert_eq!(alice["max_sessions"], 2);
+        assert_eq!(alice["expires_at"], "2001-01-01T00:00:00+00:00");
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! The command line: `serve` and the `users` admin commands. Every `serve` flag has an
-//! `S3SFTP_*` environment variable, and so has the users file.
+//! `S3SFTP_*` environment variable, and so has the users file. Errors about a value name the
+//! variable when that is where the value came from.
 
+use std::error::Error as _;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 use crate::storage::client::ChecksumMode;
 use crate::storage::signing::PayloadSigning;
+use crate::units;
 use crate::users::{self, edit, PermissionSet, Settings};
 
 #[derive(Debug, Parser)]
@@ -20,10 +29,140 @@ use crate::users::{self, edit, PermissionSet, Settings};
 )]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `s3sftp=debug`.
-    #[arg(long, global = true, env = "S3SFTP_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "S3SFTP_LOG",
+        default_value = "info",
+        value_parser = log_filter
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process. Exits with clap's message when it is wrong, except
+    /// that a bad value taken from an `S3SFTP_*` variable is reported under the variable's
+    /// name: the admin looking for `--listen` on the command line would not find it.
+    pub fn from_env_and_args() -> Cli {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        Cli::try_parse_from(&argv).unwrap_or_else(|e| name_the_variable(e, &argv).exit())
+    }
+}
+
+/// `err` reworded to name the environment variable its bad value came from, if it did.
+fn name_the_variable(err: clap::Error, argv: &[OsString]) -> clap::Error {
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        return name_missing_variables(err);
+    }
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return err;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let long = arg.split([' ', '=']).next().unwrap_or_default();
+    let Some(env) = variable_of(long) else {
+        return err;
+    };
+    if given_in(argv, long) || std::env::var_os(&env).is_none() {
+        return err;
+    }
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("possible values: {}", valid.join(", "))
+        }
+        _ => "not a valid value".to_owned(),
+    };
+    Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!("invalid value {value:?} in the environment variable {env} (the variable of {long}): {reason}"),
+    )
+}
+
+/// A missing required setting (`--s3-secret-key`, required by an access key that may have come
+/// from the environment) named with its variable too, since either one provides it.
+fn name_missing_variables(err: clap::Error) -> clap::Error {
+    let Some(ContextValue::Strings(missing)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let named: Vec<String> = missing
+        .iter()
+        .map(|arg| {
+            let long = arg.split([' ', '=']).next().unwrap_or_default();
+            match variable_of(long) {
+                Some(env) => format!("{long} (or the environment variable {env})"),
+                None => arg.clone(),
+            }
+        })
+        .collect();
+    Cli::command().error(
+        ErrorKind::MissingRequiredArgument,
+        format!("missing setting: {}", named.join(", ")),
+    )
+}
+
+/// Whether `long` (`--listen`) is on the command line `argv`.
+fn given_in(argv: &[OsString], long: &str) -> bool {
+    argv.iter().skip(1).any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == long
+            || arg
+                .strip_prefix(long)
+                .is_some_and(|rest| rest.starts_with('='))
+    })
+}
+
+/// The environment variable of the flag `long` (`--listen` → `S3SFTP_LISTEN`), in any
+/// subcommand.
+fn variable_of(long: &str) -> Option<String> {
+    fn find(cmd: &clap::Command, name: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(name))
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|sub| find(sub, name)))
+    }
+    find(&Cli::command(), long.strip_prefix("--")?)
+}
+
+/// How the admin set the flag `flag` (`--part-size-mib`): the flag itself when it is on this
+/// process's command line or has no variable, else its environment variable when that is set.
+/// For errors about a setting, so they name what the admin actually wrote.
+pub fn setting_name(flag: &str) -> String {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match variable_of(flag) {
+        Some(env) if !given_in(&argv, flag) && std::env::var_os(&env).is_some() => env,
+        _ => flag.to_owned(),
+    }
+}
+
+/// Checks a `--log` filter. EnvFilter takes a bare word that is not a level as a target to
+/// log at every level, so a typo (`degub`, `warning`) would silence the server without a
+/// word; here a bare word must be a level, and `target=level` says what it means.
+pub fn log_filter(text: &str) -> Result<String, String> {
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() || directive.contains(['=', '[']) {
+            continue;
+        }
+        if directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{directive:?} is not a level (error, warn, info, debug, trace or off); \
+                 to log a module at every level write {directive}=trace"
+            ));
+        }
+    }
+    EnvFilter::try_new(text).map_err(|e| format!("not a valid log filter: {e}"))?;
+    Ok(text.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,11 +227,18 @@ pub enum UsersCommand {
     },
     /// List the users: name, enabled, prefix, login methods, key fingerprints.
     #[command(alias = "ls")]
-    List,
+    List {
+        /// Print a JSON array of the users, each as `show --json` prints it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show everything about one user (the password hash itself is never shown).
     Show {
         /// The user.
         name: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a user's prefix, permissions and limits.
     Set {
@@ -249,12 +395,29 @@ impl SettingsArgs {
 /// `s3sftp serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on for SSH.
-    #[arg(long, env = "S3SFTP_LISTEN", default_value = "127.0.0.1:2222")]
+    /// Address to listen on for SSH: ADDRESS:PORT, or :PORT for every address (IPv6 and
+    /// IPv4).
+    #[arg(
+        long,
+        env = "S3SFTP_LISTEN",
+        default_value = "127.0.0.1:2222",
+        value_parser = units::listen_addr
+    )]
     pub listen: SocketAddr,
-    /// Directory for the host key (and the embedded store's data).
+    /// Directory for the generated host keys (and the embedded store's data).
     #[arg(long, env = "S3SFTP_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
+    /// A host key to serve instead of the generated ones: an OpenSSH private key without a
+    /// passphrase, such as sshd's /etc/ssh/ssh_host_ed25519_key. Repeat for more (one per
+    /// type); comma-separated in the variable. Without it, Ed25519, ECDSA P-256 and RSA 3072
+    /// keys are generated in the state directory on first start.
+    #[arg(
+        long = "host-key",
+        env = "S3SFTP_HOST_KEY",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub host_keys: Vec<PathBuf>,
     /// The users file (JSON; see docs/users.md).
     #[arg(long, env = "S3SFTP_USERS_FILE", default_value = "users.json")]
     pub users_file: PathBuf,
@@ -269,7 +432,8 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_S3_REGION")]
     pub s3_region: Option<String>,
     /// Path-style addressing (endpoint/bucket/key), needed by most self-hosted servers.
-    #[arg(long, env = "S3SFTP_S3_PATH_STYLE")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(long, env = "S3SFTP_S3_PATH_STYLE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub s3_path_style: bool,
     /// Access key id; without it the standard AWS credential chain is used.
     #[arg(long, env = "S3SFTP_S3_ACCESS_KEY", requires = "s3_secret_key")]
@@ -293,9 +457,9 @@ pub struct ServeArgs {
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]
     pub s3_max_attempts: u32,
-    /// Seconds allowed for one attempt of one S3 request.
-    #[arg(long, env = "S3SFTP_S3_TIMEOUT", default_value_t = 120)]
-    pub s3_timeout: u64,
+    /// Time allowed for one attempt of one S3 request (seconds, or with units: 2m).
+    #[arg(long, env = "S3SFTP_S3_TIMEOUT", default_value = "120", value_parser = units::seconds)]
+    pub s3_timeout: Duration,
 
     /// Address of the embedded S3 store (loopback only; port 0 picks a free one).
     #[arg(long, env = "S3SFTP_EMBEDDED_LISTEN", default_value = "127.0.0.1:0")]
@@ -304,23 +468,48 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Multipart part size in MiB (at least 5; grows for very large files).
-    #[arg(long, env = "S3SFTP_PART_SIZE_MIB", default_value_t = 8)]
-    pub part_size_mib: u64,
-    /// Buffer ceiling of one transfer in MiB.
-    #[arg(long, env = "S3SFTP_TRANSFER_BUDGET_MIB", default_value_t = 64)]
-    pub transfer_budget_mib: u64,
-    /// Buffer ceiling of all transfers together in MiB.
-    #[arg(long, env = "S3SFTP_MEMORY_BUDGET_MIB", default_value_t = 1024)]
-    pub memory_budget_mib: u64,
-    /// Size of one ranged GET of the download read-ahead, in MiB.
-    #[arg(long, env = "S3SFTP_DOWNLOAD_CHUNK_MIB", default_value_t = 8)]
-    pub download_chunk_mib: u64,
+    /// Multipart part size in MiB, or with units (8MiB); at least 5 MiB, grows for very
+    /// large files.
+    #[arg(
+        long = "part-size-mib",
+        env = "S3SFTP_PART_SIZE_MIB",
+        value_name = "SIZE",
+        default_value = "8",
+        value_parser = units::mebibytes
+    )]
+    pub part_size: u64,
+    /// Buffer ceiling of one transfer in MiB, or with units (64MiB).
+    #[arg(
+        long = "transfer-budget-mib",
+        env = "S3SFTP_TRANSFER_BUDGET_MIB",
+        value_name = "SIZE",
+        default_value = "64",
+        value_parser = units::mebibytes
+    )]
+    pub transfer_budget: u64,
+    /// Buffer ceiling of all transfers together in MiB, or with units (1GiB).
+    #[arg(
+        long = "memory-budget-mib",
+        env = "S3SFTP_MEMORY_BUDGET_MIB",
+        value_name = "SIZE",
+        default_value = "1024",
+        value_parser = units::mebibytes
+    )]
+    pub memory_budget: u64,
+    /// Size of one ranged GET of the download read-ahead, in MiB or with units (8MiB).
+    #[arg(
+        long = "download-chunk-mib",
+        env = "S3SFTP_DOWNLOAD_CHUNK_MIB",
+        value_name = "SIZE",
+        default_value = "8",
+        value_parser = units::mebibytes
+    )]
+    pub download_chunk: u64,
     /// Seconds a session trusts what a listing or HEAD told it about a file (so the STAT,
     /// REMOVE or OPEN that follows a listing costs no extra request); 0 turns it off.
     /// Changes made by other sessions show after at most this long.
-    #[arg(long, env = "S3SFTP_METADATA_CACHE_SECS", default_value_t = 30)]
-    pub metadata_cache_secs: u64,
+    #[arg(long = "metadata-cache-secs", env = "S3SFTP_METADATA_CACHE_SECS", value_name = "DURATION", default_value = "30", value_parser = units::seconds)]
+    pub metadata_cache: Duration,
     /// Threads the SSH connections are spread over; each connection stays on one
     /// [default: one per CPU core].
     #[arg(long, env = "S3SFTP_SESSION_THREADS", value_name = "N")]
@@ -328,30 +517,31 @@ pub struct ServeArgs {
     /// Open files and directories per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_HANDLES", default_value_t = 256)]
     pub max_handles: usize,
-    /// Minimum time of a failed login, in milliseconds.
-    #[arg(long, env = "S3SFTP_AUTH_FAILURE_DELAY_MS", default_value_t = 500)]
-    pub auth_failure_delay_ms: u64,
+    /// Minimum time of a failed login, in milliseconds (or with units: 1s).
+    #[arg(long = "auth-failure-delay-ms", env = "S3SFTP_AUTH_FAILURE_DELAY_MS", value_name = "DURATION", default_value = "500", value_parser = units::millis)]
+    pub auth_failure_delay: Duration,
     /// Files open for writing at once per SFTP session.
     #[arg(long, env = "S3SFTP_MAX_UPLOADS", default_value_t = 16)]
     pub max_uploads: usize,
-    /// Close SFTP sessions with no request for this many seconds (keepalives don't count),
-    /// and SSH connections with no traffic at all for as long.
-    #[arg(long, env = "S3SFTP_IDLE_TIMEOUT", default_value_t = 600)]
-    pub idle_timeout: u64,
-    /// Seconds a connection has to log in before it is dropped.
-    #[arg(long, env = "S3SFTP_AUTH_DEADLINE", default_value_t = 60)]
-    pub auth_deadline: u64,
+    /// Close SFTP sessions with no request for this long (keepalives don't count), and SSH
+    /// connections with no traffic at all for as long: seconds, or with units (10m).
+    #[arg(long, env = "S3SFTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "600", value_parser = units::seconds)]
+    pub idle_timeout: Duration,
+    /// Time a connection has to log in before it is dropped (seconds, or with units: 1m).
+    #[arg(long, env = "S3SFTP_AUTH_DEADLINE", value_name = "DURATION", default_value = "60", value_parser = units::seconds)]
+    pub auth_deadline: Duration,
     /// Failed logins from one address (within 10 minutes) that ban it; connections that
     /// end without a login and refusals by a per-address limit count too (see
     /// --penalty-exempt-cidrs); an IPv6 /64 is one address; 0 disables bans.
     #[arg(long, env = "S3SFTP_BAN_THRESHOLD", default_value_t = 10)]
     pub ban_threshold: u32,
-    /// Seconds of the first ban of an address; each further ban doubles, up to --ban-max-time.
-    #[arg(long, env = "S3SFTP_BAN_TIME", default_value_t = 300)]
-    pub ban_time: u64,
-    /// Longest ban, in seconds.
-    #[arg(long, env = "S3SFTP_BAN_MAX_TIME", default_value_t = 86400)]
-    pub ban_max_time: u64,
+    /// First ban of an address (seconds, or with units: 5m); each further ban doubles, up to
+    /// --ban-max-time.
+    #[arg(long, env = "S3SFTP_BAN_TIME", value_name = "DURATION", default_value = "300", value_parser = units::seconds)]
+    pub ban_time: Duration,
+    /// Longest ban (seconds, or with units: 1d).
+    #[arg(long, env = "S3SFTP_BAN_MAX_TIME", value_name = "DURATION", default_value = "86400", value_parser = units::seconds)]
+    pub ban_max_time: Duration,
     /// Open connections allowed from one address (an IPv6 /64 is one address); 0 means no
     /// limit.
     #[arg(long, env = "S3SFTP_MAX_CONNECTIONS_PER_IP", default_value_t = 50)]
@@ -393,7 +583,8 @@ pub struct ServeArgs {
     /// Behind a load balancer: connections from --proxy-trusted-cidrs must begin with a PROXY
     /// protocol (v1 or v2) header, whose client address is then used for bans, limits,
     /// allowed_ips and logs. Other connections are served as direct clients.
-    #[arg(long, env = "S3SFTP_PROXY_PROTOCOL")]
+    /// The variable takes true/false, 1/0, yes/no, on/off.
+    #[arg(long, env = "S3SFTP_PROXY_PROTOCOL", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub proxy_protocol: bool,
     /// The load balancers' networks, comma-separated CIDRs (e.g. 10.0.0.0/8,192.0.2.10/32);
     /// required by --proxy-protocol, ignored without it.
@@ -405,35 +596,74 @@ pub struct ServeArgs {
         value_parser = parse_trusted_cidr
     )]
     pub proxy_trusted_cidrs: Vec<IpNet>,
-    /// On SIGTERM/SIGINT: seconds to let transfers in flight finish (new connections are
+    /// On SIGTERM/SIGINT: time to let transfers in flight finish (new connections are
     /// refused, idle sessions closed at once); then the rest are disconnected and their
-    /// uploads aborted.
-    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", default_value_t = 60)]
-    pub shutdown_grace: u64,
-    /// Multipart uploads under the users' prefixes older than this many hours are
-    /// aborted by the orphan sweep (at start, and every --orphan-sweep-hours).
-    #[arg(long, env = "S3SFTP_ORPHAN_AGE_HOURS", default_value_t = 24)]
-    pub orphan_age_hours: u64,
-    /// Hours between orphan sweeps after the one at start; 0 sweeps only at start.
-    #[arg(long, env = "S3SFTP_ORPHAN_SWEEP_HOURS", default_value_t = 0)]
-    pub orphan_sweep_hours: u64,
+    /// uploads aborted. Seconds, or with units (2m).
+    #[arg(long, env = "S3SFTP_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "60", value_parser = units::seconds)]
+    pub shutdown_grace: Duration,
+    /// Multipart uploads under the users' prefixes older than this many hours (or with
+    /// units: 2d) are aborted by the orphan sweep (at start, and every --orphan-sweep-hours).
+    #[arg(long = "orphan-age-hours", env = "S3SFTP_ORPHAN_AGE_HOURS", value_name = "DURATION", default_value = "24", value_parser = units::hours)]
+    pub orphan_age: Duration,
+    /// Hours (or with units: 30m) between orphan sweeps after the one at start; 0 sweeps
+    /// only at start.
+    #[arg(long = "orphan-sweep-hours", env = "S3SFTP_ORPHAN_SWEEP_HOURS", value_name = "DURATION", default_value = "0", value_parser = units::hours)]
+    pub orphan_sweep_every: Duration,
     /// Address of the operations listener: Prometheus metrics on /metrics, /healthz and
     /// /readyz. Off unless set; plain HTTP, so keep it on loopback or a private network.
     #[arg(long, env = "S3SFTP_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Seconds between the readiness probes of S3 (a one-key listing under a user's
-    /// prefix); /readyz fails when none succeeded for three times this long.
-    #[arg(long, env = "S3SFTP_READINESS_PROBE_SECS", default_value_t = 10)]
-    pub readiness_probe_secs: u64,
-    /// On SIGTERM with --metrics-listen set: seconds during which /readyz already answers
-    /// 503 but new connections are still accepted, so a load balancer's health check takes
-    /// the gateway out before it stops accepting.
-    #[arg(long, env = "S3SFTP_DRAIN_DELAY_SECS", default_value_t = 5)]
-    pub drain_delay_secs: u64,
+    /// Time between the readiness probes of S3 (a one-key listing under a user's prefix):
+    /// seconds, or with units (30s); /readyz fails when none succeeded for three times this.
+    #[arg(long, env = "S3SFTP_READINESS_PROBE_EVERY", value_name = "DURATION", default_value = "10", value_parser = units::seconds)]
+    pub readiness_probe_every: Duration,
+    /// On SIGTERM with --metrics-listen set: how long /readyz already answers 503 while new
+    /// connections are still accepted, so a load balancer's health check takes the gateway
+    /// out before it stops accepting (seconds, or with units: 5s).
+    #[arg(long, env = "S3SFTP_DRAIN_DELAY", value_name = "DURATION", default_value = "5", value_parser = units::seconds)]
+    pub drain_delay: Duration,
 }
 
 /// One entry of `--proxy-trusted-cidrs` or `--penalty-exempt-cidrs` (spaces around it
 /// allowed).
 fn parse_trusted_cidr(text: &str) -> Result<IpNet, String> {
     users::parse_cidr(text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_with_a_typo_are_refused() {
+        for good in [
+            "info",
+            "WARN",
+            "s3sftp=debug",
+            "info,s3sftp::ssh=trace",
+            "warn,russh=off",
+            "",
+        ] {
+            assert_eq!(log_filter(good).as_deref(), Ok(good));
+        }
+        for bad in ["degub", "warning", "info,verbose"] {
+            let err = log_filter(bad).expect_err(bad);
+            assert!(err.contains("is not a level"), "{err}");
+        }
+        let err = log_filter("s3sftp=verbose").expect_err("bad level");
+        assert!(err.contains("not a valid log filter"), "{err}");
+    }
+
+    #[test]
+    fn flags_and_variables_are_found_by_name() {
+        assert_eq!(variable_of("--listen").as_deref(), Some("S3SFTP_LISTEN"));
+        assert_eq!(variable_of("--log").as_deref(), Some("S3SFTP_LOG"));
+        assert_eq!(variable_of("--nope"), None);
+        let argv: Vec<OsString> = ["s3sftp", "serve", "--listen=:22", "--listening"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(given_in(&argv, "--listen"));
+        assert!(!given_in(&argv, "--log"));
+    }
 }

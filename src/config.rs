@@ -9,8 +9,11 @@ use crate::sftp::SessionLimits;
 use crate::ssh::{GuardSettings, ProxySettings, SshSettings};
 use crate::storage::client::S3Settings;
 use crate::storage::TransferSettings;
+use crate::units;
 
 const MIB: u64 = 1024 * 1024;
+/// The shortest timeout: a 0 given for one is taken as this.
+const SECOND: Duration = Duration::from_secs(1);
 
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -29,31 +32,31 @@ fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
 
 /// Validates `args` and builds the server configuration.
 pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
-    if !(5..=5120).contains(&args.part_size_mib) {
+    if !(5 * MIB..=5120 * MIB).contains(&args.part_size) {
         return Err(bad(
             "--part-size-mib",
             "S3 parts must be between 5 MiB and 5 GiB",
         ));
     }
-    if args.transfer_budget_mib < args.part_size_mib {
+    if args.transfer_budget < args.part_size {
         return Err(bad(
             "--transfer-budget-mib",
             format!(
-                "must be at least the part size ({} MiB)",
-                args.part_size_mib
+                "must be at least the part size ({})",
+                units::show_size(args.part_size)
             ),
         ));
     }
-    if args.memory_budget_mib < args.transfer_budget_mib {
+    if args.memory_budget < args.transfer_budget {
         return Err(bad(
             "--memory-budget-mib",
             format!(
-                "must be at least the transfer budget ({} MiB)",
-                args.transfer_budget_mib
+                "must be at least the transfer budget ({})",
+                units::show_size(args.transfer_budget)
             ),
         ));
     }
-    if args.download_chunk_mib == 0 || args.download_chunk_mib > args.transfer_budget_mib {
+    if args.download_chunk == 0 || args.download_chunk > args.transfer_budget {
         return Err(bad(
             "--download-chunk-mib",
             "must be between 1 and the transfer budget",
@@ -113,28 +116,29 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         checksum: args.s3_checksum,
         payload_signing: args.s3_payload_signing,
         max_attempts: args.s3_max_attempts.max(1),
-        attempt_timeout: Duration::from_secs(args.s3_timeout.max(1)),
+        attempt_timeout: args.s3_timeout.max(SECOND),
         connect_timeout: Duration::from_secs(10),
     });
     let mut config = ServerConfig::new(&args.state_dir, &args.users_file);
     config.listen = args.listen;
+    config.host_keys = args.host_keys.clone();
     config.s3 = s3;
     config.embedded_listen = args.embedded_listen;
     if let Some(dir) = &args.data_dir {
         config.embedded_data_dir = dir.clone();
     }
     config.transfer = TransferSettings {
-        part_size: args.part_size_mib * MIB,
-        transfer_budget: args.transfer_budget_mib * MIB,
-        global_budget: args.memory_budget_mib * MIB,
-        download_chunk: args.download_chunk_mib * MIB,
-        metadata_ttl: Duration::from_secs(args.metadata_cache_secs),
+        part_size: args.part_size,
+        transfer_budget: args.transfer_budget,
+        global_budget: args.memory_budget,
+        download_chunk: args.download_chunk,
+        metadata_ttl: args.metadata_cache,
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {
-        auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
-        auth_deadline: Duration::from_secs(args.auth_deadline.max(1)),
+        auth_failure_delay: args.auth_failure_delay,
+        idle_timeout: args.idle_timeout.max(SECOND),
+        auth_deadline: args.auth_deadline.max(SECOND),
         max_auth_attempts: args.max_auth_attempts,
         max_channels: args.max_channels,
         max_password_checks: args
@@ -142,8 +146,8 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
             .unwrap_or_else(crate::ssh::default_password_checks),
         guard: GuardSettings {
             ban_threshold: args.ban_threshold,
-            ban_time: Duration::from_secs(args.ban_time),
-            max_ban_time: Duration::from_secs(args.ban_max_time.max(args.ban_time)),
+            ban_time: args.ban_time,
+            max_ban_time: args.ban_max_time.max(args.ban_time),
             max_per_ip: args.max_connections_per_ip,
             max_total: args.max_connections,
             max_unauthenticated: args.max_unauthenticated,
@@ -159,19 +163,19 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     config.sftp = SessionLimits {
         max_handles: args.max_handles,
         max_uploads: args.max_uploads.max(1),
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        idle_timeout: args.idle_timeout.max(SECOND),
     };
-    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.shutdown_grace = args.shutdown_grace;
     if let Some(threads) = args.session_threads {
         config.session_threads = threads;
     }
-    config.orphan_age = Duration::from_secs(args.orphan_age_hours * 3600);
+    config.orphan_age = args.orphan_age;
     config.orphan_sweep_every =
-        (args.orphan_sweep_hours > 0).then(|| Duration::from_secs(args.orphan_sweep_hours * 3600));
+        (!args.orphan_sweep_every.is_zero()).then_some(args.orphan_sweep_every);
     config.ops = args.metrics_listen.map(|listen| OpsSettings {
         listen,
-        probe_every: Duration::from_secs(args.readiness_probe_secs.max(1)),
-        drain_delay: Duration::from_secs(args.drain_delay_secs),
+        probe_every: args.readiness_probe_every.max(SECOND),
+        drain_delay: args.drain_delay,
     });
     Ok(config)
 }
@@ -276,5 +280,105 @@ mod tests {
             let err = from_args(&serve_args(&["--session-threads", bad])).expect_err("refused");
             assert_eq!(err.flag, "--session-threads");
         }
+    }
+
+    #[test]
+    fn listen_takes_a_bare_port() {
+        let config = from_args(&serve_args(&["--listen", ":2222"])).expect("valid");
+        assert_eq!(config.listen, "[::]:2222".parse().expect("addr"));
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.listen, "127.0.0.1:2222".parse().expect("addr"));
+    }
+
+    #[test]
+    fn durations_take_units_or_the_old_plain_numbers() {
+        for (flags, secs) in [
+            (&["--idle-timeout", "10m"][..], 600),
+            (&["--idle-timeout", "600"][..], 600),
+            (&["--idle-timeout", "1h"][..], 3600),
+            (&[][..], 600),
+        ] {
+            let config = from_args(&serve_args(flags)).expect("valid");
+            assert_eq!(
+                config.ssh.idle_timeout,
+                Duration::from_secs(secs),
+                "{flags:?}"
+            );
+            assert_eq!(
+                config.sftp.idle_timeout,
+                Duration::from_secs(secs),
+                "{flags:?}"
+            );
+        }
+        let config = from_args(&serve_args(&[
+            "--auth-failure-delay-ms",
+            "1s",
+            "--shutdown-grace",
+            "2m",
+            "--ban-time",
+            "30s",
+            "--ban-max-time",
+            "1d",
+            "--metadata-cache-secs",
+            "0",
+            "--orphan-age-hours",
+            "36",
+            "--orphan-sweep-hours",
+            "30m",
+            "--s3-timeout",
+            "1m",
+            "--bucket",
+            "b",
+        ]))
+        .expect("valid");
+        assert_eq!(config.ssh.auth_failure_delay, Duration::from_secs(1));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(config.ssh.guard.ban_time, Duration::from_secs(30));
+        assert_eq!(config.ssh.guard.max_ban_time, Duration::from_secs(86400));
+        assert_eq!(config.transfer.metadata_ttl, Duration::ZERO);
+        assert_eq!(config.orphan_age, Duration::from_secs(36 * 3600));
+        assert_eq!(config.orphan_sweep_every, Some(Duration::from_secs(1800)));
+        let s3 = config.s3.expect("bucket");
+        assert_eq!(s3.attempt_timeout, Duration::from_secs(60));
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.orphan_sweep_every, None);
+        assert_eq!(config.ssh.auth_failure_delay, Duration::from_millis(500));
+        let argv = ["s3sftp", "serve", "--idle-timeout", "10 minuets"];
+        let err = Cli::try_parse_from(argv).expect_err("refused");
+        assert!(err.to_string().contains("--idle-timeout"), "{err}");
+    }
+
+    #[test]
+    fn sizes_take_units_or_the_old_plain_mib() {
+        let config = from_args(&serve_args(&[
+            "--part-size-mib",
+            "16MiB",
+            "--transfer-budget-mib",
+            "128",
+            "--memory-budget-mib",
+            "2GiB",
+            "--download-chunk-mib",
+            "4MiB",
+        ]))
+        .expect("valid");
+        assert_eq!(config.transfer.part_size, 16 * MIB);
+        assert_eq!(config.transfer.transfer_budget, 128 * MIB);
+        assert_eq!(config.transfer.global_budget, 2048 * MIB);
+        assert_eq!(config.transfer.download_chunk, 4 * MIB);
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.transfer.part_size, 8 * MIB);
+        assert_eq!(config.transfer.global_budget, 1024 * MIB);
+        let err = from_args(&serve_args(&["--part-size-mib", "5MB"])).expect_err("< 5 MiB");
+        assert_eq!(err.flag, "--part-size-mib");
+        let err = from_args(&serve_args(&["--transfer-budget-mib", "6MiB"])).expect_err("small");
+        assert!(err.message.contains("(8.0 MiB)"), "{err}");
+    }
+
+    #[test]
+    fn boolean_flags_still_work_alone() {
+        let config = from_args(&serve_args(&["--bucket", "b", "--s3-path-style"])).expect("ok");
+        assert!(config.s3.expect("bucket").path_style);
+        let config = from_args(&serve_args(&["--bucket", "b"])).expect("ok");
+        assert!(!config.s3.expect("bucket").path_style);
     }
 }

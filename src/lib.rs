@@ -34,4 +34,5 @@ pub mod server;
 pub mod sftp;
 pub mod ssh;
 pub mod storage;
+pub mod units;
 pub mod users;

@@ -1,14 +1,14 @@
 //! The `s3sftp` binary: parses the command line and runs the library. Errors end here,
 //! printed once with what to do next.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use s3sftp::cli::{Cli, Command};
+use s3sftp::cli::{setting_name, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_env_and_args();
     // s3s (the embedded store's HTTP layer) logs every routine 404 as an error; keep it
     // quiet unless the filter names it (`s3s::ops=info`). Not `s3s=off`: targets match by prefix and
     // that would silence `s3sftp` too.
@@ -17,10 +17,17 @@ fn main() -> ExitCode {
     } else {
         format!("{},s3s::ops=off", cli.log)
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,s3s::ops=off"));
+    // `--log` was checked by the parser; this cannot fail unless the added directive does.
+    let filter = match tracing_subscriber::EnvFilter::try_new(&directives) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("s3sftp: {}: invalid log filter: {e}", setting_name("--log"));
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours())
         .with_target(false)
         .init();
     let result = match cli.command {
@@ -36,8 +43,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colours in the log only on a terminal (the log goes to standard output), and never when
+/// `NO_COLOR` is set to anything (no-color.org): journald and log files get plain text.
+fn log_colours() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = s3sftp::config::from_args(args)?;
+    // Named as the admin set it: the flag, or its variable.
+    let config = s3sftp::config::from_args(args)
+        .map_err(|e| anyhow::anyhow!("{}: {}", setting_name(e.flag), e.message))?;
     tune_allocator();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

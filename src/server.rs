@@ -40,6 +40,8 @@ pub const EMBEDDED_BUCKET: &str = "s3sftp";
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// Host key files to serve; empty: the keys generated in `state_dir` ([`hostkey::load`]).
+    pub host_keys: Vec<PathBuf>,
     pub users_file: PathBuf,
     /// `None` starts the embedded store over `embedded_data_dir`.
     pub s3: Option<S3Settings>,
@@ -83,6 +85,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             embedded_data_dir: state_dir.join("data"),
             state_dir,
+            host_keys: Vec::new(),
             users_file: users_file.into(),
             s3: None,
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -103,6 +106,10 @@ impl ServerConfig {
 pub enum StartError {
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error(
+        "users file {path} does not exist; create it with a first user: {add} (see docs/users.md)"
+    )]
+    NoUsersFile { path: PathBuf, add: String },
     #[error(transparent)]
     HostKey(#[from] hostkey::HostKeyError),
     #[error(transparent)]
@@ -266,9 +273,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         return Err(StartError::NoEmbeddedStore);
     }
     hostkey::warn_if_readable_by_others(&config.users_file);
-    let users = UsersFile::load(&config.users_file)?;
+    let users = match UsersFile::load_empty_ok(&config.users_file) {
+        Err(UsersError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StartError::NoUsersFile {
+                add: add_user_command(&path),
+                path,
+            })
+        }
+        loaded => loaded?,
+    };
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
-    let host_key = hostkey::load_or_create(&config.state_dir)?;
+    if users.users().is_empty() {
+        tracing::warn!(
+            file = %config.users_file.display(),
+            "the users file has no users: nobody can log in until one is added with: {}",
+            add_user_command(&config.users_file)
+        );
+    }
+    let host_keys = hostkey::load(&config.state_dir, &config.host_keys)?;
 
     let (s3, embedded) = match &config.s3 {
         Some(s3) => (s3.clone(), None),
@@ -303,18 +325,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
     let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
     })?;
     let shared = Shared::new(users, storage, config.sftp.clone(), &config.ssh);
-    let russh_config = ssh::russh_config(host_key, &config.ssh);
+    let russh_config = ssh::russh_config(host_keys, &config.ssh);
     let accept = tokio::spawn(ssh::accept_loop(
         listener,
         russh_config,
@@ -404,6 +424,44 @@ async fn start_ops(settings: &OpsSettings, shared: &Arc<Shared>) -> Result<Ops, 
         drain_delay: settings.drain_delay,
         stop,
     })
+}
+
+/// The command that adds a first user to the users file at `path` (which it creates).
+fn add_user_command(path: &std::path::Path) -> String {
+    let path = path.display().to_string();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c);
+    let path = if path.chars().all(safe) {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    };
+    format!("s3sftp users --users-file {path} add NAME --prefix users/NAME/ --generate-password")
+}
+
+/// Binds the SSH listener. The unspecified IPv6 address (`[::]`, which `--listen :PORT`
+/// means) is bound dual-stack, so IPv4 clients are accepted too whatever
+/// `net.ipv6.bindv6only` says; on a kernel without IPv6 it falls back to `0.0.0.0`.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let any_v6 = addr.is_ipv6() && addr.ip().is_unspecified();
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(socket) => socket,
+        Err(e) if any_v6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, fallback = %v4, "no IPv6 on this host: listening on IPv4 only");
+            return bind(v4);
+        }
+        Err(e) => return Err(e),
+    };
+    if any_v6 {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's TcpListener::bind: a restart can reuse the port at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Runs the orphan sweep at start and then every `every`, until shutdown.

@@ -9,6 +9,7 @@ mod common;
 
 mod fuzz_corpus;
 mod hardening;
+mod host_keys;
 mod hostile_ssh;
 mod operations;
 mod pipelining;
@@ -18,6 +19,7 @@ mod s3_faults;
 mod s3_requests;
 mod scp_legacy;
 mod secrets_in_logs;
+mod serve_cli;
 mod sftp_openssh;
 mod sftp_protocol;
 mod upload_order;

@@ -754,3 +754,100 @@ fn import_sftpgo_into_another_file_and_conflicts() {
         "{err}"
     );
 }
+
+/// docs/install.md makes the users file with `install -m 0600 /dev/null users.json`: every
+/// command takes that empty file as "no users".
+#[test]
+fn an_empty_users_file_holds_no_users() {
+    use std::os::unix::fs::PermissionsExt;
+    for content in ["", "\n  \n"] {
+        let env = Env::new();
+        fs::write(&env.file, content).unwrap();
+        fs::set_permissions(&env.file, fs::Permissions::from_mode(0o600)).unwrap();
+        let out = env.run(&["list"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 1, "the header only");
+        assert!(text(&out.stderr).contains("no users"));
+        let json: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+        assert_eq!(json, serde_json::json!([]));
+        assert!(env.ok(&["check"]).contains("0 users, valid"));
+        let err = env.fails(&["show", "alice"], 1);
+        assert!(err.contains("there is no user \"alice\""), "{err}");
+        let err = env.fails(&["disable", "alice"], 1);
+        assert!(err.contains("there is no user \"alice\""), "{err}");
+        env.ok(&[
+            "add",
+            "alice",
+            "--prefix",
+            "users/alice/",
+            "--key",
+            ALICE_KEY,
+        ]);
+        assert_eq!(env.load().users().len(), 1);
+        assert_eq!(mode(&env.file), 0o600);
+    }
+}
+
+#[test]
+fn list_and_show_print_json() {
+    let env = Env::new();
+    env.ok(&[
+        "add",
+        "alice",
+        "--prefix",
+        "users/alice/",
+        "--key",
+        ALICE_KEY,
+    ]);
+    let out = env.run_with(
+        &[
+            "add",
+            "bob",
+            "--prefix",
+            "users/bob/",
+            "--password-stdin",
+            "--permission",
+            "/=list,download",
+            "--allowed-ip",
+            "10.0.0.0/8",
+            "--max-sessions",
+            "3",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+        Some("b0b's password\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    env.ok(&["disable", "alice"]);
+
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    let users = list.as_array().expect("an array");
+    assert_eq!(users.len(), 2);
+    assert_eq!(users[0]["username"], "alice");
+    assert_eq!(users[0]["enabled"], false);
+    assert_eq!(users[0]["auth_methods"], serde_json::json!(["publickey"]));
+    assert_eq!(users[0]["password"], serde_json::Value::Null);
+    assert_eq!(users[0]["public_keys"][0]["fingerprint"], ALICE_FP);
+    assert_eq!(users[0]["public_keys"][0]["algorithm"], "ssh-ed25519");
+    assert_eq!(users[0]["public_keys"][0]["comment"], "alice@laptop");
+    assert_eq!(users[0]["permissions"], serde_json::json!({"/": ["*"]}));
+
+    let show = env.ok(&["show", "bob", "--json"]);
+    assert!(!show.contains("$argon2"), "no hash: {show}");
+    let bob: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(bob, users[1], "show --json is list --json's entry");
+    assert_eq!(bob["username"], "bob");
+    assert_eq!(bob["enabled"], true);
+    assert_eq!(bob["expired"], true);
+    assert_eq!(bob["key_prefix"], "users/bob/");
+    assert_eq!(bob["password"], "argon2id");
+    assert_eq!(bob["auth_methods"], serde_json::json!(["password"]));
+    assert_eq!(bob["public_keys"], serde_json::json!([]));
+    assert_eq!(
+        bob["permissions"],
+        serde_json::json!({"/": ["list", "download"]})
+    );
+    assert_eq!(bob["allowed_ips"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(bob["max_sessions"], 3);
+    assert_eq!(bob["expires_at"], "2001-01-01T00:00:00+00:00");
+}

@@ -157,6 +157,17 @@ impl Connection {
         }
     }
 
+    /// Why a login as `name` whose credentials did not pass was refused: the account's state
+    /// when that alone refuses it, so the log says "user disabled", not "wrong password".
+    fn refusal(&self, name: &str, bad_credentials: &'static str) -> &'static str {
+        match self.shared.users().get(name) {
+            None => "unknown user",
+            Some(u) if !u.enabled => "user disabled",
+            Some(u) if u.is_expired(chrono::Utc::now()) => "account expired (expires_at)",
+            Some(_) => bad_credentials,
+        }
+    }
+
     fn key_allowed(&self, name: &str, key: &PublicKey) -> Option<User> {
         self.enabled_user(name).filter(|u| u.has_key(key))
     }
@@ -191,7 +202,7 @@ impl russh::server::Handler for Connection {
             .verify(record, password.to_string(), self.lifeline.killed())
             .await;
         if !ok {
-            return Ok(self.reject(user, "password", "wrong password, unknown or disabled user"));
+            return Ok(self.reject(user, "password", self.refusal(user, "wrong password")));
         }
         match self.enabled_user(user) {
             Some(u) => Ok(self.accept(&u, "password")),
@@ -223,11 +234,7 @@ impl russh::server::Handler for Connection {
         }
         match self.key_allowed(user, key.public_key) {
             Some(u) => Ok(self.accept(&u, "publickey")),
-            None => Ok(self.reject(
-                user,
-                "publickey",
-                "key not authorized, unknown or disabled user",
-            )),
+            None => Ok(self.reject(user, "publickey", self.refusal(user, "key not authorized"))),
         }
     }
 

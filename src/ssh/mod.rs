@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey};
+use russh::keys::PrivateKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -132,7 +132,12 @@ impl Shared {
 }
 
 /// The russh server configuration.
-pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::server::Config> {
+/// `host_keys`: one per algorithm ([`hostkey::load`]); only the algorithms in
+/// [`hostkey::ALGORITHMS`] are offered (never SHA-1 `ssh-rsa`).
+pub fn russh_config(
+    host_keys: Vec<PrivateKey>,
+    settings: &SshSettings,
+) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         server_id: russh::SshId::Standard(
             concat!("SSH-2.0-s3sftp_", env!("CARGO_PKG_VERSION")).into(),
@@ -142,7 +147,7 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         ),
         auth_rejection_time: settings.auth_failure_delay,
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![host_key],
+        keys: host_keys,
         max_auth_attempts: settings.max_auth_attempts,
         inactivity_timeout: Some(settings.idle_timeout),
         keepalive_interval: Some(Duration::from_secs(60)),
@@ -150,35 +155,13 @@ pub fn russh_config(host_key: PrivateKey, settings: &SshSettings) -> Arc<russh::
         nodelay: true,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
-            key: std::borrow::Cow::Borrowed(KEY_ALGORITHMS),
+            key: std::borrow::Cow::Borrowed(hostkey::ALGORITHMS),
             compression: std::borrow::Cow::Borrowed(COMPRESSION),
             ..russh::Preferred::default()
         },
         ..Default::default()
     })
 }
-
-/// Host key and user key signature algorithms offered (also sent as `server-sig-algs`):
-/// russh's defaults without `ssh-rsa`, whose SHA-1 signatures are forgeable by chosen
-/// prefix collisions; RSA keys sign with rsa-sha2-512/256 instead (OpenSSH >= 7.2).
-const KEY_ALGORITHMS: &[Algorithm] = &[
-    Algorithm::Ed25519,
-    Algorithm::Ecdsa {
-        curve: EcdsaCurve::NistP256,
-    },
-    Algorithm::Ecdsa {
-        curve: EcdsaCurve::NistP384,
-    },
-    Algorithm::Ecdsa {
-        curve: EcdsaCurve::NistP521,
-    },
-    Algorithm::Rsa {
-        hash: Some(HashAlg::Sha512),
-    },
-    Algorithm::Rsa {
-        hash: Some(HashAlg::Sha256),
-    },
-];
 
 /// Compression offered: none, or OpenSSH's delayed zlib, which starts only after login.
 /// Plain `zlib` would inflate whatever an unauthenticated client sends.
@@ -338,12 +321,14 @@ async fn client_address(
 
 #[cfg(test)]
 mod tests {
+    use russh::keys::{Algorithm, HashAlg};
+
     use super::*;
 
     #[test]
     fn no_sha1_rsa_and_no_zlib_before_login_are_offered() {
         let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).expect("key");
-        let config = russh_config(key, &SshSettings::default());
+        let config = russh_config(vec![key], &SshSettings::default());
         // `preferred.key` is also what russh sends as `server-sig-algs`.
         assert!(!config
             .preferred

@@ -141,6 +141,23 @@ impl UsersFile {
         Self::parse_from(&text, Some(path))
     }
 
+    /// [`UsersFile::load`] for start-up and the admin commands: an empty file (nothing but
+    /// whitespace, as `install -m 0600 /dev/null users.json` makes) holds no users.
+    ///
+    /// The live reload keeps [`UsersFile::load`], which refuses an empty file: there it is
+    /// more likely an editor's write in progress than an admin removing every user at once
+    /// (`{"users": []}` does that).
+    pub fn load_empty_ok(path: &Path) -> Result<UsersFile, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(UsersFile::indexed(Vec::new()));
+        }
+        Self::parse_from(&text, Some(path))
+    }
+
     /// Parses and validates users-file JSON held in memory; errors as for [`UsersFile::load`].
     pub fn parse(json: &str) -> Result<UsersFile, UsersError> {
         Self::parse_from(json, None)

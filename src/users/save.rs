@@ -27,7 +27,7 @@ pub fn temp_path(users_file: &Path) -> PathBuf {
 /// editing at once cannot lose each other's changes. Returns what `edit` returns.
 ///
 /// A missing file is an empty user list when `create` is true (`users add`, imports), else an
-/// error. If the existing file is invalid, nothing is changed: fix it first. If the result
+/// error; an empty file is an empty user list either way. If the existing file is invalid, nothing is changed: fix it first. If the result
 /// would be invalid, nothing is written ([`UsersError::Rejected`]). `waiting` is called if
 /// another command holds the lock.
 pub fn update<T>(
@@ -38,7 +38,7 @@ pub fn update<T>(
 ) -> Result<T, UsersError> {
     let path = resolve(path)?;
     let _lock = UsersLock::acquire(&path, LOCK_TIMEOUT, waiting)?;
-    let mut users = match UsersFile::load(&path) {
+    let mut users = match UsersFile::load_empty_ok(&path) {
         Ok(file) => file.into_users(),
         Err(UsersError::Read { source, .. })
             if create && source.kind() == io::ErrorKind::NotFound =>
