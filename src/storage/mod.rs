@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::Client;
 use tokio_util::task::AbortOnDropHandle;
 
-pub use budget::MemoryBudget;
+pub use budget::{Account, MemoryBudget};
 use cache::MetaCache;
 pub use download::Download;
 pub use error::{Result, StorageError};
@@ -139,6 +139,7 @@ impl Storage {
         UserStore {
             storage: self.clone(),
             jail: Jail::new(prefix),
+            account: self.budget.account(prefix),
             permissions: None,
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -153,6 +154,7 @@ impl Storage {
         UserStore {
             storage: self.clone(),
             jail: Jail::new(prefix),
+            account: self.budget.account(prefix),
             permissions: Some(permissions),
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -211,6 +213,8 @@ const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 pub struct UserStore {
     storage: Arc<Storage>,
     jail: Jail,
+    /// This user's side of the memory budget (users are told apart by home prefix).
+    account: Account,
     /// What the user may do where; `None` allows everything.
     permissions: Option<Arc<Permissions>>,
     cache: Arc<MetaCache>,
@@ -239,6 +243,11 @@ impl UserStore {
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// This user's side of the memory budget: every transfer buffer is reserved through it.
+    pub fn account(&self) -> &Account {
+        &self.account
     }
 
     fn s3(&self) -> S3 {
