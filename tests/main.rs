@@ -9,6 +9,7 @@ mod common;
 
 mod fuzz_corpus;
 mod hardening;
+mod hostile_memory;
 mod pipelining;
 mod proxy_protocol;
 mod s3_fault_logs;
