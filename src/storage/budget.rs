@@ -361,6 +361,9 @@ impl State {
     }
 
     fn take(&mut self, user: &Arc<str>, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         self.free -= bytes;
         *self.held.entry(user.clone()).or_insert(0) += bytes;
     }
