@@ -382,9 +382,11 @@ impl Upload {
 
     /// Grows the part buffer so that it holds `needed` bytes (at most a part), paying for
     /// the growth in the memory budget first: the buffer grows as data arrives, whatever
-    /// size the client announced. A buffer already big enough to be a part is sent as one
-    /// when the budget cannot pay for its growth at once, instead of holding it while
-    /// waiting (which could leave every buffer waiting on the others).
+    /// size the client announced. The budget pays 64 KiB first (a small file costs no
+    /// more), then a minimal part (5 MiB), then each doubling up to the part size. A
+    /// buffer already big enough to be a part is sent as one when the budget cannot pay
+    /// for its growth at once, instead of holding it while waiting (which could leave
+    /// every buffer waiting on the others).
     async fn make_room(&mut self, needed: usize) -> Result<()> {
         if self.buffer.capacity() >= needed {
             return Ok(());
@@ -406,18 +408,32 @@ impl Upload {
             .min(part_size)
             .max(needed);
         let paid = self.reservation.as_ref().map_or(0, |r| r.bytes());
-        let extra = (new_cap as u64).saturating_sub(paid);
-        let account = self.store.account().clone();
-        let more = if self.buffer.len() as u64 >= MIN_PART_SIZE {
-            match account.try_reserve(extra) {
-                Some(more) => more,
-                None => return self.send_part().await,
-            }
+        // Past the first allocation, the reservation goes straight to a minimal part (the
+        // allocation still doubles as data arrives): from there the buffer never waits
+        // while holding memory (it is sent as a part instead), so uploads cannot all wait
+        // on each other while each holds a little; only the first 64 KiB are held while
+        // waiting.
+        let want = if new_cap <= FIRST_BUFFER {
+            new_cap as u64
         } else {
-            account.reserve(extra).await
+            (new_cap as u64).max(MIN_PART_SIZE.min(self.part_size))
         };
+        let extra = want.saturating_sub(paid);
+        if extra > 0 {
+            let account = self.store.account().clone();
+            let more = if self.buffer.len() as u64 >= MIN_PART_SIZE {
+                match account.try_reserve(extra) {
+                    Some(more) => more,
+                    None => return self.send_part().await,
+                }
+            } else {
+                account.reserve(extra).await
+            };
+            self.reservation
+                .get_or_insert_with(Reservation::empty)
+                .merge(more);
+        }
         let reservation = self.reservation.get_or_insert_with(Reservation::empty);
-        reservation.merge(more);
         // Pay only for what the buffer may use (the budget clamps a huge request).
         let cap = new_cap.min(usize::try_from(reservation.bytes()).unwrap_or(usize::MAX));
         let mut grown = BytesMut::with_capacity(cap);
