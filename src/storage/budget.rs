@@ -187,7 +187,7 @@ impl Account {
         let bytes = bytes.min(inner.user_cap());
         let (id, rx) = {
             let mut state = inner.lock();
-            if state.nobody_short() && inner.fits(&state, &self.user, bytes, false) {
+            if !inner.someone_short(&state) && inner.fits(&state, &self.user, bytes, false) {
                 state.take(&self.user, bytes);
                 return self.reservation(bytes);
             }
@@ -222,7 +222,7 @@ impl Account {
     pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
         let inner = &self.budget.inner;
         let mut state = inner.lock();
-        if state.nobody_short() && inner.fits(&state, &self.user, bytes, false) {
+        if !inner.someone_short(&state) && inner.fits(&state, &self.user, bytes, false) {
             state.take(&self.user, bytes);
             return Some(self.reservation(bytes));
         }
@@ -299,9 +299,15 @@ impl Inner {
 
     /// Whether `user` may take `bytes` now (see the module's rule).
     fn fits(&self, state: &State, user: &Arc<str>, bytes: u64, optional: bool) -> bool {
+        bytes <= state.free && self.allowed(state, user, bytes, optional)
+    }
+
+    /// Whether the rule lets `user` take `bytes` more, whatever is free: its cap, its
+    /// share while another user waits, and the read-ahead limit for optional memory.
+    fn allowed(&self, state: &State, user: &Arc<str>, bytes: u64, optional: bool) -> bool {
         let held = state.held.get(user).copied().unwrap_or(0);
         let after = held.saturating_add(bytes);
-        if bytes > state.free || after > self.user_cap() {
+        if after > self.user_cap() {
             return false;
         }
         if optional {
@@ -319,30 +325,38 @@ impl Inner {
         after <= self.total / active.len() as u64
     }
 
-    /// Grants queued requests in order. A request held back only by its user's share is
-    /// passed over; one held back by free memory stops the scan (first come, first served).
+    /// Whether a waiter the rule allows is short of free memory: it is served before any
+    /// later request. Waiters the rule holds back (past their cap or share) keep nobody out.
+    fn someone_short(&self, state: &State) -> bool {
+        state
+            .queue
+            .iter()
+            .any(|w| w.bytes > state.free && self.allowed(state, &w.user, w.bytes, false))
+    }
+
+    /// Grants queued requests in order. A request the rule holds back (its user's cap or
+    /// share) is passed over; one short of free memory stops the scan (first come, first
+    /// served).
     fn dispatch(&self, state: &mut State) {
         let mut i = 0;
         while i < state.queue.len() {
             let (user, bytes) = (state.queue[i].user.clone(), state.queue[i].bytes);
-            let waiter = state.queue.remove(i);
-            let fits = self.fits(state, &user, bytes, false);
-            match waiter {
-                Some(w) if fits => {
-                    state.take(&user, bytes);
-                    if w.granted.send(()).is_err() {
-                        state.give(&user, bytes);
-                    }
+            let Some(waiter) = state.queue.remove(i) else {
+                return;
+            };
+            let allowed = self.allowed(state, &user, bytes, false);
+            if allowed && bytes <= state.free {
+                state.take(&user, bytes);
+                if waiter.granted.send(()).is_err() {
+                    state.give(&user, bytes);
                 }
-                Some(w) => {
-                    state.queue.insert(i, w);
-                    if bytes > state.free {
-                        return;
-                    }
-                    i += 1;
-                }
-                None => return,
+                continue;
             }
+            state.queue.insert(i, waiter);
+            if allowed {
+                return;
+            }
+            i += 1;
         }
     }
 
@@ -354,12 +368,6 @@ impl Inner {
 }
 
 impl State {
-    /// Whether no waiter waits for free memory (those first in line are served first);
-    /// waiters held back only by their share do not keep others out.
-    fn nobody_short(&self) -> bool {
-        self.queue.iter().all(|w| w.bytes <= self.free)
-    }
-
     fn take(&mut self, user: &Arc<str>, bytes: u64) {
         if bytes == 0 {
             return;
@@ -483,6 +491,59 @@ mod tests {
         let b2 = b.reserve(10 * K).await;
         assert_eq!(budget.in_use(), 80 * K);
         drop((a1, c1, b2));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_user_at_its_cap_keeps_nobody_out() {
+        let budget = MemoryBudget::new(100 * K);
+        let (a, b, c) = (
+            budget.account("a"),
+            budget.account("b"),
+            budget.account("c"),
+        );
+        let a1 = a.reserve(50 * K).await;
+        let b1 = b.reserve(47 * K).await;
+        // a waits for more than is free, but it is at its cap: not first in line.
+        let a_wait = tokio::spawn({
+            let a = a.clone();
+            async move { a.reserve(5 * K).await }
+        });
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let c1 = c.try_reserve(3 * K).expect("the free 3 K go to c");
+        drop((b1, c1));
+        assert!(!a_wait.is_finished(), "a is still at its cap");
+        drop(a1);
+        let a2 = a_wait.await.unwrap();
+        assert_eq!(budget.in_use(), 5 * K);
+        drop(a2);
+    }
+
+    #[tokio::test]
+    async fn past_its_fair_share_a_user_gets_nothing_while_another_waits() {
+        let budget = MemoryBudget::new(120 * K);
+        let (a, b, c) = (
+            budget.account("a"),
+            budget.account("b"),
+            budget.account("c"),
+        );
+        let a1 = a.reserve(45 * K).await;
+        let b1 = b.reserve(60 * K).await;
+        let c1 = c.reserve(10 * K).await;
+        let b_wait = tokio::spawn({
+            let b = b.clone();
+            async move { b.reserve(K).await }
+        });
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // 5 K are free; the fair share of three users is 40 K.
+        assert!(a.try_reserve(5 * K).is_none(), "a holds 45 K, past 40 K");
+        let c2 = c.try_reserve(5 * K).expect("c holds 10 K");
+        drop((b1, a1, c1, c2));
+        drop(b_wait.await.unwrap());
         assert_eq!(budget.in_use(), 0);
     }
 
