@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_declared_size_is_not_believed() {
+        let five_tib = initial_part_size(8 * MIB, Some(5u64 << 40));
+        assert_eq!(
+            initial_part_size(8 * MIB, Some(1_000_000_000_000_000)),
+            five_tib
+        );
+        assert_eq!(initial_part_size(8 * MIB, Some(u64::MAX)), five_tib);
+        assert!(five_tib < MAX_PART_SIZE);
+    }
+
+    #[test]
     fn unknown_size_grows_to_reach_five_tib() {
         let mut size = 8 * MIB;
         let mut total = 0u64;
