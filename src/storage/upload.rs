@@ -25,6 +25,10 @@ const MIB: u64 = 1024 * 1024;
 /// The first allocation of a part buffer (or the data's size, if larger); it doubles
 /// from there as data arrives, up to the part size.
 const FIRST_BUFFER: usize = 64 * 1024;
+/// How long an out-of-order write waits for the budget to pay for it before it is
+/// refused. The upload already holds its part buffer and other held writes: waiting
+/// without end while holding them could leave uploads waiting on each other.
+const HOLD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// S3's largest object: a larger announced size is not believed.
 const MAX_OBJECT: u64 = 5 << 40;
 
@@ -241,7 +245,8 @@ impl Upload {
     /// Keeps a write that arrived before the bytes in front of it, paid for in the memory
     /// budget first. Refused (and the upload failed: the file would have a hole) when it
     /// lies more than `reorder_window` past the written end, overlaps another held write,
-    /// or would take the held bytes past `reorder_window`.
+    /// would take the held bytes past `reorder_window`, or the budget cannot pay for it
+    /// within [`HOLD_PATIENCE`].
     async fn hold_out_of_order(&mut self, offset: u64, data: Bytes) -> Result<()> {
         let len = data.len() as u64;
         let end = offset.saturating_add(len);
@@ -266,7 +271,13 @@ impl Upload {
                 "more than {window} bytes of writes are waiting for the bytes before them"
             ));
         }
-        let more = self.store.account().reserve(len).await;
+        let account = self.store.account().clone();
+        let Ok(more) = tokio::time::timeout(HOLD_PATIENCE, account.reserve(len)).await else {
+            return self.fail(format!(
+                "the server's memory for out-of-order writes stayed full for {} s: send the file in order",
+                HOLD_PATIENCE.as_secs()
+            ));
+        };
         self.pending_reservation.merge(more);
         self.pending_bytes += len;
         self.pending.insert(offset, data);
