@@ -10,6 +10,7 @@ mod common;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;
+mod hostile_memory;
 mod hostile_ssh;
 mod operations;
 mod pipelining;

@@ -219,9 +219,21 @@ async fn upload_only_drop_box_and_a_read_only_subfolder() {
             .as_deref(),
         Some(&b"dropped\n"[..])
     );
+    // `get` stats the file first; STAT needs `list` (issue 18), and OpenSSH `sftp` reports
+    // any refused STAT as "not found". The download must not happen either way.
+    let got = t.dir.path().join("x");
+    let out = t
+        .sftp(&t.alice, &format!("get drop.txt {}\n", got.display()))
+        .await;
+    assert!(
+        stderr(&out).contains("Permission denied") || stderr(&out).contains("not found"),
+        "get must be refused: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!got.exists(), "nothing was downloaded");
     for denied in [
         "ls\n".to_string(),
-        format!("get drop.txt {}/x\n", t.dir.path().display()),
         format!("put {} drop.txt\n", f.display()),
     ] {
         let out = t.sftp(&t.alice, &denied).await;

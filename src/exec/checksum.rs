@@ -95,8 +95,9 @@ where
         paths.push(&stdin_word);
     }
     let mut status = 0;
+    let mut work = glob::Work::default();
     for word in paths {
-        let names = match glob::expand(store, word).await {
+        let names = match glob::expand_within(store, word, &mut work).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = stderr.write_all(format!("{cmd}: {e}\n").as_bytes()).await;

@@ -14,6 +14,31 @@ use super::words::Word;
 pub const MAX_MATCHES: usize = 10_000;
 /// Entries fetched per listing page while matching.
 const PAGE: usize = 1000;
+/// Most S3 listing requests one command's globs may cost (a directory listed costs two
+/// or three: its stat, then a request per page). `md5sum g/*/*/x` over a wide tree would
+/// otherwise list every directory two levels down.
+pub const MAX_LISTINGS: usize = 256;
+/// Most names one command's globs may look at.
+pub const MAX_VISITED: usize = 50_000;
+
+/// What one command's glob expansion has cost so far, against [`MAX_LISTINGS`] and
+/// [`MAX_VISITED`]: share one across the arguments of a command.
+#[derive(Debug, Default)]
+pub struct Work {
+    listings: usize,
+    visited: usize,
+}
+
+impl Work {
+    fn charge(&mut self, listings: usize, visited: usize, word: &Word) -> Result<(), GlobError> {
+        self.listings += listings;
+        self.visited += visited;
+        if self.listings > MAX_LISTINGS || self.visited > MAX_VISITED {
+            return Err(GlobError::TooMuchWork(word.text.clone()));
+        }
+        Ok(())
+    }
+}
 
 /// True if `name` matches the glob `pattern` (one segment, `\` escapes).
 pub fn matches(pattern: &str, name: &str) -> bool {
@@ -157,6 +182,8 @@ fn segment_has_glob(segment: &str) -> bool {
 pub enum GlobError {
     #[error("{0}: matches more than {MAX_MATCHES} names")]
     TooMany(String),
+    #[error("{0}: the pattern needs too much work (more than {MAX_LISTINGS} listing requests or {MAX_VISITED} names looked at): use a narrower pattern")]
+    TooMuchWork(String),
     #[error("{0}")]
     Storage(#[from] StorageError),
 }
@@ -164,6 +191,15 @@ pub enum GlobError {
 /// Expands one argument: the client-facing spellings of the matches, sorted, or the
 /// word itself when it has no glob or matches nothing.
 pub async fn expand(store: &UserStore, word: &Word) -> Result<Vec<String>, GlobError> {
+    expand_within(store, word, &mut Work::default()).await
+}
+
+/// [`expand`], charging what the listing costs to `work` (one per command).
+pub async fn expand_within(
+    store: &UserStore,
+    word: &Word,
+    work: &mut Work,
+) -> Result<Vec<String>, GlobError> {
     if !word.has_glob() {
         return Ok(vec![word.text.clone()]);
     }
@@ -179,14 +215,19 @@ pub async fn expand(store: &UserStore, word: &Word) -> Result<Vec<String>, GlobE
                 continue;
             }
             let dir = resolve(absolute, base);
+            // The stat before the listing (HEAD and LIST) and the first page.
+            work.charge(3, 0, word)?;
             let Ok(mut lister) = store.list(&dir).await else {
                 continue;
             };
+            let mut pages = 0;
             loop {
                 let batch = lister.next_batch(PAGE).await?;
                 if batch.is_empty() {
                     break;
                 }
+                pages += 1;
+                work.charge(usize::from(pages > 1), batch.len(), word)?;
                 for entry in batch {
                     if matches(segment, &entry.name) {
                         if next.len() >= MAX_MATCHES {

@@ -306,7 +306,7 @@ impl Session {
     }
 
     async fn stat(&self, id: u32, path: &str) -> Outcome {
-        let entry = self.store.stat(&parse_path(path)?).await?;
+        let entry = self.store.stat_for_client(&parse_path(path)?).await?;
         Ok(attrs_reply(id, &entry))
     }
 
@@ -543,7 +543,7 @@ impl Session {
     }
 
     async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
-        let entry = self.store.stat(&parse_path(path)?).await?;
+        let entry = self.store.stat_for_client(&parse_path(path)?).await?;
         match attrs.size {
             Some(size) if entry.kind == EntryKind::File && size != entry.size => Err(Refusal::new(
                 StatusCode::OpUnsupported,

@@ -18,6 +18,10 @@ use super::budget::Reservation;
 use super::s3::GetFailure;
 use super::{ObjectHead, Result, StorageError, UserStore};
 
+/// The first GET of a download opened while the budget is contended (or the user holds
+/// its share of read-ahead) asks for this much instead of a whole chunk.
+const SMALL_FIRST_RANGE: u64 = 256 * 1024;
+
 /// One ranged GET, in flight or done.
 struct Chunk {
     start: u64,
@@ -136,7 +140,7 @@ impl Download {
     pub(crate) fn open_listed(store: UserStore, key: String, head: ObjectHead) -> Self {
         let mut download = Download::new(store, key, head);
         download.provisional = true;
-        download.fill_window(1);
+        download.fill_window(0);
         download
     }
 
@@ -147,8 +151,16 @@ impl Download {
     pub(crate) async fn open(store: UserStore, key: String) -> Result<Option<Self>> {
         let settings = store.storage().settings();
         let chunk_size = settings.download_chunk.max(64 * 1024);
-        let mut reservation = store.storage().budget().reserve(chunk_size).await;
-        let out = match store.get_first(&key, chunk_size).await {
+        // The first chunk is read-ahead until the client asks for it: under contention,
+        // only a small first range is fetched (and paid for).
+        let (mut reservation, first_range) = match store.account().try_optional(chunk_size) {
+            Some(r) => (r, chunk_size),
+            None => {
+                let small = chunk_size.min(SMALL_FIRST_RANGE);
+                (store.account().reserve(small).await, small)
+            }
+        };
+        let out = match store.get_first(&key, first_range).await {
             Ok(out) => out,
             Err(GetFailure::NotFound) => return Ok(None),
             Err(GetFailure::Unsatisfiable(_)) => {
@@ -163,7 +175,7 @@ impl Download {
         };
         let head = out.head;
         let size = head.size;
-        let first_len = chunk_size.min(size);
+        let first_len = first_range.min(size);
         reservation.shrink_to(first_len);
         let mut download = Download::new(store, key, head);
         if first_len == 0 {
@@ -301,9 +313,12 @@ impl Download {
         }
     }
 
-    /// Keeps `chunk`'s buffer for a later fetch, if it has one free and there is room.
+    /// Keeps `chunk`'s buffer for a later fetch, if it has one free and there is room
+    /// (and nobody waits for memory: then it goes back to the budget).
     fn recycle(&mut self, chunk: Chunk) {
-        if self.spares.len() + self.window.len() < self.max_depth {
+        if self.spares.len() + self.window.len() < self.max_depth
+            && !self.store.account().contended()
+        {
             if let Some(spare) = chunk.into_spare() {
                 self.spares.push(spare);
             }
@@ -316,15 +331,31 @@ impl Download {
         }
     }
 
-    /// Schedules GETs so the window covers `needed_end` and `depth` chunks.
+    /// Schedules GETs so the window covers `needed_end` and `depth` chunks. Chunks past
+    /// `needed_end` are read-ahead, optional memory: when the budget will not give it at
+    /// once (someone waits, or this user holds its share of read-ahead), the window
+    /// shrinks instead of waiting.
     fn fill_window(&mut self, needed_end: u64) {
+        if self.store.account().contended() {
+            self.spares.clear();
+        }
         while self.next_fetch < self.size
             && (self.window.len() < self.depth || self.next_fetch < needed_end)
         {
             let start = self.next_fetch;
             let len = self.chunk_size.min(self.size - start);
+            let spare = match self.spares.pop() {
+                Some(spare) => Some(spare),
+                None if start >= needed_end => match self.store.account().try_optional(len) {
+                    Some(reservation) => Some((BytesMut::new(), reservation)),
+                    None => {
+                        self.depth = self.window.len().max(1);
+                        break;
+                    }
+                },
+                None => None,
+            };
             self.next_fetch += len;
-            let spare = self.spares.pop();
             let handle = tokio::spawn(fetch_range(
                 self.store.clone(),
                 self.key.clone(),
@@ -380,7 +411,7 @@ async fn fetch_range(
             reservation.shrink_to(len);
             (buffer, reservation)
         }
-        _ => (BytesMut::new(), store.storage().budget().reserve(len).await),
+        _ => (BytesMut::new(), store.account().reserve(len).await),
     };
     let mut attempt = 1;
     loop {

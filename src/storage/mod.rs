@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::Client;
 use tokio_util::task::AbortOnDropHandle;
 
-pub use budget::MemoryBudget;
+pub use budget::{Account, MemoryBudget};
 use cache::MetaCache;
 pub use download::Download;
 pub use error::{Result, StorageError};
@@ -140,6 +140,8 @@ impl Storage {
         UserStore {
             storage: self.clone(),
             jail: Jail::new(prefix),
+            account: self.budget.account(prefix),
+            written: Arc::default(),
             permissions: None,
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -154,6 +156,8 @@ impl Storage {
         UserStore {
             storage: self.clone(),
             jail: Jail::new(prefix),
+            account: self.budget.account(prefix),
+            written: Arc::default(),
             permissions: Some(permissions),
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -203,6 +207,9 @@ pub(crate) struct ObjectHead {
     pub dir_marker: bool,
 }
 
+/// How many written keys a session remembers for [`UserStore::stat_for_client`].
+const WRITTEN_REMEMBERED: usize = 256;
+
 /// Content-Type of an empty object that stands for a directory.
 const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 
@@ -212,6 +219,11 @@ const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 pub struct UserStore {
     storage: Arc<Storage>,
     jail: Jail,
+    /// This user's side of the memory budget (users are told apart by home prefix).
+    account: Account,
+    /// Keys this session opened for writing, newest last (at most [`WRITTEN_REMEMBERED`]):
+    /// it may stat them without the `list` permission.
+    written: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
     /// What the user may do where; `None` allows everything.
     permissions: Option<Arc<Permissions>>,
     cache: Arc<MetaCache>,
@@ -240,6 +252,11 @@ impl UserStore {
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// This user's side of the memory budget: every transfer buffer is reserved through it.
+    pub fn account(&self) -> &Account {
+        &self.account
     }
 
     fn s3(&self) -> S3 {
@@ -287,7 +304,42 @@ impl UserStore {
         self.dir_entry(path).await
     }
 
-    /// What `path` is. A file wins over a directory of the same name.
+    /// [`stat`](Self::stat) for a client's STAT: allowed where the user may list the
+    /// directory the name is in, and always for a file this session is writing or has
+    /// written (clients stat what they have just uploaded).
+    pub async fn stat_for_client(&self, path: &VirtualPath) -> Result<Entry> {
+        if !path.is_root() {
+            let written = self
+                .jail
+                .file_key(path)
+                .is_ok_and(|key| self.has_written(&key));
+            if !written {
+                self.check(Permission::List, &path.parent())?;
+            }
+        }
+        self.stat(path).await
+    }
+
+    /// Remembers that this session opened `key` for writing.
+    fn note_written(&self, key: &str) {
+        if let Ok(mut keys) = self.written.lock() {
+            if !keys.iter().any(|k| k == key) {
+                if keys.len() >= WRITTEN_REMEMBERED {
+                    keys.pop_front();
+                }
+                keys.push_back(key.to_string());
+            }
+        }
+    }
+
+    fn has_written(&self, key: &str) -> bool {
+        self.written
+            .lock()
+            .is_ok_and(|keys| keys.iter().any(|k| k == key))
+    }
+
+    /// What `path` is. A file wins over a directory of the same name. Checks no
+    /// permission: for the server's own lookups (see [`stat_for_client`](Self::stat_for_client)).
     pub async fn stat(&self, path: &VirtualPath) -> Result<Entry> {
         if path.is_root() {
             return Ok(Entry::dir("/", Some(SystemTime::now())));
@@ -451,6 +503,7 @@ impl UserStore {
             let store = self.clone();
             let target = path.clone();
             let check = tokio::spawn(async move { store.refuse_directory(&target).await });
+            self.note_written(&key);
             return Ok(Upload::new(
                 self.clone(),
                 key,
@@ -459,6 +512,9 @@ impl UserStore {
                 Some(AbortOnDropHandle::new(check)),
             ));
         }
+        // Refuse before looking, so a denied open (EXCL included) reveals nothing about
+        // what is at the path.
+        self.check(Permission::Upload, path)?;
         let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
         let existing = match file? {
             Some(head) => Existing::Present { size: head.size },
@@ -471,10 +527,10 @@ impl UserStore {
         if exists && mode.exclusive {
             return Err(StorageError::AlreadyExists);
         }
-        self.check(Permission::Upload, path)?;
         if exists {
             self.check(Permission::Overwrite, path)?;
         }
+        self.note_written(&key);
         Ok(Upload::new(self.clone(), key, size_hint, existing, None))
     }
 

@@ -22,6 +22,15 @@ const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// S3's smallest part (except the last).
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
+/// The first allocation of a part buffer (or the data's size, if larger); it doubles
+/// from there as data arrives, up to the part size.
+const FIRST_BUFFER: usize = 64 * 1024;
+/// How long an out-of-order write waits for the budget to pay for it before it is
+/// refused. The upload already holds its part buffer and other held writes: waiting
+/// without end while holding them could leave uploads waiting on each other.
+const HOLD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+/// S3's largest object: a larger announced size is not believed.
+const MAX_OBJECT: u64 = 5 << 40;
 
 /// How a file was opened for writing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,7 +88,10 @@ pub struct Upload {
     reservation: Option<Reservation>,
     /// Out-of-order writes waiting for the gap before them to fill.
     pending: BTreeMap<u64, Bytes>,
+    /// Bytes in `pending`; never more than `reorder_window`.
     pending_bytes: u64,
+    /// What pays for `pending` in the memory budget.
+    pending_reservation: Reservation,
     multipart: Option<Multipart>,
     /// The buffer of a part S3 has, ready to be filled again.
     spare: SpareSlot,
@@ -106,6 +118,7 @@ pub fn initial_part_size(base: u64, size_hint: Option<u64>) -> u64 {
     let base = base.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
     match size_hint {
         Some(size) => {
+            let size = size.min(MAX_OBJECT);
             let needed = size.div_ceil(MAX_PARTS - 1000).div_ceil(MIB) * MIB;
             needed.clamp(base, MAX_PART_SIZE)
         }
@@ -144,6 +157,7 @@ impl Upload {
             reservation: None,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            pending_reservation: Reservation::empty(),
             multipart: None,
             spare: SpareSlot::default(),
             state: State::Open,
@@ -198,7 +212,6 @@ impl Upload {
         if data.is_empty() {
             return Ok(());
         }
-        let end = offset.saturating_add(data.len() as u64);
         if offset < self.written {
             return Err(StorageError::Unsupported(
                 "rewriting data that was already written is not supported on S3",
@@ -210,19 +223,7 @@ impl Upload {
                     "resuming an upload is not supported on S3: upload the whole file again",
                 ));
             }
-            let window = self.store.storage().settings().reorder_window;
-            if end - self.written > window {
-                return self.fail(format!(
-                    "write at offset {offset} is more than {window} bytes past the written end {}",
-                    self.written
-                ));
-            }
-            if self.pending.contains_key(&offset) {
-                return self.fail(format!("two writes at offset {offset}"));
-            }
-            self.pending_bytes += data.len() as u64;
-            self.pending.insert(offset, data);
-            return Ok(());
+            return self.hold_out_of_order(offset, data).await;
         }
         self.append(data).await?;
         while let Some(entry) = self.pending.first_entry() {
@@ -232,11 +233,54 @@ impl Upload {
             }
             let chunk = entry.remove();
             self.pending_bytes -= chunk.len() as u64;
+            self.pending_reservation.shrink_to(self.pending_bytes);
             if off < self.written {
                 return self.fail(format!("overlapping writes at offset {off}"));
             }
             self.append(chunk).await?;
         }
+        Ok(())
+    }
+
+    /// Keeps a write that arrived before the bytes in front of it, paid for in the memory
+    /// budget first. Refused (and the upload failed: the file would have a hole) when it
+    /// lies more than `reorder_window` past the written end, overlaps another held write,
+    /// would take the held bytes past `reorder_window`, or the budget cannot pay for it
+    /// within [`HOLD_PATIENCE`].
+    async fn hold_out_of_order(&mut self, offset: u64, data: Bytes) -> Result<()> {
+        let len = data.len() as u64;
+        let end = offset.saturating_add(len);
+        let window = self.store.storage().settings().reorder_window;
+        if end - self.written > window {
+            return self.fail(format!(
+                "write at offset {offset} is more than {window} bytes past the written end {}",
+                self.written
+            ));
+        }
+        let before = self.pending.range(..=offset).next_back();
+        let after = self.pending.range(offset..).next();
+        let overlaps = before.is_some_and(|(off, d)| off + d.len() as u64 > offset)
+            || after.is_some_and(|(off, _)| *off < end);
+        if overlaps {
+            return self.fail(format!(
+                "write at offset {offset} overlaps another write that is still waiting for the bytes before it"
+            ));
+        }
+        if self.pending_bytes + len > window {
+            return self.fail(format!(
+                "more than {window} bytes of writes are waiting for the bytes before them"
+            ));
+        }
+        let account = self.store.account().clone();
+        let Ok(more) = tokio::time::timeout(HOLD_PATIENCE, account.reserve(len)).await else {
+            return self.fail(format!(
+                "the server's memory for out-of-order writes stayed full for {} s: send the file in order",
+                HOLD_PATIENCE.as_secs()
+            ));
+        };
+        self.pending_reservation.merge(more);
+        self.pending_bytes += len;
+        self.pending.insert(offset, data);
         Ok(())
     }
 
@@ -326,11 +370,16 @@ impl Upload {
 
     async fn append(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
-            if self.reservation.is_none() {
-                self.take_buffer().await;
-            }
             let room = (self.part_size as usize).saturating_sub(self.buffer.len());
             let take = room.min(data.len());
+            if let Err(e) = self.make_room(self.buffer.len() + take).await {
+                return self.fail_with(e);
+            }
+            let room = self.buffer.capacity() - self.buffer.len();
+            let take = take.min(room);
+            if take == 0 {
+                continue;
+            }
             self.buffer.extend_from_slice(&data.split_to(take));
             self.written += take as u64;
             if self.buffer.len() as u64 >= self.part_size {
@@ -342,19 +391,66 @@ impl Upload {
         Ok(())
     }
 
-    /// Makes an empty buffer for the next part: a spare if one is big enough, else a new
-    /// one, reserved in the memory budget first (which may wait).
-    async fn take_buffer(&mut self) {
-        let part_size = self.part_size as usize;
-        let spare = self.spare.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(spare) = spare.filter(|s| s.buffer.capacity() >= part_size) {
-            self.buffer = spare.buffer;
-            self.reservation = Some(spare.reservation);
-            return;
+    /// Grows the part buffer so that it holds `needed` bytes (at most a part), paying for
+    /// the growth in the memory budget first: the buffer grows as data arrives, whatever
+    /// size the client announced. The budget pays 64 KiB first (a small file costs no
+    /// more), then a minimal part (5 MiB), then each doubling up to the part size. A
+    /// buffer already big enough to be a part is sent as one when the budget cannot pay
+    /// for its growth at once, instead of holding it while waiting (which could leave
+    /// every buffer waiting on the others).
+    async fn make_room(&mut self, needed: usize) -> Result<()> {
+        if self.buffer.capacity() >= needed {
+            return Ok(());
         }
-        let budget = self.store.storage().budget().clone();
-        self.reservation = Some(budget.reserve(self.part_size).await);
-        self.buffer = BytesMut::with_capacity(part_size);
+        if self.buffer.is_empty() {
+            let spare = self.spare.lock().ok().and_then(|mut slot| slot.take());
+            if let Some(spare) = spare {
+                self.buffer = spare.buffer;
+                self.reservation = Some(spare.reservation);
+                if self.buffer.capacity() >= needed {
+                    return Ok(());
+                }
+            }
+        }
+        let part_size = self.part_size as usize;
+        let new_cap = needed
+            .max(self.buffer.capacity().saturating_mul(2))
+            .max(FIRST_BUFFER)
+            .min(part_size)
+            .max(needed);
+        let paid = self.reservation.as_ref().map_or(0, |r| r.bytes());
+        // Past the first allocation, the reservation goes straight to a minimal part (the
+        // allocation still doubles as data arrives): from there the buffer never waits
+        // while holding memory (it is sent as a part instead), so uploads cannot all wait
+        // on each other while each holds a little; only the first 64 KiB are held while
+        // waiting.
+        let want = if new_cap <= FIRST_BUFFER {
+            new_cap as u64
+        } else {
+            (new_cap as u64).max(MIN_PART_SIZE.min(self.part_size))
+        };
+        let extra = want.saturating_sub(paid);
+        if extra > 0 {
+            let account = self.store.account().clone();
+            let more = if self.buffer.len() as u64 >= MIN_PART_SIZE {
+                match account.try_reserve(extra) {
+                    Some(more) => more,
+                    None => return self.send_part().await,
+                }
+            } else {
+                account.reserve(extra).await
+            };
+            self.reservation
+                .get_or_insert_with(Reservation::empty)
+                .merge(more);
+        }
+        let reservation = self.reservation.get_or_insert_with(Reservation::empty);
+        // Pay only for what the buffer may use (the budget clamps a huge request).
+        let cap = new_cap.min(usize::try_from(reservation.bytes()).unwrap_or(usize::MAX));
+        let mut grown = BytesMut::with_capacity(cap);
+        grown.extend_from_slice(&self.buffer);
+        self.buffer = grown;
+        Ok(())
     }
 
     /// Hands the current buffer to a background UploadPart, starting the multipart upload
@@ -389,6 +485,8 @@ impl Upload {
         self.reservation = None;
         drop_spare(&self.spare);
         self.pending.clear();
+        self.pending_bytes = 0;
+        self.pending_reservation = Reservation::empty();
         if let Some(mp) = self.multipart.take() {
             mp.abort().await;
         }
@@ -450,6 +548,17 @@ mod tests {
         let p = initial_part_size(8 * MIB, Some(five_tib));
         assert!(five_tib.div_ceil(p) <= MAX_PARTS, "{p}");
         assert_eq!(p % MIB, 0);
+    }
+
+    #[test]
+    fn an_absurd_declared_size_is_not_believed() {
+        let five_tib = initial_part_size(8 * MIB, Some(5u64 << 40));
+        assert_eq!(
+            initial_part_size(8 * MIB, Some(1_000_000_000_000_000)),
+            five_tib
+        );
+        assert_eq!(initial_part_size(8 * MIB, Some(u64::MAX)), five_tib);
+        assert!(five_tib < MAX_PART_SIZE);
     }
 
     #[test]

@@ -1,0 +1,404 @@
+//! A logged-in user who wants to hold the server's memory: overlapping WRITEs, absurd
+//! declared sizes (SFTP OPEN and the SCP `C` line), many read handles, and an exec glob
+//! over a wide tree. Each test asserts the bound from `docs/configuration.md` ("Memory")
+//! on the server's own budget, and that another user's upload completes meanwhile.
+//! Deadlines are generous; nothing here measures speed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use s3sftp::storage::MemoryBudget;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+const KIB: usize = 1024;
+
+fn budget(t: &TestServer) -> MemoryBudget {
+    t.server().storage().budget().clone()
+}
+
+/// Samples `user`'s held bytes every few milliseconds until dropped; `peak()` is the most seen.
+struct PeakWatch {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakWatch {
+    fn start(budget: MemoryBudget, user: &str) -> PeakWatch {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s, user) = (peak.clone(), stop.clone(), user.to_string());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(budget.in_use_by(&user), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        PeakWatch { peak, stop }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Bob uploads `len` bytes (a multipart upload) and the object is checked in S3.
+async fn bob_uploads(t: &TestServer, name: &str, len: usize) {
+    let bob = t.russh_sftp(&t.bob).await;
+    let data = random_bytes(len, 4242);
+    tokio::time::timeout(Duration::from_secs(180), bob.upload(name, &data))
+        .await
+        .expect("bob's upload finishes while alice holds memory")
+        .expect("bob's upload succeeds");
+    let key = format!("{}{}", t.bob.prefix, name.trim_start_matches('/'));
+    assert_eq!(
+        t.s3.object(&key).await.map(|o| sha256(&o)),
+        Some(sha256(&data)),
+        "bob's file is whole"
+    );
+}
+
+/// One SFTP packet: length, type, request id, body.
+fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
+    let mut p = ((body.len() + 5) as u32).to_be_bytes().to_vec();
+    p.push(kind);
+    p.extend(id.to_be_bytes());
+    p.extend(body);
+    p
+}
+
+fn string(s: &[u8]) -> Vec<u8> {
+    let mut v = (s.len() as u32).to_be_bytes().to_vec();
+    v.extend(s);
+    v
+}
+
+/// Reads one SFTP reply: (type, request id, body).
+async fn read_reply(r: &mut (impl AsyncReadExt + Unpin)) -> (u8, u32, Vec<u8>) {
+    let len = r.read_u32().await.expect("reply length") as usize;
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf).await.expect("reply");
+    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    (buf[0], id, buf[5..].to_vec())
+}
+
+/// A STATUS body: (code, message).
+fn status_of(body: &[u8]) -> (u32, String) {
+    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let len = u32::from_be_bytes([body[4], body[5], body[6], body[7]]) as usize;
+    (
+        code,
+        String::from_utf8_lossy(&body[8..8 + len]).into_owned(),
+    )
+}
+
+/// Item 1: WRITEs at offsets 2, 3, 4, … of 200 KiB each, pipelined. The first waits in
+/// the reorder buffer; the next overlaps it and is refused, and so is everything after
+/// (the upload has failed). What alice holds stays under the reorder window plus one
+/// part buffer's first allocation, and bob's upload completes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_writes_are_refused_and_memory_stays_bounded() {
+    const WRITES: u32 = 400;
+    let t = TestServer::start().await;
+    let watch = PeakWatch::start(budget(&t), &t.alice.prefix);
+
+    let connection = t.russh_login(&t.alice).await;
+    let channel = connection.channel_open_session().await.expect("channel");
+    channel.request_subsystem(true, "sftp").await.expect("sftp");
+    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
+    wr.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
+    assert_eq!(read_reply(&mut rd).await.0, 2, "VERSION");
+    let mut open = string(b"/flood.bin");
+    open.extend((0x02u32 | 0x08 | 0x10).to_be_bytes()); // WRITE|CREAT|TRUNC
+    open.extend(0u32.to_be_bytes());
+    wr.write_all(&packet(3, 1, &open)).await.unwrap();
+    let (kind, _, body) = read_reply(&mut rd).await;
+    assert_eq!(kind, 102, "HANDLE");
+    let handle = body[4..].to_vec();
+
+    let write = |id: u32, offset: u64, len: usize| {
+        let mut body = string(&handle);
+        body.extend(offset.to_be_bytes());
+        body.extend(string(&vec![7u8; len]));
+        packet(6, id, &body)
+    };
+    // One byte at 0, so the written end is 1 and later writes are "out of order".
+    let mut requests = vec![write(2, 0, 1)];
+    requests.extend((0..WRITES).map(|i| write(100 + i, 2 + u64::from(i), 200 * KIB)));
+    let writer = tokio::spawn(async move {
+        for r in requests {
+            wr.write_all(&r).await.expect("sent");
+        }
+        wr
+    });
+    let mut statuses = Vec::new();
+    let replies = async {
+        for _ in 0..=WRITES {
+            let (kind, id, body) = read_reply(&mut rd).await;
+            assert_eq!(kind, 101, "STATUS for {id}");
+            statuses.push((id, status_of(&body)));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(180), replies)
+        .await
+        .expect("every WRITE answered");
+    let ok = StatusCode::Ok as u32;
+    assert_eq!(statuses[0], (2, (ok, "OK".into())), "the first byte");
+    assert_eq!(statuses[1].1 .0, ok, "the first out-of-order write is held");
+    let (code, message) = &statuses[2].1;
+    assert_eq!(*code, StatusCode::Failure as u32);
+    assert!(message.contains("overlaps"), "{message}");
+    assert!(
+        statuses[3..].iter().all(|(_, (code, _))| *code != ok),
+        "everything after the overlap is refused"
+    );
+
+    bob_uploads(&t, "/bob-during-flood.bin", 3 * PART + 1).await;
+    let bound = (4 * MIB + 64 * KIB) as u64;
+    assert!(
+        watch.peak() <= bound,
+        "alice held {} bytes, bound {bound}",
+        watch.peak()
+    );
+    drop(writer.await.unwrap());
+    t.shutdown().await;
+}
+
+/// Item 3 (SFTP): sixteen uploads declaring 10^15 bytes, one byte written to each. They
+/// hold a 64 KiB first buffer each, not the budget; bob's upload completes while they
+/// are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declared_sizes_allocate_nothing_ahead_of_the_data() {
+    let t = TestServer::start().await;
+    let budget = budget(&t);
+    let watch = PeakWatch::start(budget.clone(), &t.alice.prefix);
+    let alice = t.russh_sftp(&t.alice).await;
+    let attrs = FileAttributes {
+        size: Some(1_000_000_000_000_000),
+        ..FileAttributes::default()
+    };
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let mut handles = Vec::new();
+    for i in 0..16 {
+        let h = alice
+            .raw
+            .open(format!("/huge{i}.bin"), flags, attrs.clone())
+            .await
+            .expect("open")
+            .handle;
+        alice.raw.write(&h, 0, vec![1]).await.expect("one byte");
+        handles.push(h);
+    }
+    assert!(
+        budget.in_use_by(&t.alice.prefix) <= 16 * 64 * KIB as u64,
+        "alice holds {}",
+        budget.in_use_by(&t.alice.prefix)
+    );
+    bob_uploads(&t, "/bob-during-huge.bin", 3 * PART + 1).await;
+    assert!(
+        watch.peak() <= 16 * 64 * KIB as u64,
+        "peak {}",
+        watch.peak()
+    );
+    for h in handles {
+        alice
+            .raw
+            .close(&h)
+            .await
+            .expect("a one-byte file is stored");
+    }
+    assert_eq!(
+        t.s3.object(&format!("{}huge3.bin", t.alice.prefix)).await,
+        Some(vec![1])
+    );
+    t.shutdown().await;
+}
+
+/// Item 3 (SCP): a `C` line declaring 10^15 bytes, then 300 KiB. What is held follows
+/// the bytes sent (past the first 64 KiB, one minimal 5 MiB part), not the declared size
+/// (before: the whole budget); bob's upload completes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_scp_c_line_of_a_petabyte_reserves_nothing_ahead() {
+    let t = TestServer::start().await;
+    let budget = budget(&t);
+    let watch = PeakWatch::start(budget.clone(), &t.alice.prefix);
+    let connection = t.russh_login(&t.alice).await;
+    let channel = connection.channel_open_session().await.expect("channel");
+    channel
+        .exec(true, "scp -t petabyte.bin")
+        .await
+        .expect("exec");
+    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
+    assert_eq!(rd.read_u8().await.expect("ready"), 0);
+    wr.write_all(b"C0644 1000000000000000 petabyte.bin\n")
+        .await
+        .unwrap();
+    assert_eq!(rd.read_u8().await.expect("file accepted"), 0);
+    // More than one read of the sink (256 KiB), so some bytes reach the upload.
+    wr.write_all(&[9u8; 300 * KIB]).await.unwrap();
+    wr.flush().await.unwrap();
+    // The bytes reach the upload: wait until something is held for them.
+    for _ in 0..500 {
+        if budget.in_use_by(&t.alice.prefix) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(budget.in_use_by(&t.alice.prefix) > 0, "the data arrived");
+    bob_uploads(&t, "/bob-during-scp.bin", 3 * PART + 1).await;
+    assert!(
+        watch.peak() <= PART as u64,
+        "alice's scp upload held {}",
+        watch.peak()
+    );
+    drop((rd, wr));
+    t.shutdown().await;
+}
+
+/// Item 3 (downloads): 130 read handles on one 9 MiB file. Read-ahead is optional
+/// memory: alice holds at most a quarter of the budget in it, plus a 256 KiB first range
+/// per handle opened after that; bob's upload completes while they are open; a handle
+/// opened under that pressure still reads the whole file correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_read_handles_leave_the_budget_to_others() {
+    const HANDLES: usize = 130;
+    let t = TestServer::start().await;
+    let budget = budget(&t);
+    let data = random_bytes(9 * MIB, 77);
+    t.s3.put(&format!("{}nine.bin", t.alice.prefix), &data)
+        .await;
+    let watch = PeakWatch::start(budget.clone(), &t.alice.prefix);
+    let alice = t.russh_sftp(&t.alice).await;
+    let mut handles = Vec::new();
+    for _ in 0..HANDLES {
+        let h = alice
+            .raw
+            .open("/nine.bin", OpenFlags::READ, FileAttributes::default())
+            .await
+            .expect("open")
+            .handle;
+        handles.push(h);
+    }
+    let bound = budget.total() / 4 + (HANDLES * 256 * KIB) as u64;
+    assert!(bound < budget.total(), "the bound leaves room");
+    bob_uploads(&t, "/bob-during-reads.bin", 3 * PART + 1).await;
+
+    // The last handle, opened under pressure, reads the whole file.
+    let last = handles.last().expect("handles").clone();
+    let mut got = Vec::with_capacity(data.len());
+    while got.len() < data.len() {
+        let chunk = alice
+            .raw
+            .read(&last, got.len() as u64, 64 * KIB as u32)
+            .await
+            .expect("read")
+            .data;
+        got.extend(chunk);
+    }
+    assert_eq!(sha256(&got), sha256(&data));
+    assert!(
+        watch.peak() <= bound,
+        "alice held {} bytes with {HANDLES} read handles (bound {bound}, budget {})",
+        watch.peak(),
+        budget.total()
+    );
+    for h in handles {
+        alice.raw.close(&h).await.expect("close");
+    }
+    t.shutdown().await;
+}
+
+/// Item 8: `md5sum g/*/*/x` over a wide tree stops at the glob work limit with a clear
+/// error; a narrow pattern still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wide_exec_glob_stops_at_the_work_limit() {
+    let t = TestServer::start().await;
+    for i in 0..100 {
+        t.s3.put(&format!("{}g/d{i:03}/e/x", t.alice.prefix), b"x")
+            .await;
+    }
+    let out = t.ssh_exec(&t.alice, "md5sum g/*/*/x", b"").await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("too much work"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    let out = t.ssh_exec(&t.alice, "md5sum g/d007/*/x", b"").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("g/d007/e/x"), "{}", stdout(&out));
+    t.shutdown().await;
+}
+
+/// Item: STAT honours `list` (except for a file the session wrote), and an EXCL open
+/// without `upload` is refused before anything about the path is revealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stat_needs_list_and_excl_checks_permissions_first() {
+    let t = TestServer::start().await;
+    t.s3.put(&format!("{}secret/there.txt", t.alice.prefix), b"x")
+        .await;
+    t.s3.put(&format!("{}ro/there.txt", t.alice.prefix), b"x")
+        .await;
+    let users = t.dir.path().join("users.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3sftp"))
+        .args(["users", "--users-file"])
+        .arg(&users)
+        .args([
+            "set",
+            "alice",
+            "--permission",
+            "/=upload,create_dirs",
+            "--permission",
+            "/ro=list,download",
+        ])
+        .output()
+        .expect("s3sftp runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let alice = t.russh_sftp(&t.alice).await;
+    let denied = Some(StatusCode::PermissionDenied);
+    for path in ["/secret/there.txt", "/secret/missing.txt", "/secret"] {
+        assert_eq!(status_code(&alice.raw.stat(path).await), denied, "{path}");
+        assert_eq!(status_code(&alice.raw.lstat(path).await), denied, "{path}");
+    }
+    assert!(
+        alice.raw.stat("/ro/there.txt").await.is_ok(),
+        "list granted"
+    );
+    // A file alice writes she may stat, during and after the upload.
+    let h = alice
+        .raw
+        .open(
+            "/mine.txt",
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            FileAttributes::default(),
+        )
+        .await
+        .expect("upload allowed")
+        .handle;
+    alice
+        .raw
+        .write(&h, 0, b"abc".to_vec())
+        .await
+        .expect("write");
+    alice.raw.close(&h).await.expect("close");
+    let st = alice.raw.stat("/mine.txt").await.expect("stat own file");
+    assert_eq!(st.attrs.size, Some(3));
+    // EXCL in a read-only folder: refused for lack of upload, whether the file exists.
+    let excl = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE;
+    for path in ["/ro/there.txt", "/ro/missing.txt"] {
+        let r = alice.raw.open(path, excl, FileAttributes::default()).await;
+        assert_eq!(status_code(&r), denied, "{path}");
+    }
+    t.shutdown().await;
+}
