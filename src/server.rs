@@ -218,7 +218,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     };
     let client = client::build_client(&s3).await;
-    client::check_bucket(&client, &s3).await?;
+    // A user's prefix, for the probe that replaces HeadBucket under a prefix-scoped policy.
+    let probe = users.users().first().map(|u| u.key_prefix.clone());
+    client::check_bucket(&client, &s3, probe.as_deref()).await?;
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
     let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
