@@ -16,6 +16,7 @@ pub mod error;
 pub mod list;
 pub mod object_settings;
 pub mod path;
+pub mod policy;
 pub mod rename;
 pub(crate) mod s3;
 pub mod signing;
