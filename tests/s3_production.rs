@@ -1,0 +1,283 @@
+//! Buckets as production sets them up, seen from the S3 side by a proxy between the server
+//! and the real S3 server: the storage class and SSE-KMS headers on every request that
+//! creates an object (renames included); a Content-MD5 on every upload request, and a
+//! body corrupted on the way refused by S3 with nothing stored; and a least-privilege
+//! policy's 403 on a HEAD or GET of a missing key (and on HeadBucket at start) changing
+//! nothing for the client.
+
+use std::time::Duration;
+
+use crate::common::bucket::BucketView;
+use crate::common::fault_proxy::{quick_retries, start_behind_proxy, Fault, FaultProxy, Op, Seen};
+use crate::common::own_store::own_store;
+use crate::common::*;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use s3sftp::storage::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
+
+const KMS_KEY: &str = "arn:aws:kms:us-east-1:123456789012:key/s3sftp-test";
+
+fn attrs() -> FileAttributes {
+    FileAttributes::default()
+}
+
+/// Asserts that every one of `requests` (`what`, at least one) has header `name` = `value`.
+fn assert_all_have(requests: &[Seen], what: &str, name: &str, value: &str) {
+    assert!(!requests.is_empty(), "no {what} request was seen");
+    for r in requests {
+        assert_eq!(r.header(name), Some(value), "{name} of {what} {}", r.target);
+    }
+}
+
+async fn assert_object(view: &BucketView, key: &str, data: Option<&[u8]>) {
+    let stored = view.object(key).await;
+    assert_eq!(
+        stored.as_deref().map(sha256),
+        data.map(sha256),
+        "object {key}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn class_and_kms_headers_go_on_every_request_that_creates_an_object() {
+    let (t, proxy, view) = start_behind_proxy(|c| {
+        c.transfer.objects = ObjectSettings {
+            storage_class: Some(StorageClass::StandardIa),
+            encryption: Encryption::Kms {
+                key_id: Some(KMS_KEY.into()),
+                bucket_key: true,
+            },
+            upload_checksum: UploadChecksum::Md5,
+        };
+    })
+    .await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    s.raw.mkdir("/dir", attrs()).await.expect("mkdir");
+    let small = random_bytes(100_000, 1);
+    let big = random_bytes(2 * PART + 4321, 2);
+    s.upload("/small.bin", &small).await.expect("small upload");
+    s.upload("/dir/big.bin", &big).await.expect("big upload");
+    s.posix_rename("/small.bin", "/dir/small.bin")
+        .await
+        .expect("rename small");
+    s.posix_rename("/dir/big.bin", "/big.bin")
+        .await
+        .expect("rename big");
+
+    for op in [Op::PutObject, Op::CreateMultipartUpload, Op::CopyObject] {
+        let requests = proxy.requests(op);
+        let what = format!("{op:?}");
+        assert_all_have(&requests, &what, "x-amz-storage-class", "STANDARD_IA");
+        assert_all_have(&requests, &what, "x-amz-server-side-encryption", "aws:kms");
+        assert_all_have(
+            &requests,
+            &what,
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            KMS_KEY,
+        );
+        assert_all_have(
+            &requests,
+            &what,
+            "x-amz-server-side-encryption-bucket-key-enabled",
+            "true",
+        );
+    }
+    // The marker, the small file, and the two copies.
+    assert_eq!(proxy.requests(Op::PutObject).len(), 2);
+    assert_eq!(proxy.requests(Op::CopyObject).len(), 2);
+    assert_object(&view, &format!("{p}dir/small.bin"), Some(&small)).await;
+    assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
+    assert_object(&view, &format!("{p}small.bin"), None).await;
+
+    // Where the store keeps classes (moto does; the embedded store does not), the renamed
+    // objects are still STANDARD_IA.
+    for key in [format!("{p}dir/small.bin"), format!("{p}big.bin")] {
+        let head = view
+            .client
+            .head_object()
+            .bucket(&view.bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("head");
+        if let Some(class) = head.storage_class() {
+            assert_eq!(class.as_str(), "STANDARD_IA", "class of {key}");
+        }
+    }
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_request_carries_a_content_md5() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    let small = random_bytes(70_000, 3);
+    let big = random_bytes(2 * PART + 1, 4);
+    s.upload("/small.bin", &small).await.expect("small upload");
+    s.upload("/big.bin", &big).await.expect("big upload");
+    s.raw.mkdir("/d", attrs()).await.expect("mkdir");
+    for op in [Op::PutObject, Op::UploadPart] {
+        let requests = proxy.requests(op);
+        assert!(!requests.is_empty(), "no {op:?} seen");
+        for r in &requests {
+            let md5 = r.header("content-md5").unwrap_or_else(|| {
+                panic!("{op:?} {} has no Content-MD5", r.target);
+            });
+            let bytes = aws_smithy_types::base64::decode(md5).expect("base64");
+            assert_eq!(bytes.len(), 16, "an MD5: {md5}");
+        }
+    }
+    assert_eq!(proxy.requests(Op::UploadPart).len(), 3);
+    assert_object(&view, &format!("{p}small.bin"), Some(&small)).await;
+    assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
+    t.shutdown().await;
+}
+
+/// Whether the store refuses a PutObject whose Content-MD5 does not match its body
+/// (moto 5.0.28 does not check it). Leaves nothing behind.
+async fn store_checks_content_md5(view: &BucketView, key: &str) -> bool {
+    use md5::Digest;
+    let wrong = aws_smithy_types::base64::encode(md5::Md5::digest(b"other bytes"));
+    let put = view
+        .client
+        .put_object()
+        .bucket(&view.bucket)
+        .key(key)
+        .content_md5(wrong)
+        .body(b"these bytes".to_vec().into())
+        .send()
+        .await;
+    if put.is_ok() {
+        let _ = view
+            .client
+            .delete_object()
+            .bucket(&view.bucket)
+            .key(key)
+            .send()
+            .await;
+    }
+    put.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_corrupted_on_the_way_is_refused_and_nothing_is_stored() {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+    let p = t.alice.prefix.clone();
+    if !store_checks_content_md5(&view, &format!("{p}probe")).await {
+        eprintln!("skipped: this S3 store accepts a body that does not match its Content-MD5");
+        t.shutdown().await;
+        return;
+    }
+    proxy.add_for(Op::PutObject, "bad", Fault::CorruptBody, u32::MAX);
+    proxy.add_for(Op::UploadPart, "bad", Fault::CorruptBody, 1);
+    let s = t.russh_sftp(&t.alice).await;
+    let small = random_bytes(50_000, 5);
+    let big = random_bytes(2 * PART + 10, 6);
+    let err = s
+        .upload("/bad-small.bin", &small)
+        .await
+        .expect_err("refused");
+    assert!(err.contains("close"), "the CLOSE fails: {err}");
+    let err = s.upload("/bad-big.bin", &big).await.expect_err("refused");
+    assert!(err.contains("write") || err.contains("close"), "{err}");
+    assert_eq!(proxy.injected(Op::PutObject), 1, "not retried: {err}");
+    assert_eq!(proxy.injected(Op::UploadPart), 1);
+    assert_object(&view, &format!("{p}bad-small.bin"), None).await;
+    assert_object(&view, &format!("{p}bad-big.bin"), None).await;
+    assert!(view.wait_no_pending_uploads(&p).await.is_empty());
+    // The same files, uncorrupted, go through.
+    proxy.clear();
+    s.upload("/good-small.bin", &small).await.expect("upload");
+    s.upload("/good-big.bin", &big).await.expect("upload");
+    assert_object(&view, &format!("{p}good-small.bin"), Some(&small)).await;
+    assert_object(&view, &format!("{p}good-big.bin"), Some(&big)).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_403_for_missing_keys_is_understood_as_not_found() {
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    // What a policy with a prefix-scoped s3:ListBucket makes S3 answer.
+    proxy.add(Op::HeadObject, Fault::NotFoundAs(403), u32::MAX);
+    proxy.add(Op::GetObject, Fault::NotFoundAs(403), u32::MAX);
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+
+    // STAT and OPEN of missing names.
+    let missing = s.raw.stat("/missing.bin").await;
+    assert_eq!(status_code(&missing), Some(StatusCode::NoSuchFile));
+    let read = s.raw.open("/missing.bin", OpenFlags::READ, attrs()).await;
+    assert_eq!(status_code(&read), Some(StatusCode::NoSuchFile));
+    assert!(proxy.injected(Op::HeadObject) >= 1, "a HEAD got a 403");
+    assert!(proxy.injected(Op::GetObject) >= 1, "a GET got a 403");
+
+    // Uploads: a plain one, an exclusive create, one into a new directory.
+    let data = random_bytes(80_000, 7);
+    s.upload("/a.bin", &data).await.expect("upload");
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE;
+    let h = s
+        .raw
+        .open("/excl.bin", flags, attrs())
+        .await
+        .expect("exclusive create of a new name")
+        .handle;
+    s.raw.write(&h, 0, data.clone()).await.expect("write");
+    s.raw.close(&h).await.expect("close");
+    s.raw.mkdir("/dir", attrs()).await.expect("mkdir");
+    s.upload("/dir/b.bin", &data)
+        .await
+        .expect("upload into dir");
+
+    // Stats of what is there; renames onto new names; removal.
+    let st = s.raw.stat("/a.bin").await.expect("stat");
+    assert_eq!(st.attrs.size, Some(data.len() as u64));
+    s.raw.rename("/a.bin", "/c.bin").await.expect("rename");
+    s.posix_rename("/excl.bin", "/dir/d.bin")
+        .await
+        .expect("posix rename");
+    let gone = s.raw.stat("/a.bin").await;
+    assert_eq!(status_code(&gone), Some(StatusCode::NoSuchFile));
+    s.raw.remove("/c.bin").await.expect("remove");
+    let gone = s.raw.remove("/c.bin").await;
+    assert_eq!(status_code(&gone), Some(StatusCode::NoSuchFile));
+
+    assert_object(&view, &format!("{p}dir/b.bin"), Some(&data)).await;
+    assert_object(&view, &format!("{p}dir/d.bin"), Some(&data)).await;
+    assert_object(&view, &format!("{p}a.bin"), None).await;
+    assert_object(&view, &format!("{p}c.bin"), None).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_works_when_head_bucket_is_denied() {
+    let (direct, view) = own_store("tight-iam").await;
+    let proxy = FaultProxy::start(direct.endpoint.as_deref().expect("an S3 endpoint")).await;
+    proxy.add(Op::HeadBucket, Fault::Status(403), u32::MAX);
+    let mut proxied = direct;
+    proxied.endpoint = Some(proxy.endpoint());
+    let t = TestServer::start_with(move |c| c.s3 = Some(proxied)).await;
+    assert!(proxy.injected(Op::HeadBucket) >= 1, "HeadBucket was denied");
+    let data = random_bytes(1000, 8);
+    let s = t.russh_sftp(&t.alice).await;
+    s.upload("/x.bin", &data).await.expect("upload");
+    assert_object(&view, &format!("{}x.bin", t.alice.prefix), Some(&data)).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_still_fails_when_listing_is_denied_too() {
+    let (direct, _view) = own_store("no-access").await;
+    let proxy = FaultProxy::start(direct.endpoint.as_deref().expect("an S3 endpoint")).await;
+    proxy.add(Op::HeadBucket, Fault::Status(403), u32::MAX);
+    proxy.add(Op::ListObjectsV2, Fault::Status(403), u32::MAX);
+    let mut settings = direct;
+    settings.endpoint = Some(proxy.endpoint());
+    settings.max_attempts = 1;
+    let client = s3sftp::storage::client::build_client(&settings).await;
+    let err = s3sftp::storage::client::check_bucket(&client, &settings, Some("users/a/"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("was denied"), "{err}");
+}
