@@ -281,3 +281,108 @@ async fn start_up_still_fails_when_listing_is_denied_too() {
         .expect_err("refused");
     assert!(err.to_string().contains("was denied"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_sse_kms_a_complete_whose_answer_is_lost_is_still_acknowledged() {
+    // SSE-KMS ETags are not MD5s: the object's ETag cannot be computed from the parts',
+    // so the upload being gone, the size and the part count must tell.
+    let (t, proxy, view) = start_behind_proxy(|c| {
+        quick_retries(c, 3, Duration::from_secs(10));
+        c.transfer.objects.encryption = Encryption::Kms {
+            key_id: None,
+            bucket_key: false,
+        };
+    })
+    .await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    proxy.add(Op::CompleteMultipartUpload, Fault::Truncate(10), 1);
+    let data = random_bytes(2 * PART + 555, 12);
+    s.upload("/lost-answer.bin", &data)
+        .await
+        .expect("the upload is acknowledged");
+    assert_eq!(proxy.injected(Op::CompleteMultipartUpload), 1);
+    assert_object(&view, &format!("{p}lost-answer.bin"), Some(&data)).await;
+    assert!(view.wait_no_pending_uploads(&p).await.is_empty());
+
+    // A Complete that really failed is still a failure, with nothing at the key.
+    proxy.add(Op::CompleteMultipartUpload, Fault::Status(500), 3);
+    s.upload("/failed.bin", &data).await.expect_err("fails");
+    assert_object(&view, &format!("{p}failed.bin"), None).await;
+    assert!(view.wait_no_pending_uploads(&p).await.is_empty());
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_reach_a_bucket_with_object_lock() {
+    // Needs a store with Object Lock (moto has it; the embedded store does not).
+    let Some(mut settings) = external_s3() else {
+        eprintln!("skipped: Object Lock needs an external S3 (S3SFTP_TEST_S3_*)");
+        return;
+    };
+    let client = s3sftp::storage::client::build_client(&settings).await;
+    let bucket = format!("lock-{:08x}", rand::random::<u32>());
+    let created = client
+        .create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await;
+    if let Err(e) = created {
+        eprintln!("skipped: this store cannot create an Object Lock bucket: {e:?}");
+        return;
+    }
+    use aws_sdk_s3::types::{
+        DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+        ObjectLockRule,
+    };
+    let config = ObjectLockConfiguration::builder()
+        .object_lock_enabled(ObjectLockEnabled::Enabled)
+        .rule(
+            ObjectLockRule::builder()
+                .default_retention(
+                    DefaultRetention::builder()
+                        .mode(ObjectLockRetentionMode::Governance)
+                        .days(1)
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    client
+        .put_object_lock_configuration()
+        .bucket(&bucket)
+        .object_lock_configuration(config)
+        .send()
+        .await
+        .expect("default retention");
+    settings.bucket = bucket.clone();
+    let view = BucketView::new(client, &bucket);
+
+    // Without an integrity header the bucket refuses uploads...
+    let unchecked = settings.clone();
+    let t = TestServer::start_with(move |c| {
+        c.s3 = Some(unchecked);
+        c.transfer.objects.upload_checksum = UploadChecksum::None;
+    })
+    .await;
+    let s = t.russh_sftp(&t.alice).await;
+    let small = random_bytes(10_000, 9);
+    s.upload("/refused.bin", &small)
+        .await
+        .expect_err("refused without Content-MD5");
+    drop(s);
+    t.shutdown().await;
+
+    // ... and with the default (Content-MD5) it takes them, small and multipart.
+    let t = TestServer::start_with(move |c| c.s3 = Some(settings)).await;
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    let big = random_bytes(2 * PART + 3, 10);
+    s.upload("/small.bin", &small).await.expect("small upload");
+    s.upload("/big.bin", &big).await.expect("multipart upload");
+    s.raw.mkdir("/dir", attrs()).await.expect("mkdir");
+    assert_object(&view, &format!("{p}small.bin"), Some(&small)).await;
+    assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
+    t.shutdown().await;
+}

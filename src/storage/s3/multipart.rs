@@ -47,6 +47,8 @@ pub(crate) struct Multipart {
     /// the object they make cannot be computed, and a lost Complete is recognised another
     /// way (see [`Multipart::in_place`]).
     opaque_etags: bool,
+    /// Already aborted (by [`Multipart::in_place`]): a later abort has nothing to do.
+    aborted: bool,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -72,6 +74,7 @@ impl Multipart {
             in_flight: JoinSet::new(),
             done: Vec::new(),
             opaque_etags: options.encryption.is_kms(),
+            aborted: false,
         })
     }
 
@@ -96,6 +99,7 @@ impl Multipart {
                 in_flight: JoinSet::new(),
                 done,
                 opaque_etags: options.encryption.is_kms(),
+                aborted: false,
             },
             size,
         ))
@@ -207,7 +211,7 @@ impl Multipart {
     /// upload must be gone, which an abort answered with NoSuchUpload proves (an upload
     /// that is still open is aborted by that very request, and the object is not ours),
     /// and the object must be `size` bytes made of as many parts, as its ETag's `-N` says.
-    async fn in_place(&self, parts: &[Part], size: u64) -> Option<ObjectHead> {
+    async fn in_place(&mut self, parts: &[Part], size: u64) -> Option<ObjectHead> {
         let expected = (!self.opaque_etags)
             .then(|| multipart_etag(parts))
             .flatten();
@@ -226,8 +230,12 @@ impl Multipart {
         }
         match self.s3.abort(&self.key, &self.upload_id).await {
             Err(failure) if failure.is_not_found() => {}
-            // Still open (now aborted), or unknown: not proven complete.
-            _ => return None,
+            Ok(()) => {
+                // It was still open: the Complete really failed (and the upload is gone now).
+                self.aborted = true;
+                return None;
+            }
+            Err(_) => return None,
         }
         let head = self.s3.head_object(&self.key).await.ok().flatten()?;
         let suffix = format!("-{}", parts.len());
@@ -257,6 +265,10 @@ impl Multipart {
 
     async fn send_abort(&self) {
         let (key, upload_id) = (&self.key, &self.upload_id);
+        if self.aborted {
+            tracing::info!(%key, %upload_id, "multipart upload aborted");
+            return;
+        }
         match self.s3.abort(key, upload_id).await {
             Ok(()) => tracing::info!(%key, %upload_id, "multipart upload aborted"),
             Err(failure) => {
