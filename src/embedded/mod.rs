@@ -11,8 +11,11 @@
 //! `s3.rs` (the `s3s::S3` operations), `list.rs`, `multipart.rs`, `conditions.rs`
 //! (preconditions, ranges), `body.rs` (streaming bytes in and out), `error.rs`.
 //!
-//! Not supported: versioning, ACLs and policies, tagging, encryption, checksums other than
-//! the ETag, virtual-hosted-style addressing, `Content-MD5` verification.
+//! A `Content-MD5` is checked against the body it came with (`BadDigest`, nothing stored).
+//!
+//! Not supported: versioning, ACLs and policies, tagging, Object Lock, encryption and
+//! storage classes (their headers are accepted and ignored), `x-amz-checksum-*` headers,
+//! virtual-hosted-style addressing.
 
 mod assembly;
 mod body;
