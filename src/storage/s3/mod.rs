@@ -132,9 +132,9 @@ pub(crate) struct Ranged {
 
 /// How a HEAD failed.
 pub(crate) enum HeadFailure {
-    /// 403. Under a policy that grants `s3:ListBucket` only with an `s3:prefix` condition,
-    /// S3 answers a HEAD of a missing key this way (it may not say whether the key exists);
-    /// the caller may prove absence with a listing.
+    /// Access denied (403): under a policy that grants `s3:ListBucket` only with an
+    /// `s3:prefix` condition, S3 answers a HEAD of a missing key this way (it may not say
+    /// whether the key exists); the caller may prove absence with a listing.
     Denied(S3Failure),
     /// Anything else, mapped like every other call's error.
     Other(StorageError),
