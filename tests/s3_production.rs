@@ -50,6 +50,7 @@ async fn class_and_kms_headers_go_on_every_request_that_creates_an_object() {
         };
     })
     .await;
+    proxy.record_requests();
     let p = t.alice.prefix.clone();
     let s = t.russh_sftp(&t.alice).await;
     s.raw.mkdir("/dir", attrs()).await.expect("mkdir");
@@ -110,6 +111,7 @@ async fn class_and_kms_headers_go_on_every_request_that_creates_an_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_upload_request_carries_a_content_md5() {
     let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    proxy.record_requests();
     let p = t.alice.prefix.clone();
     let s = t.russh_sftp(&t.alice).await;
     let small = random_bytes(70_000, 3);

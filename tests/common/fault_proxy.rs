@@ -102,7 +102,9 @@ struct State {
     given: Mutex<HashMap<(Op, Fault), u32>>,
     /// The `x-amz-content-sha256` header of every request, by operation.
     payload_hashes: Mutex<HashMap<Op, Vec<String>>>,
-    /// Every request, in arrival order.
+    /// Whether requests are kept in `seen` (off by default: a soak run sends many).
+    record: std::sync::atomic::AtomicBool,
+    /// Every request since recording began, in arrival order.
     seen: Mutex<Vec<Seen>>,
     next_id: AtomicU64,
 }
@@ -229,7 +231,12 @@ impl FaultProxy {
             .sum()
     }
 
-    /// Every `op` request so far, with its headers.
+    /// Keeps every request from now on, for [`requests`](Self::requests).
+    pub fn record_requests(&self) {
+        self.state.record.store(true, Ordering::Relaxed);
+    }
+
+    /// Every `op` request since [`record_requests`](Self::record_requests), with its headers.
     pub fn requests(&self, op: Op) -> Vec<Seen> {
         let seen = self.state.seen.lock().unwrap();
         seen.iter().filter(|s| s.op == op).cloned().collect()
@@ -332,19 +339,21 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
         .entry(op)
         .or_default()
         .push(hash);
-    let headers = head
-        .split("\r\n")
-        .skip(1)
-        .filter_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        })
-        .collect();
-    state.seen.lock().unwrap().push(Seen {
-        op,
-        target: target.clone(),
-        headers,
-    });
+    if state.record.load(Ordering::Relaxed) {
+        let headers = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect();
+        state.seen.lock().unwrap().push(Seen {
+            op,
+            target: target.clone(),
+            headers,
+        });
+    }
     let fault = state.take(op, &target);
     let body_len: usize = header(&head, "content-length")
         .and_then(|v| v.parse().ok())

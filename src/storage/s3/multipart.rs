@@ -207,8 +207,8 @@ impl Multipart {
     /// When every part's ETag is its MD5 (no SSE-KMS), the object's ETag is known (the MD5
     /// of the parts' MD5s, `-` part count): the object must have it and `size`; the
     /// upload, in case an identical object was already there and it is still open, is then
-    /// aborted. Otherwise (SSE-KMS ETags are not MD5s, so no ETag can be computed) the
-    /// upload must be gone, which an abort answered with NoSuchUpload proves (an upload
+    /// aborted. Otherwise (under SSE-KMS, or when a part's ETag is no MD5, no ETag can be
+    /// computed) the upload must be gone, which an abort answered with NoSuchUpload proves (an upload
     /// that is still open is aborted by that very request, and the object is not ours),
     /// and the object must be `size` bytes made of as many parts, as its ETag's `-N` says.
     async fn in_place(&mut self, parts: &[Part], size: u64) -> Option<ObjectHead> {
