@@ -346,8 +346,10 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_S3_SSE_BUCKET_KEY")]
     pub s3_sse_bucket_key: bool,
     /// The integrity header of every upload request, checked by S3 against the body:
-    /// md5 (Content-MD5; required by Object Lock buckets) or none.
-    #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Md5)]
+    /// md5 (Content-MD5; Object Lock buckets need an integrity header), none, or auto:
+    /// md5 unless the SDK already sends its CRC32 (--s3-checksum when-supported, the
+    /// default for AWS).
+    #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Auto)]
     pub s3_upload_checksum: UploadChecksum,
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]

@@ -223,7 +223,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     client::check_bucket(&client, &s3, probe.as_deref()).await?;
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
-    let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
+    let mut transfer = config.transfer.clone();
+    // Content-MD5 only where the SDK does not already send a checksum S3 verifies.
+    let sdk_checksums = s3.checksum_mode() == client::ChecksumMode::WhenSupported;
+    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(sdk_checksums);
+    tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, "upload integrity header");
+    let storage = Storage::with_lanes(client, s3.bucket.clone(), transfer, &lanes);
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -388,3 +388,32 @@ async fn uploads_reach_a_bucket_with_object_lock() {
     assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_no_md5_is_added_where_the_sdk_sends_its_own_checksum() {
+    use s3sftp::storage::client::ChecksumMode;
+    let (t, proxy, view) = start_behind_proxy(|c| {
+        c.s3.as_mut().expect("s3").checksum = Some(ChecksumMode::WhenSupported);
+    })
+    .await;
+    proxy.record_requests();
+    let p = t.alice.prefix.clone();
+    let s = t.russh_sftp(&t.alice).await;
+    let small = random_bytes(70_000, 13);
+    let big = random_bytes(PART + 1, 14);
+    s.upload("/small.bin", &small).await.expect("small upload");
+    s.upload("/big.bin", &big).await.expect("big upload");
+    for op in [Op::PutObject, Op::UploadPart] {
+        let requests = proxy.requests(op);
+        assert!(!requests.is_empty(), "no {op:?} seen");
+        for r in &requests {
+            assert_eq!(r.header("content-md5"), None, "{op:?} {}", r.target);
+            let sdk = r.header("x-amz-checksum-crc32").is_some()
+                || r.header("x-amz-trailer") == Some("x-amz-checksum-crc32");
+            assert!(sdk, "the SDK's CRC32 on {op:?}: {:?}", r.headers);
+        }
+    }
+    assert_object(&view, &format!("{p}small.bin"), Some(&small)).await;
+    assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
+    t.shutdown().await;
+}

@@ -68,6 +68,16 @@ impl std::fmt::Debug for S3Settings {
 }
 
 impl S3Settings {
+    /// When the SDK computes request checksums: as set, else `WhenRequired` for custom
+    /// endpoints and `WhenSupported` for AWS.
+    pub fn checksum_mode(&self) -> ChecksumMode {
+        self.checksum.unwrap_or(if self.endpoint.is_some() {
+            ChecksumMode::WhenRequired
+        } else {
+            ChecksumMode::WhenSupported
+        })
+    }
+
     /// Settings for a custom endpoint with explicit keys (tests, the embedded store).
     pub fn custom(endpoint: &str, bucket: &str, region: &str, key: &str, secret: &str) -> Self {
         S3Settings {
@@ -118,11 +128,7 @@ pub async fn build_client(settings: &S3Settings) -> Client {
         ));
     }
     let shared = loader.load().await;
-    let checksum = settings.checksum.unwrap_or(if settings.endpoint.is_some() {
-        ChecksumMode::WhenRequired
-    } else {
-        ChecksumMode::WhenSupported
-    });
+    let checksum = settings.checksum_mode();
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
         // Explicit, so that the per-session-thread clients made from this configuration
         // share one credentials cache (see `Clients`).

@@ -175,8 +175,11 @@ impl S3 {
     async fn content_md5(&self, body: &Bytes) -> Result<Option<String>> {
         match self.checksum {
             UploadChecksum::None => Ok(None),
-            UploadChecksum::Md5 if body.len() < 64 * 1024 => Ok(Some(content_md5(body))),
-            UploadChecksum::Md5 => {
+            // `Auto` is resolved at start (see `UploadChecksum::resolve`); MD5 if it was not.
+            UploadChecksum::Md5 | UploadChecksum::Auto if body.len() < 64 * 1024 => {
+                Ok(Some(content_md5(body)))
+            }
+            UploadChecksum::Md5 | UploadChecksum::Auto => {
                 let body = body.clone();
                 tokio::task::spawn_blocking(move || content_md5(&body))
                     .await
