@@ -224,9 +224,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
     let mut transfer = config.transfer.clone();
-    // Content-MD5 only where the SDK does not already send a checksum S3 verifies.
+    // Content-MD5 only where nothing else guards the bodies: not when the SDK sends a
+    // checksum S3 verifies, nor to the embedded store in this very process.
     let sdk_checksums = s3.checksum_mode() == client::ChecksumMode::WhenSupported;
-    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(sdk_checksums);
+    let covered = sdk_checksums || embedded.is_some();
+    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered);
     tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, "upload integrity header");
     let storage = Storage::with_lanes(client, s3.bucket.clone(), transfer, &lanes);
 

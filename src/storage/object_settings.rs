@@ -104,8 +104,9 @@ impl Encryption {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum UploadChecksum {
     /// `md5`, unless the SDK already sends a checksum S3 verifies (its CRC32, with
-    /// `--s3-checksum when-supported`, the default for AWS): MD5 costs about 2.4 CPU-s
-    /// per GiB, the SDK's CRC32 a fraction of that. See [`UploadChecksum::resolve`].
+    /// `--s3-checksum when-supported`, the default for AWS) or the store is the embedded
+    /// one: MD5 costs about 2.4 CPU-s per GiB, the SDK's CRC32 a fraction of that. See
+    /// [`UploadChecksum::resolve`].
     #[default]
     Auto,
     /// `Content-MD5`: understood by every S3 implementation, and the one header moto's
@@ -117,11 +118,12 @@ pub enum UploadChecksum {
 }
 
 impl UploadChecksum {
-    /// `Auto` made concrete: `None` when the SDK adds its own checksum to every upload
-    /// (`sdk_checksums`), else `Md5`.
-    pub fn resolve(self, sdk_checksums: bool) -> UploadChecksum {
+    /// `Auto` made concrete: `None` when upload bodies are `covered` otherwise (the SDK
+    /// adds its own checksum to every upload, or the store is the embedded one in this
+    /// process, with no network in between), else `Md5`.
+    pub fn resolve(self, covered: bool) -> UploadChecksum {
         match self {
-            UploadChecksum::Auto if sdk_checksums => UploadChecksum::None,
+            UploadChecksum::Auto if covered => UploadChecksum::None,
             UploadChecksum::Auto => UploadChecksum::Md5,
             other => other,
         }
