@@ -417,3 +417,50 @@ async fn by_default_no_md5_is_added_where_the_sdk_sends_its_own_checksum() {
     assert_object(&view, &format!("{p}big.bin"), Some(&big)).await;
     t.shutdown().await;
 }
+
+#[test]
+fn the_policy_in_the_docs_is_what_s3sftp_policy_prints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGs2ut2BlI6bmDkB+OOW2bbkUXUFzRJoh5nHAYbHtVpa";
+    let users = serde_json::json!({ "users": [
+        { "username": "alice", "key_prefix": "users/alice/", "public_keys": [key] },
+        { "username": "bob", "key_prefix": "users/bob/", "public_keys": [key] },
+    ]});
+    let users_file = dir.path().join("users.json");
+    std::fs::write(&users_file, users.to_string()).expect("users file");
+    let kms = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3sftp"))
+        .args([
+            "policy",
+            "--bucket",
+            "my-sftp-bucket",
+            "--s3-sse-kms-key-id",
+            kms,
+        ])
+        .arg("--users-file")
+        .arg(&users_file)
+        .env_remove("S3SFTP_BUCKET")
+        .output()
+        .expect("s3sftp policy runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        printed["Statement"][0]["Condition"]["StringLike"]["s3:prefix"],
+        serde_json::json!(["users/alice/", "users/alice/*", "users/bob/", "users/bob/*"])
+    );
+    // docs/s3-providers.md shows this very output.
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/s3-providers.md"))
+            .expect("docs");
+    let section = docs
+        .split("### A least-privilege IAM policy")
+        .nth(1)
+        .expect("the policy section");
+    let shown = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a JSON block");
+    let shown: serde_json::Value = serde_json::from_str(shown).expect("the docs' JSON");
+    assert_eq!(shown, printed, "docs/s3-providers.md is out of date");
+}
