@@ -17,7 +17,9 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 use crate::storage::client::ChecksumMode;
+use crate::storage::policy::PolicyScope;
 use crate::storage::signing::PayloadSigning;
+use crate::storage::{StorageClass, UploadChecksum};
 use crate::units;
 use crate::users::{self, edit, PermissionSet, Settings};
 
@@ -171,6 +173,44 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Manage the users file (see docs/users.md).
     Users(UsersArgs),
+    /// Print the least-privilege IAM policy (JSON) for the bucket and the users' prefixes
+    /// (see docs/s3-providers.md).
+    Policy(PolicyArgs),
+}
+
+/// `s3sftp policy`: what the IAM policy is made from.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The S3 bucket.
+    #[arg(long, env = "S3SFTP_BUCKET")]
+    pub bucket: String,
+    /// The users file whose prefixes the policy grants (JSON; see docs/users.md).
+    #[arg(long, env = "S3SFTP_USERS_FILE", default_value = "users.json")]
+    pub users_file: PathBuf,
+    /// The KMS key objects are encrypted with (SSE-KMS): given as an ARN, the policy
+    /// grants kms:GenerateDataKey and kms:Decrypt on it.
+    #[arg(long, env = "S3SFTP_S3_SSE_KMS_KEY_ID", value_name = "KEY_ARN")]
+    pub s3_sse_kms_key_id: Option<String>,
+    /// The ARN partition (aws-cn in China, aws-us-gov in GovCloud).
+    #[arg(long, default_value = "aws")]
+    pub partition: String,
+}
+
+impl PolicyArgs {
+    /// The policy's scope: the bucket, and the prefixes of every user in the users file
+    /// (disabled ones too: they may be enabled again without a policy change).
+    pub fn scope(&self) -> Result<PolicyScope, users::UsersError> {
+        let file = users::UsersFile::load(&self.users_file)?;
+        Ok(PolicyScope {
+            bucket: self.bucket.clone(),
+            prefixes: file.users().iter().map(|u| u.key_prefix.clone()).collect(),
+            kms_key_arn: self
+                .s3_sse_kms_key_id
+                .clone()
+                .filter(|k| k.starts_with("arn:")),
+            partition: self.partition.clone(),
+        })
+    }
 }
 
 /// `s3sftp users ...`: the admin commands on the users file.
@@ -454,6 +494,27 @@ pub struct ServeArgs {
     /// over plain HTTP to a host that is not loopback (TLS and loopback need no hash).
     #[arg(long, env = "S3SFTP_S3_PAYLOAD_SIGNING", value_enum, default_value_t = PayloadSigning::Auto)]
     pub s3_payload_signing: PayloadSigning,
+    /// Storage class of every object written (STANDARD, STANDARD_IA, ONEZONE_IA,
+    /// INTELLIGENT_TIERING, GLACIER_IR, REDUCED_REDUNDANCY, EXPRESS_ONEZONE); renames keep
+    /// it. Archive classes are refused. Default: none sent, the bucket's default applies.
+    #[arg(long, env = "S3SFTP_S3_STORAGE_CLASS", value_name = "CLASS", value_parser = StorageClass::parse)]
+    pub s3_storage_class: Option<StorageClass>,
+    /// Server-side encryption of every object written: aes256 (SSE-S3) or aws:kms
+    /// (SSE-KMS); renames keep it. Default: none sent, the bucket's default applies.
+    #[arg(long, env = "S3SFTP_S3_SSE", value_enum, value_name = "MODE")]
+    pub s3_sse: Option<SseMode>,
+    /// The KMS key (id, alias or ARN) of --s3-sse aws:kms; default the account's aws/s3 key.
+    #[arg(long, env = "S3SFTP_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub s3_sse_kms_key_id: Option<String>,
+    /// With --s3-sse aws:kms: use an S3 Bucket Key (far fewer KMS requests).
+    #[arg(long, env = "S3SFTP_S3_SSE_BUCKET_KEY")]
+    pub s3_sse_bucket_key: bool,
+    /// The integrity header of every upload request, checked by S3 against the body:
+    /// md5 (Content-MD5; Object Lock buckets need an integrity header), none, or auto:
+    /// md5 unless the SDK already sends its CRC32 (--s3-checksum when-supported, the
+    /// default for AWS).
+    #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Auto)]
+    pub s3_upload_checksum: UploadChecksum,
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]
     pub s3_max_attempts: u32,
@@ -622,6 +683,17 @@ pub struct ServeArgs {
     /// out before it stops accepting (seconds, or with units: 5s).
     #[arg(long, env = "S3SFTP_DRAIN_DELAY", value_name = "DURATION", default_value = "5", value_parser = units::seconds)]
     pub drain_delay: Duration,
+}
+
+/// `--s3-sse`: the server-side encryption asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SseMode {
+    /// SSE-S3 (`x-amz-server-side-encryption: AES256`).
+    #[value(name = "aes256", alias = "AES256")]
+    Aes256,
+    /// SSE-KMS (`x-amz-server-side-encryption: aws:kms`).
+    #[value(name = "aws:kms", alias = "kms")]
+    AwsKms,
 }
 
 /// One entry of `--proxy-trusted-cidrs` or `--penalty-exempt-cidrs` (spaces around it

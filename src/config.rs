@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, SseMode};
 use crate::server::{OpsSettings, ServerConfig};
 use crate::sftp::SessionLimits;
 use crate::ssh::{GuardSettings, ProxySettings, SshSettings};
 use crate::storage::client::S3Settings;
-use crate::storage::TransferSettings;
+use crate::storage::{Encryption, ObjectSettings, TransferSettings};
 use crate::units;
 
 const MIB: u64 = 1024 * 1024;
@@ -107,6 +107,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
              a PROXY header from anyone else could claim any client address",
         ));
     }
+    let objects = object_settings(args)?;
     let s3 = args.bucket.as_ref().map(|bucket| S3Settings {
         bucket: bucket.clone(),
         endpoint: args.s3_endpoint.clone(),
@@ -133,6 +134,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         global_budget: args.memory_budget,
         download_chunk: args.download_chunk,
         metadata_ttl: args.metadata_cache,
+        objects,
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {
@@ -178,6 +180,35 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         drain_delay: args.drain_delay,
     });
     Ok(config)
+}
+
+/// Storage class, encryption and upload checksum of new objects.
+fn object_settings(args: &ServeArgs) -> Result<ObjectSettings, ConfigError> {
+    let kms_extras = args.s3_sse_kms_key_id.is_some() || args.s3_sse_bucket_key;
+    let encryption =
+        match args.s3_sse {
+            None if kms_extras => return Err(bad(
+                "--s3-sse",
+                "--s3-sse-kms-key-id and --s3-sse-bucket-key need --s3-sse aws:kms (S3SFTP_S3_SSE)",
+            )),
+            Some(SseMode::Aes256) if kms_extras => {
+                return Err(bad(
+                    "--s3-sse",
+                    "--s3-sse-kms-key-id and --s3-sse-bucket-key go with aws:kms, not aes256",
+                ))
+            }
+            None => Encryption::BucketDefault,
+            Some(SseMode::Aes256) => Encryption::Aes256,
+            Some(SseMode::AwsKms) => Encryption::Kms {
+                key_id: args.s3_sse_kms_key_id.clone(),
+                bucket_key: args.s3_sse_bucket_key,
+            },
+        };
+    Ok(ObjectSettings {
+        storage_class: args.s3_storage_class,
+        encryption,
+        upload_checksum: args.s3_upload_checksum,
+    })
 }
 
 #[cfg(test)]
@@ -380,5 +411,44 @@ mod tests {
         assert!(config.s3.expect("bucket").path_style);
         let config = from_args(&serve_args(&["--bucket", "b"])).expect("ok");
         assert!(!config.s3.expect("bucket").path_style);
+    }
+
+    #[test]
+    fn object_settings_come_from_the_flags() {
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.transfer.objects, ObjectSettings::default());
+        let config = from_args(&serve_args(&[
+            "--s3-storage-class",
+            "standard_ia",
+            "--s3-sse",
+            "aws:kms",
+            "--s3-sse-kms-key-id",
+            "alias/sftp",
+            "--s3-sse-bucket-key",
+            "--s3-upload-checksum",
+            "none",
+        ]))
+        .expect("valid");
+        let objects = config.transfer.objects;
+        assert_eq!(
+            objects.storage_class,
+            Some(crate::storage::StorageClass::StandardIa)
+        );
+        assert_eq!(
+            objects.encryption,
+            Encryption::Kms {
+                key_id: Some("alias/sftp".into()),
+                bucket_key: true
+            }
+        );
+        assert_eq!(
+            objects.upload_checksum,
+            crate::storage::UploadChecksum::None
+        );
+        let err = from_args(&serve_args(&["--s3-sse-kms-key-id", "k"])).expect_err("refused");
+        assert_eq!(err.flag, "--s3-sse");
+        let argv = ["s3sftp", "serve", "--s3-storage-class", "DEEP_ARCHIVE"];
+        let err = Cli::try_parse_from(argv).expect_err("archive classes are refused");
+        assert!(err.to_string().contains("archive class"), "{err}");
     }
 }

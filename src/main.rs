@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Users(args) => s3sftp::admin::run(args).map_err(anyhow::Error::from),
+        Command::Policy(args) => policy(&args),
     };
     match result {
         Ok(code) => code,
@@ -62,6 +63,13 @@ fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `s3sftp policy`: prints the least-privilege IAM policy.
+fn policy(args: &s3sftp::cli::PolicyArgs) -> anyhow::Result<ExitCode> {
+    let policy = s3sftp::storage::policy::least_privilege(&args.scope()?);
+    println!("{}", serde_json::to_string_pretty(&policy)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for SIGTERM or SIGINT; SIGHUP reloads the users file and keeps waiting.

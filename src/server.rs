@@ -320,10 +320,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         None => return Err(StartError::NoEmbeddedStore),
     };
     let client = client::build_client(&s3).await;
-    client::check_bucket(&client, &s3).await?;
+    // A user's prefix, for the probe that replaces HeadBucket under a prefix-scoped policy.
+    let probe = users.users().first().map(|u| u.key_prefix.clone());
+    client::check_bucket(&client, &s3, probe.as_deref()).await?;
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
-    let storage = Storage::with_lanes(client, s3.bucket.clone(), config.transfer.clone(), &lanes);
+    let mut transfer = config.transfer.clone();
+    // Content-MD5 only where nothing else guards the bodies: not when the SDK sends a
+    // checksum S3 verifies, nor to the embedded store in this very process.
+    let sdk_checksums = s3.checksum_mode() == client::ChecksumMode::WhenSupported;
+    let covered = sdk_checksums || embedded.is_some();
+    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered);
+    tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, "upload integrity header");
+    let storage = Storage::with_lanes(client, s3.bucket.clone(), transfer, &lanes);
 
     let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,

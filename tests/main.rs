@@ -17,6 +17,7 @@ mod pipelining;
 mod proxy_protocol;
 mod s3_fault_logs;
 mod s3_faults;
+mod s3_production;
 mod s3_requests;
 mod scp_legacy;
 mod secrets_in_logs;

@@ -10,7 +10,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::cache::Snapshot;
-use super::s3::{Completed, CopySource, GetFailure, ListPage, Multipart, ObjectOptions, Ranged};
+use super::s3::{
+    Completed, CopySource, GetFailure, HeadFailure, ListPage, Multipart, ObjectOptions, Ranged,
+};
 use super::{ObjectHead, Result, UserStore, DIRECTORY_CONTENT_TYPE};
 
 /// Keys per ListObjectsV2 page of a directory listing (the S3 maximum).
@@ -24,12 +26,36 @@ const COPY_CONCURRENCY: usize = 4;
 
 impl UserStore {
     /// HEAD of one key; `None` if it does not exist. Remembered.
+    ///
+    /// A 403 is "not found" when a listing under the key proves that nothing is there:
+    /// a policy that grants `s3:ListBucket` only under the users' prefixes makes S3 answer
+    /// a HEAD of a missing key with 403. One ListObjectsV2 more, only on a 403.
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        let head = self.s3().head_object(key).await?;
+        let head = match self.s3().head_object(key).await {
+            Ok(head) => head,
+            Err(HeadFailure::Other(err)) => return Err(err),
+            Err(HeadFailure::Denied(failure)) => {
+                if self.listing_proves_absent(key).await {
+                    None
+                } else {
+                    return Err(failure.into_error("HeadObject"));
+                }
+            }
+        };
         if let Some(head) = &head {
             self.cache().insert(key, head.clone());
         }
         Ok(head)
+    }
+
+    /// Whether a listing under `key` (one key, no delimiter) shows that there is no
+    /// object at `key`. A failed listing proves nothing.
+    async fn listing_proves_absent(&self, key: &str) -> bool {
+        match self.s3().list_page(key, None, 1, None).await {
+            // The key itself sorts before every other key it is a prefix of.
+            Ok(page) => page.objects.first().is_none_or(|o| o.key != key),
+            Err(_) => false,
+        }
     }
 
     /// What this session recently learnt about `key`, else a HEAD.
@@ -95,7 +121,18 @@ impl UserStore {
         key: &str,
         len: u64,
     ) -> std::result::Result<Ranged, GetFailure> {
-        let out = self.s3().get_range(key, 0, len, None).await?;
+        let out = match self.s3().get_range(key, 0, len, None).await {
+            Ok(out) => out,
+            // As for a HEAD (see `head`): a 403 of a missing key under a prefix-scoped policy.
+            Err(GetFailure::Denied(failure)) => {
+                return Err(if self.listing_proves_absent(key).await {
+                    GetFailure::NotFound
+                } else {
+                    GetFailure::Other(failure.into_error("GetObject"))
+                });
+            }
+            Err(other) => return Err(other),
+        };
         self.cache().insert(key, out.head.clone());
         Ok(out)
     }
@@ -106,6 +143,7 @@ impl UserStore {
     pub(crate) async fn put_dir_marker(&self, marker: &str, looked: Snapshot) -> Result<()> {
         let options = ObjectOptions {
             content_type: Some(DIRECTORY_CONTENT_TYPE),
+            ..self.storage().object_options()
         };
         self.s3().put_object(marker, Bytes::new(), &options).await?;
         self.cache().insert_dir(marker, HashSet::new(), looked);
@@ -117,7 +155,7 @@ impl UserStore {
     pub(crate) async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
         self.cache().forget(key);
         self.s3()
-            .put_object(key, body, &ObjectOptions::default())
+            .put_object(key, body, &self.storage().object_options())
             .await
     }
 
@@ -153,7 +191,12 @@ impl UserStore {
         }
         let copied = self
             .s3()
-            .copy_object(src, dst, head.etag.as_deref(), &ObjectOptions::default())
+            .copy_object(
+                src,
+                dst,
+                head.etag.as_deref(),
+                &self.storage().object_options(),
+            )
             .await?;
         // The size is the source's only when the copy was pinned to its ETag.
         if let (Some((etag, modified)), true) = (copied, head.etag.is_some()) {
@@ -171,7 +214,8 @@ impl UserStore {
 
     /// Copies `src` to `dst` part by part; on failure the copy's upload is aborted.
     async fn copy_multipart(&self, src: &str, dst: &str, head: &ObjectHead) -> Result<()> {
-        let mut mp = Multipart::create(self.s3(), dst, &ObjectOptions::default()).await?;
+        let options = self.storage().object_options();
+        let mut mp = Multipart::create(self.s3(), dst, &options).await?;
         let result = match copy_parts(&mut mp, src, head).await {
             Ok(()) => mp.complete(head.size).await,
             Err(e) => Err(e),

@@ -68,6 +68,16 @@ impl std::fmt::Debug for S3Settings {
 }
 
 impl S3Settings {
+    /// When the SDK computes request checksums: as set, else `WhenRequired` for custom
+    /// endpoints and `WhenSupported` for AWS.
+    pub fn checksum_mode(&self) -> ChecksumMode {
+        self.checksum.unwrap_or(if self.endpoint.is_some() {
+            ChecksumMode::WhenRequired
+        } else {
+            ChecksumMode::WhenSupported
+        })
+    }
+
     /// Settings for a custom endpoint with explicit keys (tests, the embedded store).
     pub fn custom(endpoint: &str, bucket: &str, region: &str, key: &str, secret: &str) -> Self {
         S3Settings {
@@ -118,11 +128,7 @@ pub async fn build_client(settings: &S3Settings) -> Client {
         ));
     }
     let shared = loader.load().await;
-    let checksum = settings.checksum.unwrap_or(if settings.endpoint.is_some() {
-        ChecksumMode::WhenRequired
-    } else {
-        ChecksumMode::WhenSupported
-    });
+    let checksum = settings.checksum_mode();
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
         // Explicit, so that the per-session-thread clients made from this configuration
         // share one credentials cache (see `Clients`).
@@ -215,7 +221,16 @@ impl Clients {
 }
 
 /// HeadBucket, with an error that names the setting to fix.
-pub async fn check_bucket(client: &Client, settings: &S3Settings) -> Result<(), ConnectError> {
+///
+/// HeadBucket needs `s3:ListBucket` without conditions. Under a least-privilege policy
+/// (`s3sftp policy`) that grants it only under the users' prefixes, S3 answers 403;
+/// then a one-key ListObjectsV2 under `probe_prefix` (a user's prefix) tells whether the
+/// bucket is reachable with these keys.
+pub async fn check_bucket(
+    client: &Client,
+    settings: &S3Settings,
+    probe_prefix: Option<&str>,
+) -> Result<(), ConnectError> {
     let where_ = settings
         .endpoint
         .clone()
@@ -223,6 +238,22 @@ pub async fn check_bucket(client: &Client, settings: &S3Settings) -> Result<(), 
     let Err(failure) = super::s3::head_bucket(client, &settings.bucket).await else {
         return Ok(());
     };
+    if let (Some(403), Some(prefix)) = (failure.status, probe_prefix) {
+        let s3 = super::s3::S3::new(
+            client.clone(),
+            settings.bucket.as_str().into(),
+            super::UploadChecksum::None,
+        );
+        if s3.list_page(prefix, None, 1, None).await.is_ok() {
+            tracing::info!(
+                bucket = %settings.bucket,
+                prefix,
+                "HeadBucket was denied but a listing under a user's prefix works: \
+                 going on with a prefix-scoped s3:ListBucket"
+            );
+            return Ok(());
+        }
+    }
     let bucket = settings.bucket.clone();
     Err(match failure.status {
         None => ConnectError::Unreachable {

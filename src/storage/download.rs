@@ -172,6 +172,7 @@ impl Download {
                     .map(|head| Download::new(store.clone(), key, head)));
             }
             Err(GetFailure::Other(err)) => return Err(err),
+            Err(GetFailure::Denied(failure)) => return Err(failure.into_error("GetObject")),
         };
         let head = out.head;
         let size = head.size;
@@ -462,6 +463,7 @@ async fn get_range(
         .map_err(|failure| {
             Fetch::Request(match failure {
                 GetFailure::NotFound => StorageError::Changed,
+                GetFailure::Denied(failure) => failure.into_error("GetObject"),
                 GetFailure::Unsatisfiable(failure) => failure.into_storage_error("GetObject"),
                 GetFailure::Other(err) => err,
             })

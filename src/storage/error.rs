@@ -117,6 +117,11 @@ impl S3Failure {
             )
     }
 
+    /// 403: access denied (by a policy, or bad keys).
+    pub fn is_denied(&self) -> bool {
+        self.status == Some(403) || self.code.as_deref() == Some("AccessDenied")
+    }
+
     pub fn is_precondition_failed(&self) -> bool {
         self.status == Some(412) || self.code.as_deref() == Some("PreconditionFailed")
     }

@@ -14,8 +14,10 @@ pub mod compat;
 pub mod download;
 pub mod error;
 pub mod list;
+pub mod object_settings;
 mod observe;
 pub mod path;
+pub mod policy;
 pub mod rename;
 pub(crate) mod s3;
 pub mod signing;
@@ -33,6 +35,7 @@ use cache::MetaCache;
 pub use download::Download;
 pub use error::{Result, StorageError};
 pub use list::DirLister;
+pub use object_settings::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
 pub use path::{Jail, PathError, VirtualPath};
 
 use crate::users::{Permission, Permissions};
@@ -58,6 +61,8 @@ pub struct TransferSettings {
     pub reorder_window: u64,
     /// How long a session trusts what a listing or HEAD told it about an object.
     pub metadata_ttl: Duration,
+    /// Storage class, encryption and upload checksum of every object written.
+    pub objects: ObjectSettings,
 }
 
 impl Default for TransferSettings {
@@ -69,6 +74,7 @@ impl Default for TransferSettings {
             download_chunk: 8 * MIB,
             reorder_window: 4 * MIB,
             metadata_ttl: Duration::from_secs(30),
+            objects: ObjectSettings::default(),
         }
     }
 }
@@ -124,7 +130,16 @@ impl Storage {
 
     /// The S3 call layer, with the calling thread's client.
     pub(crate) fn s3(&self) -> S3 {
-        S3::new(self.client().clone(), self.bucket.clone())
+        S3::new(
+            self.client().clone(),
+            self.bucket.clone(),
+            self.settings.objects.upload_checksum,
+        )
+    }
+
+    /// The headers every object this server creates gets (class, encryption).
+    pub(crate) fn object_options(&self) -> s3::ObjectOptions {
+        s3::ObjectOptions::from_settings(&self.settings.objects)
     }
 
     pub fn settings(&self) -> &TransferSettings {

@@ -14,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::Reservation;
 use super::s3::multipart::MAX_PARTS;
-use super::s3::{Multipart, ObjectOptions};
+use super::s3::Multipart;
 use super::{Result, StorageError, UserStore};
 
 /// S3's largest part.
@@ -457,8 +457,9 @@ impl Upload {
     /// first if needed and waiting while too many parts are in flight.
     async fn send_part(&mut self) -> Result<()> {
         if self.multipart.is_none() {
-            let s3 = self.store.storage().s3();
-            let mp = Multipart::create(s3, &self.key, &ObjectOptions::default()).await?;
+            let storage = self.store.storage();
+            let options = storage.object_options();
+            let mp = Multipart::create(storage.s3(), &self.key, &options).await?;
             self.multipart = Some(mp);
         }
         let max_in_flight = self.max_in_flight;

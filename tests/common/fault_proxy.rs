@@ -24,6 +24,7 @@ pub enum Op {
     AbortMultipartUpload,
     GetObject,
     HeadObject,
+    HeadBucket,
     ListObjectsV2,
     CopyObject,
     UploadPartCopy,
@@ -46,6 +47,33 @@ pub enum Fault {
     /// The real answer up to this many bytes of body, then silence with the connection
     /// held open, until the client gives up.
     StallBody(usize),
+    /// The request goes upstream with the first byte of its body flipped: what a body
+    /// corrupted on the way looks like to S3.
+    CorruptBody,
+    /// The request goes upstream; a 404 answer becomes this status (403 is
+    /// `AccessDenied`): what a policy that grants `s3:ListBucket` only under a prefix
+    /// makes S3 answer to a HEAD or GET of a missing key.
+    NotFoundAs(u16),
+}
+
+/// One request as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub op: Op,
+    /// The request target (path and query).
+    pub target: String,
+    /// Every header, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Which requests get a fault, and how many.
@@ -74,6 +102,10 @@ struct State {
     given: Mutex<HashMap<(Op, Fault), u32>>,
     /// The `x-amz-content-sha256` header of every request, by operation.
     payload_hashes: Mutex<HashMap<Op, Vec<String>>>,
+    /// Whether requests are kept in `seen` (off by default: a soak run sends many).
+    record: std::sync::atomic::AtomicBool,
+    /// Every request since recording began, in arrival order.
+    seen: Mutex<Vec<Seen>>,
     next_id: AtomicU64,
 }
 
@@ -199,6 +231,17 @@ impl FaultProxy {
             .sum()
     }
 
+    /// Keeps every request from now on, for [`requests`](Self::requests).
+    pub fn record_requests(&self) {
+        self.state.record.store(true, Ordering::Relaxed);
+    }
+
+    /// Every `op` request since [`record_requests`](Self::record_requests), with its headers.
+    pub fn requests(&self, op: Op) -> Vec<Seen> {
+        let seen = self.state.seen.lock().unwrap();
+        seen.iter().filter(|s| s.op == op).cloned().collect()
+    }
+
     /// The `x-amz-content-sha256` header of each `op` request so far (`""` when absent).
     pub fn payload_hashes(&self, op: Op) -> Vec<String> {
         let hashes = self.state.payload_hashes.lock().unwrap();
@@ -232,7 +275,8 @@ pub fn classify(method: &str, target: &str, copy_source: bool) -> Op {
         "DELETE" if object => Op::DeleteObject,
         "GET" if has("list-type") => Op::ListObjectsV2,
         "GET" if object => Op::GetObject,
-        "HEAD" if object => Op::HeadObject,
+        "HEAD" if path.trim_matches('/').contains('/') => Op::HeadObject,
+        "HEAD" => Op::HeadBucket,
         _ => Op::Other,
     }
 }
@@ -295,14 +339,67 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
         .entry(op)
         .or_default()
         .push(hash);
+    if state.record.load(Ordering::Relaxed) {
+        let headers = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect();
+        state.seen.lock().unwrap().push(Seen {
+            op,
+            target: target.clone(),
+            headers,
+        });
+    }
     let fault = state.take(op, &target);
     let body_len: usize = header(&head, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let plain = Upstream {
+        truncate: None,
+        stall: false,
+        not_found_as: None,
+        head_request: method == "HEAD",
+    };
     match fault {
-        None => forward(client, &upstream, &head, rest, None, false).await,
-        Some(Fault::Truncate(n)) => forward(client, &upstream, &head, rest, Some(n), false).await,
-        Some(Fault::StallBody(n)) => forward(client, &upstream, &head, rest, Some(n), true).await,
+        None => forward(client, &upstream, &head, rest, plain).await,
+        Some(Fault::Truncate(n)) => {
+            let how = Upstream {
+                truncate: Some(n),
+                ..plain
+            };
+            forward(client, &upstream, &head, rest, how).await
+        }
+        Some(Fault::StallBody(n)) => {
+            let how = Upstream {
+                truncate: Some(n),
+                stall: true,
+                ..plain
+            };
+            forward(client, &upstream, &head, rest, how).await
+        }
+        Some(Fault::NotFoundAs(status)) => {
+            let how = Upstream {
+                not_found_as: Some(status),
+                ..plain
+            };
+            forward(client, &upstream, &head, rest, how).await
+        }
+        Some(Fault::CorruptBody) => {
+            let mut rest = rest;
+            if rest.is_empty() && body_len > 0 {
+                let mut first = [0u8; 4096];
+                let n = client.read(&mut first).await?;
+                rest.extend_from_slice(&first[..n]);
+            }
+            if let Some(byte) = rest.first_mut() {
+                *byte ^= 0xff;
+            }
+            forward(client, &upstream, &head, rest, plain).await
+        }
         Some(Fault::Reset) => {
             client.set_zero_linger()?;
             drop(client);
@@ -322,31 +419,7 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
             let mut sink = tokio::io::sink();
             let drain = tokio::io::copy(&mut body, &mut sink);
             let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-            let id = format!(
-                "FAULT-{}",
-                state.next_id.fetch_add(1, Ordering::Relaxed) + 1
-            );
-            let (reason, code, message) = if status == 503 {
-                ("Slow Down", "SlowDown", "Please reduce your request rate.")
-            } else {
-                (
-                    "Internal Server Error",
-                    "InternalError",
-                    "We encountered an internal error. Please try again.",
-                )
-            };
-            let body = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
-                 <Message>{message}</Message><RequestId>{id}</RequestId></Error>"
-            );
-            let mut answer = format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n\
-                 Content-Length: {}\r\nx-amz-request-id: {id}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            if method != "HEAD" {
-                answer.push_str(&body);
-            }
+            let answer = error_answer(&state, status, method == "HEAD");
             client.write_all(answer.as_bytes()).await?;
             client.shutdown().await?;
             let mut sink = [0u8; 8192];
@@ -357,16 +430,61 @@ async fn handle(state: Arc<State>, mut client: TcpStream, upstream: String) -> s
     }
 }
 
-/// Sends the request upstream and the answer back, its body cut after `truncate` bytes
-/// (then the connection is closed, or with `stall` held open until the client leaves).
+/// An S3 error answer of `status` (503 `SlowDown`, 403 `AccessDenied`, anything else
+/// `InternalError`), without a body for a HEAD.
+fn error_answer(state: &State, status: u16, head_request: bool) -> String {
+    let id = format!(
+        "FAULT-{}",
+        state.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let (reason, code, message) = match status {
+        503 => ("Slow Down", "SlowDown", "Please reduce your request rate."),
+        403 => ("Forbidden", "AccessDenied", "Access Denied"),
+        _ => (
+            "Internal Server Error",
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    };
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>{message}</Message><RequestId>{id}</RequestId></Error>"
+    );
+    let mut answer = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n\
+         Content-Length: {}\r\nx-amz-request-id: {id}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_request {
+        answer.push_str(&body);
+    }
+    answer
+}
+
+/// How [`forward`] passes the answer back.
+#[derive(Clone, Copy)]
+struct Upstream {
+    /// The answer's body is cut after this many bytes (then the connection is closed,
+    /// or with `stall` held open until the client leaves).
+    truncate: Option<usize>,
+    stall: bool,
+    /// A 404 answer is replaced by an error answer of this status.
+    not_found_as: Option<u16>,
+    /// The request is a HEAD (its answers have no body).
+    head_request: bool,
+}
+
+/// Sends the request upstream and the answer back, as `how` says.
 async fn forward(
     client: TcpStream,
     upstream: &str,
     head: &str,
     rest: Vec<u8>,
-    truncate: Option<usize>,
-    stall: bool,
+    how: Upstream,
 ) -> std::io::Result<()> {
+    let Upstream {
+        truncate, stall, ..
+    } = how;
     let up = TcpStream::connect(upstream).await?;
     let (mut up_read, mut up_write) = up.into_split();
     let (mut client_read, mut client_write) = client.into_split();
@@ -383,6 +501,15 @@ async fn forward(
             client_write.write_all(head.as_bytes()).await?;
             let mut more = std::io::Cursor::new(extra).chain(&mut up_read);
             (head, extra) = read_head(&mut more).await?;
+        }
+        if let Some(status) = how
+            .not_found_as
+            .filter(|_| head.starts_with("HTTP/1.1 404"))
+        {
+            // A fresh state: the request ids of these answers need not be unique.
+            let answer = error_answer(&State::default(), status, how.head_request);
+            client_write.write_all(answer.as_bytes()).await?;
+            return client_write.shutdown().await;
         }
         client_write.write_all(close_head(&head).as_bytes()).await?;
         match truncate {

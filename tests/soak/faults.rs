@@ -181,6 +181,8 @@ fn kind(fault: &Fault) -> String {
         Fault::Stall => "stall".into(),
         Fault::Truncate(_) => "cut-body".into(),
         Fault::StallBody(_) => "stall-body".into(),
+        Fault::CorruptBody => "corrupt-body".into(),
+        Fault::NotFoundAs(code) => format!("404-as-{code}"),
     }
 }
 

@@ -26,8 +26,11 @@
 //! A simple object's ETag is its MD5, checked against `Content-MD5` when the request sends
 //! one; a part sent without `Content-MD5` gets a random ETag (see `body`).
 //!
-//! Not supported: versioning, ACLs and policies, tagging, encryption, checksums other than
-//! the ETag and `Content-MD5`, virtual-hosted-style addressing.
+//! A `Content-MD5` is checked against the body it came with (`BadDigest`, nothing stored).
+//!
+//! Not supported: versioning, ACLs and policies, tagging, Object Lock, encryption and
+//! storage classes (their headers are accepted and ignored), `x-amz-checksum-*` headers,
+//! virtual-hosted-style addressing.
 
 mod assembly;
 mod body;

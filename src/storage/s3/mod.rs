@@ -13,22 +13,66 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::error::{s3_error, S3Failure};
+use super::object_settings::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
 use super::{ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
 
 pub(crate) use multipart::{Completed, CopySource, Multipart};
 
-/// Per-request options of the calls that write an object (PutObject, CopyObject,
-/// CreateMultipartUpload). Where per-request encryption or checksum headers will go;
-/// today only the Content-Type of a directory marker.
+/// Per-request options of the calls that create an object (PutObject, CopyObject,
+/// CreateMultipartUpload): the headers that say how the new object is stored.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ObjectOptions {
-    /// The object's Content-Type; S3's default when `None`.
+    /// The object's Content-Type; S3's default when `None` (a copy keeps the source's).
     pub content_type: Option<&'static str>,
+    /// `x-amz-storage-class`; the bucket's default when `None`.
+    pub storage_class: Option<StorageClass>,
+    /// `x-amz-server-side-encryption` and its KMS key and Bucket Key headers.
+    pub encryption: Encryption,
+}
+
+impl ObjectOptions {
+    /// The options every new object of `settings` gets.
+    pub(crate) fn from_settings(settings: &ObjectSettings) -> Self {
+        ObjectOptions {
+            content_type: None,
+            storage_class: settings.storage_class,
+            encryption: settings.encryption.clone(),
+        }
+    }
+
+    fn storage_class(&self) -> Option<aws_sdk_s3::types::StorageClass> {
+        self.storage_class
+            .map(|c| aws_sdk_s3::types::StorageClass::from(c.as_str()))
+    }
+
+    fn sse(&self) -> Option<ServerSideEncryption> {
+        match self.encryption {
+            Encryption::BucketDefault => None,
+            Encryption::Aes256 => Some(ServerSideEncryption::Aes256),
+            Encryption::Kms { .. } => Some(ServerSideEncryption::AwsKms),
+        }
+    }
+
+    fn kms_key_id(&self) -> Option<String> {
+        match &self.encryption {
+            Encryption::Kms { key_id, .. } => key_id.clone(),
+            _ => None,
+        }
+    }
+
+    fn bucket_key(&self) -> Option<bool> {
+        match self.encryption {
+            Encryption::Kms {
+                bucket_key: true, ..
+            } => Some(true),
+            _ => None,
+        }
+    }
 }
 
 /// One part of a multipart upload, as CompleteMultipartUpload wants it.
@@ -86,10 +130,22 @@ pub(crate) struct Ranged {
     pub body: ByteStream,
 }
 
+/// How a HEAD failed.
+pub(crate) enum HeadFailure {
+    /// Access denied (403): under a policy that grants `s3:ListBucket` only with an
+    /// `s3:prefix` condition, S3 answers a HEAD of a missing key this way (it may not say
+    /// whether the key exists); the caller may prove absence with a listing.
+    Denied(S3Failure),
+    /// Anything else, mapped like every other call's error.
+    Other(StorageError),
+}
+
 /// How a ranged GET failed.
 pub(crate) enum GetFailure {
     /// There is no object at the key (404).
     NotFound,
+    /// 403, as for [`HeadFailure::Denied`].
+    Denied(S3Failure),
     /// The range starts past the end (416): the object is empty.
     Unsatisfiable(S3Failure),
     /// Anything else, mapped like every other call's error.
@@ -101,15 +157,43 @@ pub(crate) enum GetFailure {
 pub(crate) struct S3 {
     client: Client,
     bucket: Arc<str>,
+    /// The integrity header of PutObject and UploadPart bodies.
+    checksum: UploadChecksum,
 }
 
 impl S3 {
-    pub(crate) fn new(client: Client, bucket: Arc<str>) -> Self {
-        S3 { client, bucket }
+    pub(crate) fn new(client: Client, bucket: Arc<str>, checksum: UploadChecksum) -> Self {
+        S3 {
+            client,
+            bucket,
+            checksum,
+        }
+    }
+
+    /// The `Content-MD5` of `body` when uploads carry one. Hashing a part (several MiB)
+    /// takes milliseconds, so it runs off the session thread.
+    async fn content_md5(&self, body: &Bytes) -> Result<Option<String>> {
+        match self.checksum {
+            UploadChecksum::None => Ok(None),
+            // `Auto` is resolved at start (see `UploadChecksum::resolve`); MD5 if it was not.
+            UploadChecksum::Md5 | UploadChecksum::Auto if body.len() < 64 * 1024 => {
+                Ok(Some(content_md5(body)))
+            }
+            UploadChecksum::Md5 | UploadChecksum::Auto => {
+                let body = body.clone();
+                tokio::task::spawn_blocking(move || content_md5(&body))
+                    .await
+                    .map(Some)
+                    .map_err(|e| StorageError::Internal(format!("hashing task failed: {e}")))
+            }
+        }
     }
 
     /// HeadObject; `None` if there is no object at `key`.
-    pub(crate) async fn head_object(&self, key: &str) -> Result<Option<ObjectHead>> {
+    pub(crate) async fn head_object(
+        &self,
+        key: &str,
+    ) -> std::result::Result<Option<ObjectHead>, HeadFailure> {
         let sent = self
             .client
             .head_object()
@@ -134,8 +218,10 @@ impl S3 {
                 let failure = S3Failure::from_sdk(&err);
                 if failure.is_not_found() {
                     Ok(None)
+                } else if failure.is_denied() {
+                    Err(HeadFailure::Denied(failure))
                 } else {
-                    Err(failure.into_error("HeadObject"))
+                    Err(HeadFailure::Other(failure.into_error("HeadObject")))
                 }
             }
         }
@@ -164,6 +250,8 @@ impl S3 {
                 let failure = S3Failure::from_sdk(&err);
                 return Err(if failure.is_not_found() {
                     GetFailure::NotFound
+                } else if failure.is_denied() {
+                    GetFailure::Denied(failure)
                 } else if failure.status == Some(416) {
                     GetFailure::Unsatisfiable(failure)
                 } else {
@@ -245,11 +333,17 @@ impl S3 {
         body: Bytes,
         options: &ObjectOptions,
     ) -> Result<()> {
+        let md5 = self.content_md5(&body).await?;
         self.client
             .put_object()
             .bucket(&*self.bucket)
             .key(key)
             .set_content_type(options.content_type.map(str::to_string))
+            .set_storage_class(options.storage_class())
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
+            .set_content_md5(md5)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -276,7 +370,7 @@ impl S3 {
         src: &str,
         dst: &str,
         if_match: Option<&str>,
-        _options: &ObjectOptions,
+        options: &ObjectOptions,
     ) -> Result<Option<(String, Option<SystemTime>)>> {
         let out = self
             .client
@@ -285,6 +379,10 @@ impl S3 {
             .key(dst)
             .copy_source(copy_source(&self.bucket, src))
             .set_copy_source_if_match(if_match.map(str::to_string))
+            .set_storage_class(options.storage_class())
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
             .send()
             .await
             .map_err(|e| s3_error("CopyObject", e))?;
@@ -308,6 +406,10 @@ impl S3 {
             .bucket(&*self.bucket)
             .key(key)
             .set_content_type(options.content_type.map(str::to_string))
+            .set_storage_class(options.storage_class())
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
             .send()
             .await
             .map_err(|e| s3_error("CreateMultipartUpload", e))?;
@@ -323,6 +425,7 @@ impl S3 {
         number: i32,
         body: Bytes,
     ) -> Result<Part> {
+        let md5 = self.content_md5(&body).await?;
         let out = self
             .client
             .upload_part()
@@ -330,6 +433,7 @@ impl S3 {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
+            .set_content_md5(md5)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -502,6 +606,12 @@ pub(crate) async fn head_bucket(
         .await
         .map(|_| ())
         .map_err(|e| S3Failure::from_sdk(&e))
+}
+
+/// The base64 MD5 of `body`, as the Content-MD5 header wants it.
+fn content_md5(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    aws_smithy_types::base64::encode(Md5::digest(body))
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {

@@ -43,6 +43,12 @@ pub(crate) struct Multipart {
     next_part: i32,
     in_flight: JoinSet<Result<Part>>,
     done: Vec<Part>,
+    /// Whether the parts' ETags may be other than their MD5s (SSE-KMS): then the ETag of
+    /// the object they make cannot be computed, and a lost Complete is recognised another
+    /// way (see [`Multipart::in_place`]).
+    opaque_etags: bool,
+    /// Already aborted (by [`Multipart::in_place`]): a later abort has nothing to do.
+    aborted: bool,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -67,12 +73,19 @@ impl Multipart {
             next_part: 1,
             in_flight: JoinSet::new(),
             done: Vec::new(),
+            opaque_etags: options.encryption.is_kms(),
+            aborted: false,
         })
     }
 
     /// Takes up `upload_id` again from the parts S3 has of it; new parts follow the last.
     #[allow(dead_code)] // the start of resumed uploads (issue 17); nothing resumes yet
-    pub(crate) async fn resume(s3: S3, key: &str, upload_id: &str) -> Result<(Self, u64)> {
+    pub(crate) async fn resume(
+        s3: S3,
+        key: &str,
+        upload_id: &str,
+        options: &ObjectOptions,
+    ) -> Result<(Self, u64)> {
         let listed = s3.list_parts(key, upload_id).await?;
         let size = listed.iter().map(|p| p.size).sum();
         let done: Vec<Part> = listed.into_iter().map(|p| p.part).collect();
@@ -85,6 +98,8 @@ impl Multipart {
                 next_part,
                 in_flight: JoinSet::new(),
                 done,
+                opaque_etags: options.encryption.is_kms(),
+                aborted: false,
             },
             size,
         ))
@@ -177,28 +192,54 @@ impl Multipart {
         };
         // S3 may have carried out a Complete whose answer was lost: the SDK's retry then
         // gets NoSuchUpload (from most S3-compatible servers; AWS answers success) or the
-        // error of the lost answer. If the object at the key is exactly the one these
-        // parts make, the upload did complete.
-        let Some(head) = self.in_place(multipart_etag(&parts).as_deref(), size).await else {
+        // error of the lost answer. If the object at the key is the one these parts make,
+        // the upload did complete.
+        let Some(head) = self.in_place(&parts, size).await else {
             self.done = parts;
             return Err(err);
         };
         tracing::info!(key = %self.key, "CompleteMultipartUpload failed but the object is in place: {err}");
-        // In case an identical object was already there and this upload is still open.
-        if let Err(failure) = self.s3.abort(&self.key, &self.upload_id).await {
-            if !failure.is_not_found() {
-                tracing::warn!(key = %self.key, upload_id = %self.upload_id, "could not abort multipart upload: {}", failure.message);
-            }
-        }
         Ok(Completed::FoundInPlace(head))
     }
 
-    /// The object at the key, if it has `etag` and `size` (`None` if unknown).
-    async fn in_place(&self, etag: Option<&str>, size: u64) -> Option<ObjectHead> {
-        let etag = etag?;
-        let head = self.s3.head_object(&self.key).await.ok()??;
-        let matches =
-            head.size == size && head.etag.as_deref().map(|e| e.trim_matches('"')) == Some(etag);
+    /// The object at the key, if it is the one `parts` (`size` bytes) make.
+    ///
+    /// When every part's ETag is its MD5 (no SSE-KMS), the object's ETag is known (the MD5
+    /// of the parts' MD5s, `-` part count): the object must have it and `size`; the
+    /// upload, in case an identical object was already there and it is still open, is then
+    /// aborted. Otherwise (under SSE-KMS, or when a part's ETag is no MD5, no ETag can be
+    /// computed) the upload must be gone, which an abort answered with NoSuchUpload proves (an upload
+    /// that is still open is aborted by that very request, and the object is not ours),
+    /// and the object must be `size` bytes made of as many parts, as its ETag's `-N` says.
+    async fn in_place(&mut self, parts: &[Part], size: u64) -> Option<ObjectHead> {
+        let expected = (!self.opaque_etags)
+            .then(|| multipart_etag(parts))
+            .flatten();
+        if let Some(etag) = expected {
+            let head = self.s3.head_object(&self.key).await.ok().flatten()?;
+            let matches = head.size == size && bare(&head) == Some(etag.as_str());
+            if !matches {
+                return None;
+            }
+            if let Err(failure) = self.s3.abort(&self.key, &self.upload_id).await {
+                if !failure.is_not_found() {
+                    tracing::warn!(key = %self.key, upload_id = %self.upload_id, "could not abort multipart upload: {}", failure.message);
+                }
+            }
+            return Some(head);
+        }
+        match self.s3.abort(&self.key, &self.upload_id).await {
+            Err(failure) if failure.is_not_found() => {}
+            Ok(()) => {
+                // It was still open: the Complete really failed (and the upload is gone now).
+                self.aborted = true;
+                return None;
+            }
+            Err(_) => return None,
+        }
+        let head = self.s3.head_object(&self.key).await.ok().flatten()?;
+        let suffix = format!("-{}", parts.len());
+        let matches = head.size == size && bare(&head).is_some_and(|e| e.ends_with(&suffix));
         matches.then_some(head)
     }
 
@@ -224,6 +265,10 @@ impl Multipart {
 
     async fn send_abort(&self) {
         let (key, upload_id) = (&self.key, &self.upload_id);
+        if self.aborted {
+            tracing::info!(%key, %upload_id, "multipart upload aborted");
+            return;
+        }
         match self.s3.abort(key, upload_id).await {
             Ok(()) => tracing::info!(%key, %upload_id, "multipart upload aborted"),
             Err(failure) => {
@@ -232,6 +277,11 @@ impl Multipart {
             }
         }
     }
+}
+
+/// The object's ETag without quotes.
+fn bare(head: &ObjectHead) -> Option<&str> {
+    head.etag.as_deref().map(|e| e.trim_matches('"'))
 }
 
 /// A part task's result, its panic or cancellation an error.
