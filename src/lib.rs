@@ -18,6 +18,7 @@
 //! it through the same S3 client as to a real bucket.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 /// The embedded S3 store ([`s3_store`]), built in with the default `embedded-store` feature.
@@ -25,6 +26,7 @@ pub mod config;
 pub use s3_store as embedded;
 pub mod exec;
 pub mod lanes;
+pub mod log_text;
 pub mod metrics;
 pub mod ops_http;
 pub mod readiness;

@@ -1,6 +1,10 @@
 //! `scp -t`: the client uploads. Each file streams into a storage [`Upload`] (multipart
 //! beyond one part, bounded memory) and is acknowledged only once committed in S3.
 
+use std::time::Instant;
+
+use crate::audit::{self, Protocol, TransferResult};
+use crate::metrics::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::protocol::{self, Control};
@@ -161,6 +165,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let started = Instant::now();
     let mut upload = match store
         .open_write(
             path,
@@ -210,15 +215,31 @@ where
     if let Reply::Error(message) = reply {
         // The client could not read its own file; what we got is not the file.
         tracing::info!(user = %username, %path, "scp client failed to send the file: {message}");
+        audit::transfer(
+            Protocol::Scp,
+            Direction::Upload,
+            path.as_str(),
+            offset,
+            started.elapsed(),
+            TransferResult::Abandoned("the client failed to send the file"),
+        );
         upload.abort().await;
         wire.ok().await?;
         return Ok(false);
     }
     if let Some(e) = failure {
         upload.abort().await;
+        audit::transfer(
+            Protocol::Scp,
+            Direction::Upload,
+            path.as_str(),
+            offset,
+            started.elapsed(),
+            TransferResult::Failed(&e),
+        );
         return report(wire, username, path, e).await;
     }
-    finish(upload, wire, username, path).await
+    finish(upload, wire, username, path, started).await
 }
 
 async fn finish<R, W>(
@@ -226,20 +247,36 @@ async fn finish<R, W>(
     wire: &mut Wire<R, W>,
     username: &str,
     path: &VirtualPath,
+    started: Instant,
 ) -> Result<bool, WireError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let written = upload.len();
     match upload.finish().await {
         Ok(size) => {
-            crate::metrics::transfer("scp", crate::metrics::Direction::Upload, true, size);
+            audit::transfer(
+                Protocol::Scp,
+                Direction::Upload,
+                path.as_str(),
+                size,
+                started.elapsed(),
+                TransferResult::Ok,
+            );
             tracing::info!(user = %username, %path, size, "upload committed (scp)");
             wire.ok().await?;
             Ok(true)
         }
         Err(e) => {
-            crate::metrics::transfer("scp", crate::metrics::Direction::Upload, false, 0);
+            audit::transfer(
+                Protocol::Scp,
+                Direction::Upload,
+                path.as_str(),
+                written,
+                started.elapsed(),
+                TransferResult::Failed(&e),
+            );
             report(wire, username, path, e).await
         }
     }

@@ -1,6 +1,10 @@
 //! `scp -f`: the client downloads. Files stream from a storage [`Download`] (parallel
 //! ranged GETs with read-ahead); directories (`-r`) are walked page by page.
 
+use std::time::Instant;
+
+use crate::audit::{self, Protocol, TransferResult};
+use crate::metrics::Direction;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -156,6 +160,7 @@ impl Source<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let started = Instant::now();
         let mut download = match self.store.open_read(path).await {
             Ok(d) => d,
             Err(StorageError::NotFound) => {
@@ -212,11 +217,25 @@ impl Source<'_> {
             None => {
                 wire.ok().await?;
                 tracing::info!(user = %self.username, %path, size, "download sent (scp)");
-                crate::metrics::transfer("scp", crate::metrics::Direction::Download, true, size);
+                audit::transfer(
+                    Protocol::Scp,
+                    Direction::Download,
+                    path.as_str(),
+                    size,
+                    started.elapsed(),
+                    TransferResult::Ok,
+                );
             }
             Some(e) => {
                 tracing::warn!(user = %self.username, %path, "scp download failed: {e}");
-                crate::metrics::transfer("scp", crate::metrics::Direction::Download, false, 0);
+                audit::transfer(
+                    Protocol::Scp,
+                    Direction::Download,
+                    path.as_str(),
+                    offset,
+                    started.elapsed(),
+                    TransferResult::Failed(&e),
+                );
                 self.fail(wire, &format!("{spelled}: {e}")).await?;
             }
         }

@@ -3,7 +3,7 @@
 //! not wait on S3 per request because downloads read ahead and uploads write behind.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
@@ -12,6 +12,7 @@ use russh_sftp::protocol::{
 
 use super::attrs;
 use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
+use crate::audit::{self, Action, Protocol, TransferResult};
 use crate::metrics::Direction;
 use crate::storage::{
     DirLister, Download, Entry, EntryKind, PathError, StorageError, Upload, UserStore, VirtualPath,
@@ -47,6 +48,17 @@ struct WriteHandle {
     upload: Upload,
     path: VirtualPath,
     ending: Ending,
+    /// When OPEN made it, for the transfer log's duration.
+    opened: Instant,
+}
+
+/// A download, and what the transfer log says of it at CLOSE.
+struct ReadHandle {
+    download: Download,
+    path: VirtualPath,
+    opened: Instant,
+    /// Bytes sent in DATA replies.
+    served: u64,
 }
 
 /// Where the file being written ends, which decides what CLOSE commits.
@@ -64,7 +76,7 @@ enum Ending {
 }
 
 enum OpenHandle {
-    Read(Box<Download>, VirtualPath),
+    Read(Box<ReadHandle>),
     Write(Box<WriteHandle>),
     Dir(Box<DirLister>, VirtualPath),
 }
@@ -255,15 +267,18 @@ impl Session {
             Packet::OpenDir(p) => self.opendir(p.id, &p.path).await,
             Packet::ReadDir(p) => self.readdir(p.id, &p.handle).await,
             Packet::MkDir(p) => {
-                self.store.mkdir(&parse_path(&p.path)?).await?;
+                let done = async { self.store.mkdir(&parse_path(&p.path)?).await }.await;
+                audited(Action::Mkdir, &p.path, None, done)?;
                 Ok(status_ok(p.id))
             }
             Packet::RmDir(p) => {
-                self.store.rmdir(&parse_path(&p.path)?).await?;
+                let done = async { self.store.rmdir(&parse_path(&p.path)?).await }.await;
+                audited(Action::Rmdir, &p.path, None, done)?;
                 Ok(status_ok(p.id))
             }
             Packet::Remove(p) => {
-                self.store.remove(&parse_path(&p.filename)?).await?;
+                let done = async { self.store.remove(&parse_path(&p.filename)?).await }.await;
+                audited(Action::Delete, &p.filename, None, done)?;
                 Ok(status_ok(p.id))
             }
             Packet::Rename(p) => self.rename(p.id, &p.oldpath, &p.newpath, false).await,
@@ -312,11 +327,11 @@ impl Session {
 
     fn fstat(&self, id: u32, handle: &str) -> Outcome {
         let entry = match self.handles.get(handle) {
-            Some(OpenHandle::Read(d, path)) => Entry {
-                name: path.file_name().to_string(),
+            Some(OpenHandle::Read(r)) => Entry {
+                name: r.path.file_name().to_string(),
                 kind: EntryKind::File,
-                size: d.size(),
-                modified: d.modified(),
+                size: r.download.size(),
+                modified: r.download.modified(),
             },
             Some(OpenHandle::Write(w)) => Entry {
                 name: w.path.file_name().to_string(),
@@ -336,9 +351,12 @@ impl Session {
     }
 
     async fn rename(&self, id: u32, from: &str, to: &str, overwrite: bool) -> Outcome {
-        let from = parse_path(from)?;
-        let to = parse_path(to)?;
-        self.store.rename(&from, &to, overwrite).await?;
+        let done = async {
+            let (source, target) = (parse_path(from)?, parse_path(to)?);
+            self.store.rename(&source, &target, overwrite).await
+        }
+        .await;
+        audited(Action::Rename, from, Some(to), done)?;
         Ok(status_ok(id))
     }
 
@@ -398,7 +416,13 @@ impl Session {
         }
         if !flags.contains(OpenFlags::WRITE) {
             let download = self.store.open_read_listed(&v).await?;
-            return self.add_handle(id, OpenHandle::Read(Box::new(download), v));
+            let read = ReadHandle {
+                download,
+                path: v,
+                opened: Instant::now(),
+                served: 0,
+            };
+            return self.add_handle(id, OpenHandle::Read(Box::new(read)));
         }
         let uploads = self
             .handles
@@ -439,13 +463,14 @@ impl Session {
                 upload,
                 path: v,
                 ending,
+                opened: Instant::now(),
             })),
         )
     }
 
     async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Outcome {
-        let download = match self.handles.get_mut(handle) {
-            Some(OpenHandle::Read(d, _)) => d,
+        let read = match self.handles.get_mut(handle) {
+            Some(OpenHandle::Read(r)) => r,
             Some(_) => {
                 return Err(Refusal::new(
                     StatusCode::Failure,
@@ -455,14 +480,14 @@ impl Session {
             None => return Err(Refusal::bad_handle()),
         };
         let len = len.min(MAX_READ);
-        match download.read(offset, u64::from(len)).await {
+        match read.download.read(offset, u64::from(len)).await {
             Ok(data) if data.is_empty() => Err(Refusal::new(StatusCode::Eof, "end of file")),
             Ok(data) => {
-                crate::metrics::transfer_bytes("sftp", Direction::Download, data.len() as u64);
+                read.served += data.len() as u64;
                 Ok(codec::data(id, &data))
             }
             Err(e) => {
-                tracing::warn!(user = %self.username, key = %download.key(), "read failed: {e}");
+                tracing::warn!(user = %self.username, key = %read.download.key(), "read failed: {e}");
                 Err(e.into())
             }
         }
@@ -494,8 +519,15 @@ impl Session {
         };
         let w = match open {
             OpenHandle::Write(w) => w,
-            OpenHandle::Read(..) => {
-                crate::metrics::transfer("sftp", Direction::Download, true, 0);
+            OpenHandle::Read(r) => {
+                audit::transfer(
+                    Protocol::Sftp,
+                    Direction::Download,
+                    r.path.as_str(),
+                    r.served,
+                    r.opened.elapsed(),
+                    TransferResult::Ok,
+                );
                 return Ok(status_ok(id));
             }
             OpenHandle::Dir(..) => return Ok(status_ok(id)),
@@ -504,6 +536,7 @@ impl Session {
             upload,
             path,
             ending,
+            opened,
         } = *w;
         if let Ending::Untruncated { old_size } = ending {
             if upload.is_empty() {
@@ -513,7 +546,14 @@ impl Session {
             let written = upload.len();
             if written < old_size {
                 upload.abort().await;
-                crate::metrics::transfer("sftp", Direction::Upload, false, written);
+                audit::transfer(
+                    Protocol::Sftp,
+                    Direction::Upload,
+                    path.as_str(),
+                    written,
+                    opened.elapsed(),
+                    TransferResult::Abandoned("partial overwrite refused"),
+                );
                 tracing::info!(user = %self.username, path = %path, written, old_size, "partial overwrite refused at close");
                 return Err(Refusal::new(
                     StatusCode::OpUnsupported,
@@ -527,12 +567,26 @@ impl Session {
         let written = upload.len();
         match upload.finish().await {
             Ok(size) => {
-                crate::metrics::transfer("sftp", Direction::Upload, true, size);
+                audit::transfer(
+                    Protocol::Sftp,
+                    Direction::Upload,
+                    path.as_str(),
+                    size,
+                    opened.elapsed(),
+                    TransferResult::Ok,
+                );
                 tracing::info!(user = %self.username, path = %path, size, "upload committed");
                 Ok(status_ok(id))
             }
             Err(e) => {
-                crate::metrics::transfer("sftp", Direction::Upload, false, written);
+                audit::transfer(
+                    Protocol::Sftp,
+                    Direction::Upload,
+                    path.as_str(),
+                    written,
+                    opened.elapsed(),
+                    TransferResult::Failed(&e),
+                );
                 tracing::warn!(user = %self.username, %key, "upload failed at close: {e}");
                 Err(Refusal::new(
                     StatusCode::Failure,
@@ -543,17 +597,19 @@ impl Session {
     }
 
     async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
-        let entry = self.store.stat_for_client(&parse_path(path)?).await?;
-        match attrs.size {
-            Some(size) if entry.kind == EntryKind::File && size != entry.size => Err(Refusal::new(
-                StatusCode::OpUnsupported,
-                "changing the size of a stored file is not supported on S3",
-            )),
-            _ => {
-                tracing::debug!(user = %self.username, %path, "setstat ignored (mode, owner and times are not kept on S3)");
-                Ok(status_ok(id))
+        let done = async {
+            let entry = self.store.stat_for_client(&parse_path(path)?).await?;
+            match attrs.size {
+                Some(size) if entry.kind == EntryKind::File && size != entry.size => Err(
+                    StorageError::Unsupported("changing the size of a stored file is not supported on S3"),
+                ),
+                _ => Ok(()),
             }
         }
+        .await;
+        audited(Action::Setstat, path, None, done)?;
+        tracing::debug!(user = %self.username, path = %crate::log_text::escaped(path), "setstat ignored (mode, owner and times are not kept on S3)");
+        Ok(status_ok(id))
     }
 
     fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Outcome {
@@ -565,7 +621,7 @@ impl Session {
                 }
                 written
             }
-            Some(OpenHandle::Read(d, _)) => d.size(),
+            Some(OpenHandle::Read(r)) => r.download.size(),
             Some(OpenHandle::Dir(..)) => 0,
             None => return Err(Refusal::bad_handle()),
         };
@@ -637,11 +693,29 @@ impl Session {
         for (_, handle) in self.handles.drain() {
             if let OpenHandle::Write(w) = handle {
                 tracing::info!(user = %self.username, key = %w.upload.key(), "session ended mid-upload: aborting");
-                crate::metrics::transfer("sftp", Direction::Upload, false, w.upload.len());
+                audit::transfer(
+                    Protocol::Sftp,
+                    Direction::Upload,
+                    w.path.as_str(),
+                    w.upload.len(),
+                    w.opened.elapsed(),
+                    TransferResult::Abandoned("the session ended before CLOSE"),
+                );
                 w.upload.abort().await;
             }
         }
     }
+}
+
+/// Logs a change in the audit log and passes its result on.
+fn audited(
+    action: Action,
+    path: &str,
+    target: Option<&str>,
+    done: Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    audit::action(Protocol::Sftp, action, path, target, done.as_ref().map(|_| ()));
+    done
 }
 
 fn parse_path(path: &str) -> Result<VirtualPath, StorageError> {

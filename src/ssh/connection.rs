@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tracing::Instrument;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,32 @@ pub(super) async fn serve_connection(
     settings: Arc<SshSettings>,
     admission: &mut guard::Admission,
 ) {
+    // Every line logged for this connection, front ends and storage included, carries the
+    // session id and the peer, and the user once logged in.
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "session",
+        id = session,
+        peer = %peer,
+        user = tracing::field::Empty
+    );
+    run(socket, peer, config, shared, settings, admission, span.clone())
+        .instrument(span)
+        .await
+}
+
+/// Numbers the connections of this process, for the `session` span's `id`.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+async fn run(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+    settings: Arc<SshSettings>,
+    admission: &mut guard::Admission,
+    span: tracing::Span,
+) {
     tracing::debug!(%peer, "connection");
     let _open = crate::metrics::OpenConnection::count();
     let started = tokio::time::Instant::now();
@@ -63,6 +91,7 @@ pub(super) async fn serve_connection(
         active.clone(),
         kick.clone(),
         lifeline.clone(),
+        span,
     );
     let stream = lifeline.wrap(socket);
     let handshake = tokio::time::timeout(
@@ -157,6 +186,9 @@ pub(super) async fn serve_connection(
         }
     } else if !logged_in {
         penalise_no_login(&shared, &lifeline, peer);
+    }
+    if logged_in {
+        crate::audit::logout(started.elapsed());
     }
     // Whatever the russh task still does, the user's session slot is free now.
     lifeline.release();

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::lifeline::Lifeline;
-use super::log_text::escaped;
+use crate::log_text::escaped;
 use super::unclaimed::{ChannelCount, ChannelSlot, ReaderContext, Unclaimed};
 use super::{Shared, SshSettings};
 use crate::users::{Permissions, User};
@@ -53,6 +53,9 @@ pub struct Connection {
     kick: CancellationToken,
     /// Cuts the connection; holds its session registration.
     lifeline: Arc<Lifeline>,
+    /// The connection's span (session id, peer, user): russh runs these callbacks in a
+    /// task of its own, so front ends and login events are put under it explicitly.
+    span: tracing::Span,
 }
 
 impl Connection {
@@ -64,6 +67,7 @@ impl Connection {
         active: Arc<AtomicUsize>,
         kick: CancellationToken,
         lifeline: Arc<Lifeline>,
+        span: tracing::Span,
     ) -> Self {
         Connection {
             shared,
@@ -76,6 +80,7 @@ impl Connection {
             active,
             kick,
             lifeline,
+            span,
         }
     }
 
@@ -85,14 +90,17 @@ impl Connection {
         let active = self.active.clone();
         let killed = self.lifeline.killed().clone();
         active.fetch_add(1, Ordering::AcqRel);
-        self.shared.tasks.spawn(async move {
+        let task = async move {
             tokio::select! {
                 _ = task => {}
                 _ = killed.cancelled() => {}
             }
             drop(slot);
             active.fetch_sub(1, Ordering::AcqRel);
-        });
+        };
+        self.shared
+            .tasks
+            .spawn(tracing::Instrument::instrument(task, self.span.clone()));
     }
 
     fn peer(&self) -> String {
@@ -124,6 +132,9 @@ impl Connection {
             return self.reject(&user.username, method, "max_sessions reached");
         };
         tracing::info!(user = %escaped(&user.username), peer = %self.peer(), method, "login");
+        self.span.record("user", escaped(&user.username).to_string());
+        self.span
+            .in_scope(|| crate::audit::login(&user.username, method, Ok(())));
         crate::metrics::login(method, "ok");
         self.lifeline.hold(registration);
         self.login.send_replace(Some(Login {
@@ -142,6 +153,8 @@ impl Connection {
     /// (after which russh disconnects), like OpenSSH's MaxAuthTries.
     fn reject(&self, name: &str, method: &str, why: &str) -> Auth {
         tracing::warn!(user = %escaped(name), peer = %self.peer(), method, reason = why, "login refused");
+        self.span
+            .in_scope(|| crate::audit::login(name, method, Err(why)));
         crate::metrics::login(method, "refused");
         self.lifeline.mark_penalised();
         if let Some(peer) = self.peer {
@@ -325,6 +338,8 @@ impl russh::server::Handler for Connection {
         let user = match (&command, self.user.clone()) {
             (crate::exec::Command::Refused { message, status }, _) => {
                 tracing::info!(peer = %self.peer(), command = %escaped(&line), "exec refused");
+                self.span
+                    .in_scope(|| crate::audit::exec(&line, Err(message.as_str())));
                 let (message, status) = (message.clone(), *status);
                 return self.refuse_channel(channel_id, session, &message, status);
             }
@@ -340,6 +355,7 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel_id)?;
         tracing::info!(user = %escaped(&user.username), peer = %self.peer(), command = %escaped(&line), "exec");
+        self.span.in_scope(|| crate::audit::exec(&line, Ok(())));
         let store = self
             .shared
             .storage

@@ -6,7 +6,6 @@ pub mod guard;
 mod handler;
 pub mod hostkey;
 mod lifeline;
-pub mod log_text;
 mod password_checks;
 pub mod proxy_protocol;
 pub mod registry;

@@ -1,6 +1,6 @@
 //! Client-supplied text made safe for the logs.
 //!
-//! A username, command or subsystem name comes from the client and may hold `\n`, `\r`
+//! A username, command, path or subsystem name comes from the client and may hold `\n`, `\r`
 //! or terminal escape sequences that would forge log lines or rewrite a terminal. Logged
 //! through [`escaped`], control and non-printable characters appear as Rust escapes
 //! (`\n`, `\u{1b}`) and overlong text is cut.
@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// Characters of client text kept in a log line; the rest is replaced by `…`.
-const MAX_CHARS: usize = 256;
+const MAX_CHARS: usize = 1024;
 
 /// `text` for a log field: escaped and at most [`MAX_CHARS`] characters.
 pub fn escaped(text: &str) -> Escaped<'_> {
