@@ -23,6 +23,13 @@ use crate::storage::{StorageClass, UploadChecksum};
 use crate::units;
 use crate::users::{self, edit, PermissionSet, Settings};
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "s3sftp",
@@ -39,6 +46,16 @@ pub struct Cli {
         value_parser = log_filter
     )]
     pub log: String,
+    /// Log format: `text` (one readable line per event) or `json` (one JSON object per
+    /// line, for log shippers; see docs/operations.md for the audit events' fields).
+    #[arg(
+        long,
+        global = true,
+        env = "S3SFTP_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

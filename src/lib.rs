@@ -27,6 +27,7 @@ pub use s3_store as embedded;
 pub mod exec;
 pub mod lanes;
 pub mod log_text;
+pub mod logging;
 pub mod metrics;
 pub mod ops_http;
 pub mod readiness;

@@ -25,11 +25,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(log_colours())
-        .with_target(false)
-        .init();
+    if let Err(e) = s3sftp::logging::install(cli.log_format, filter, log_colours(), std::io::stdout)
+    {
+        eprintln!("s3sftp: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Users(args) => s3sftp::admin::run(args).map_err(anyhow::Error::from),

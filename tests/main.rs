@@ -7,6 +7,7 @@
 
 mod common;
 
+mod audit_log;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;

@@ -12,6 +12,7 @@ use russh::{Channel, ChannelMsg};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use session::{Session, SessionLimits};
 
@@ -44,14 +45,17 @@ pub async fn serve(
 ) {
     let (mut reader, writer) = channel.split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(REPLY_QUEUE);
-    let writer_task = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if writer.data_bytes(reply).await.is_err() {
-                return None;
+    let writer_task = tokio::spawn(
+        async move {
+            while let Some(reply) = rx.recv().await {
+                if writer.data_bytes(reply).await.is_err() {
+                    return None;
+                }
             }
+            Some(writer)
         }
-        Some(writer)
-    });
+        .in_current_span(),
+    );
 
     let idle = limits.idle_timeout;
     let mut session = Session::new(store, &username, limits);

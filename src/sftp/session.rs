@@ -600,9 +600,11 @@ impl Session {
         let done = async {
             let entry = self.store.stat_for_client(&parse_path(path)?).await?;
             match attrs.size {
-                Some(size) if entry.kind == EntryKind::File && size != entry.size => Err(
-                    StorageError::Unsupported("changing the size of a stored file is not supported on S3"),
-                ),
+                Some(size) if entry.kind == EntryKind::File && size != entry.size => {
+                    Err(StorageError::Unsupported(
+                        "changing the size of a stored file is not supported on S3",
+                    ))
+                }
                 _ => Ok(()),
             }
         }
@@ -714,7 +716,16 @@ fn audited(
     target: Option<&str>,
     done: Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    audit::action(Protocol::Sftp, action, path, target, done.as_ref().map(|_| ()));
+    // The normalised path when the client's parses (as transfers show it), else as sent.
+    let shown = |p: &str| parse_path(p).map_or_else(|_| p.to_string(), |v| v.as_str().to_string());
+    let target = target.map(shown);
+    audit::action(
+        Protocol::Sftp,
+        action,
+        &shown(path),
+        target.as_deref(),
+        done.as_ref().map(|_| ()),
+    );
     done
 }
 

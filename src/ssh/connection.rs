@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tracing::Instrument;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -57,9 +57,17 @@ pub(super) async fn serve_connection(
         peer = %peer,
         user = tracing::field::Empty
     );
-    run(socket, peer, config, shared, settings, admission, span.clone())
-        .instrument(span)
-        .await
+    run(
+        socket,
+        peer,
+        config,
+        shared,
+        settings,
+        admission,
+        span.clone(),
+    )
+    .instrument(span)
+    .await
 }
 
 /// Numbers the connections of this process, for the `session` span's `id`.
@@ -91,8 +99,8 @@ async fn run(
         active.clone(),
         kick.clone(),
         lifeline.clone(),
-        span,
-    );
+    )
+    .in_span(span);
     let stream = lifeline.wrap(socket);
     let handshake = tokio::time::timeout(
         settings.handshake_timeout.min(settings.auth_deadline),

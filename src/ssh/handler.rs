@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::lifeline::Lifeline;
-use crate::log_text::escaped;
 use super::unclaimed::{ChannelCount, ChannelSlot, ReaderContext, Unclaimed};
 use super::{Shared, SshSettings};
+use crate::log_text::escaped;
 use crate::users::{Permissions, User};
 
 /// Who this connection authenticated as.
@@ -67,7 +67,6 @@ impl Connection {
         active: Arc<AtomicUsize>,
         kick: CancellationToken,
         lifeline: Arc<Lifeline>,
-        span: tracing::Span,
     ) -> Self {
         Connection {
             shared,
@@ -80,8 +79,14 @@ impl Connection {
             active,
             kick,
             lifeline,
-            span,
+            span: tracing::Span::none(),
         }
+    }
+
+    /// Puts the connection's logging and front ends under `span` (see `Connection::span`).
+    pub fn in_span(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
     }
 
     /// Runs a front end on the shared tracker, counted as active on this connection and
@@ -132,7 +137,8 @@ impl Connection {
             return self.reject(&user.username, method, "max_sessions reached");
         };
         tracing::info!(user = %escaped(&user.username), peer = %self.peer(), method, "login");
-        self.span.record("user", escaped(&user.username).to_string());
+        self.span
+            .record("user", escaped(&user.username).to_string());
         self.span
             .in_scope(|| crate::audit::login(&user.username, method, Ok(())));
         crate::metrics::login(method, "ok");

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
+use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
@@ -188,7 +189,8 @@ impl Download {
             download.etag.clone(),
         );
         let body = out.body;
-        let handle = tokio::spawn(async move {
+        let handle = tokio::spawn(
+            async move {
             match read_body(body, first_len, BytesMut::new()).await {
                 Ok(data) if data.len() as u64 == first_len => return Ok((data, reservation)),
                 Ok(data) => {
@@ -200,7 +202,8 @@ impl Download {
             }
             let spare = Some((BytesMut::new(), reservation));
             fetch_range(retry.0, retry.1, retry.2, 0, first_len, spare).await
-        });
+        }
+        .in_current_span());
         download.window.push_back(Chunk {
             start: 0,
             len: first_len,
@@ -357,14 +360,17 @@ impl Download {
                 None => None,
             };
             self.next_fetch += len;
-            let handle = tokio::spawn(fetch_range(
-                self.store.clone(),
-                self.key.clone(),
-                self.etag.clone(),
-                start,
-                len,
-                spare,
-            ));
+            let handle = tokio::spawn(
+                fetch_range(
+                    self.store.clone(),
+                    self.key.clone(),
+                    self.etag.clone(),
+                    start,
+                    len,
+                    spare,
+                )
+                .in_current_span(),
+            );
             self.window.push_back(Chunk {
                 start,
                 len,

@@ -26,6 +26,7 @@ pub mod upload;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use aws_sdk_s3::Client;
 use tokio_util::task::AbortOnDropHandle;
@@ -517,7 +518,9 @@ impl UserStore {
         {
             let store = self.clone();
             let target = path.clone();
-            let check = tokio::spawn(async move { store.refuse_directory(&target).await });
+            let check = tokio::spawn(
+                async move { store.refuse_directory(&target).await }.in_current_span(),
+            );
             self.note_written(&key);
             return Ok(Upload::new(
                 self.clone(),

@@ -8,6 +8,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use s3sftp::cli::LogFormat;
+
 static INSTALLED: OnceLock<Capture> = OnceLock::new();
 
 #[derive(Clone, Default)]
@@ -31,8 +33,17 @@ impl Capture {
     /// and returns the capture. In the test binary's own process: runs the child, fails if
     /// the test fails there (or did not run), and returns `None`: the caller returns.
     pub async fn alone(filter: &str) -> Option<&'static Capture> {
+        Self::alone_as(LogFormat::Text, filter).await
+    }
+
+    /// Like [`Capture::alone`], in the server's `--log-format json`.
+    pub async fn alone_json(filter: &str) -> Option<&'static Capture> {
+        Self::alone_as(LogFormat::Json, filter).await
+    }
+
+    async fn alone_as(format: LogFormat, filter: &str) -> Option<&'static Capture> {
         if super::alone::in_own_process().await {
-            Some(Self::install(filter))
+            Some(Self::install(format, filter))
         } else {
             None
         }
@@ -43,15 +54,13 @@ impl Capture {
         INSTALLED.get().expect("Capture::alone ran first")
     }
 
-    /// Installs a global subscriber at `filter` that writes into the capture.
-    fn install(filter: &str) -> &'static Capture {
+    /// Installs the server's subscriber, in `format` at `filter`, writing into the capture.
+    fn install(format: LogFormat, filter: &str) -> &'static Capture {
         let capture = INSTALLED.get_or_init(Capture::default);
         let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
+        let filter = tracing_subscriber::EnvFilter::new(filter);
+        s3sftp::logging::install(format, filter, false, move || writer.clone())
+            .expect("the only subscriber of this process");
         capture
     }
 

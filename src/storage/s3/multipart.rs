@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{ObjectOptions, Part, S3};
 use crate::storage::{ObjectHead, Result, StorageError};
@@ -159,14 +160,17 @@ impl Multipart {
         let s3 = self.s3.clone();
         let key = self.key.clone();
         let upload_id = self.upload_id.clone();
-        self.in_flight.spawn(async move {
-            let part = s3
-                .upload_part(&key, &upload_id, number, body.clone())
-                .await?;
-            // The SDK has let go of its copies of the body once it has the answer.
-            recycle(body);
-            Ok(part)
-        });
+        self.in_flight.spawn(
+            async move {
+                let part = s3
+                    .upload_part(&key, &upload_id, number, body.clone())
+                    .await?;
+                // The SDK has let go of its copies of the body once it has the answer.
+                recycle(body);
+                Ok(part)
+            }
+            .in_current_span(),
+        );
         Ok(number)
     }
 
@@ -176,8 +180,10 @@ impl Multipart {
         let s3 = self.s3.clone();
         let key = self.key.clone();
         let upload_id = self.upload_id.clone();
-        self.in_flight
-            .spawn(async move { s3.upload_part_copy(&key, &upload_id, number, &source).await });
+        self.in_flight.spawn(
+            async move { s3.upload_part_copy(&key, &upload_id, number, &source).await }
+                .in_current_span(),
+        );
         Ok(number)
     }
 
@@ -255,7 +261,7 @@ impl Multipart {
         self.in_flight.abort_all();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(self.abort());
+                handle.spawn(self.abort().in_current_span());
             }
             Err(_) => {
                 tracing::error!(key = %self.key, upload_id = %self.upload_id, "cannot abort multipart upload: no runtime")
