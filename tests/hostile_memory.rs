@@ -12,6 +12,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use s3sftp::storage::MemoryBudget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::common::raw_sftp::{packet, read_reply, status_of, string, RawSftp};
 use crate::common::*;
 
 const KIB: usize = 1024;
@@ -67,40 +68,6 @@ async fn bob_uploads(t: &TestServer, name: &str, len: usize) {
     );
 }
 
-/// One SFTP packet: length, type, request id, body.
-fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
-    let mut p = ((body.len() + 5) as u32).to_be_bytes().to_vec();
-    p.push(kind);
-    p.extend(id.to_be_bytes());
-    p.extend(body);
-    p
-}
-
-fn string(s: &[u8]) -> Vec<u8> {
-    let mut v = (s.len() as u32).to_be_bytes().to_vec();
-    v.extend(s);
-    v
-}
-
-/// Reads one SFTP reply: (type, request id, body).
-async fn read_reply(r: &mut (impl AsyncReadExt + Unpin)) -> (u8, u32, Vec<u8>) {
-    let len = r.read_u32().await.expect("reply length") as usize;
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await.expect("reply");
-    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    (buf[0], id, buf[5..].to_vec())
-}
-
-/// A STATUS body: (code, message).
-fn status_of(body: &[u8]) -> (u32, String) {
-    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    let len = u32::from_be_bytes([body[4], body[5], body[6], body[7]]) as usize;
-    (
-        code,
-        String::from_utf8_lossy(&body[8..8 + len]).into_owned(),
-    )
-}
-
 /// Item 1: WRITEs at offsets 2, 3, 4, … of 200 KiB each, pipelined. The first waits in
 /// the reorder buffer; the next overlaps it and is refused, and so is everything after
 /// (the upload has failed). What alice holds stays under the reorder window plus one
@@ -111,19 +78,13 @@ async fn overlapping_writes_are_refused_and_memory_stays_bounded() {
     let t = TestServer::start().await;
     let watch = PeakWatch::start(budget(&t), &t.alice.prefix);
 
-    let connection = t.russh_login(&t.alice).await;
-    let channel = connection.channel_open_session().await.expect("channel");
-    channel.request_subsystem(true, "sftp").await.expect("sftp");
-    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
-    wr.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
-    assert_eq!(read_reply(&mut rd).await.0, 2, "VERSION");
-    let mut open = string(b"/flood.bin");
-    open.extend((0x02u32 | 0x08 | 0x10).to_be_bytes()); // WRITE|CREAT|TRUNC
-    open.extend(0u32.to_be_bytes());
-    wr.write_all(&packet(3, 1, &open)).await.unwrap();
-    let (kind, _, body) = read_reply(&mut rd).await;
-    assert_eq!(kind, 102, "HANDLE");
-    let handle = body[4..].to_vec();
+    let mut raw = RawSftp::open(&t, &t.alice).await;
+    let handle = raw.open_file("/flood.bin", 0x02 | 0x08 | 0x10).await; // WRITE|CREAT|TRUNC
+    let RawSftp {
+        mut rd,
+        mut wr,
+        connection: _connection,
+    } = raw;
 
     let write = |id: u32, offset: u64, len: usize| {
         let mut body = string(&handle);

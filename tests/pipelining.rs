@@ -5,8 +5,10 @@
 
 use std::process::Stdio;
 
+use tokio::io::AsyncWriteExt;
+
+use crate::common::raw_sftp::{packet, read_reply, string, RawSftp};
 use crate::common::{random_bytes, sha256, TestServer, MIB, PASSWORD};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether `python3 -c "import MODULE"` works (.ci/run installs paramiko and asyncssh).
 fn python_has(module: &str) -> bool {
@@ -105,30 +107,6 @@ async fn asyncssh_with_deep_pipelines_completes() {
     t.shutdown().await;
 }
 
-/// One SFTP packet: length, type, request id, body.
-fn packet(kind: u8, id: u32, body: &[u8]) -> Vec<u8> {
-    let mut p = ((body.len() + 5) as u32).to_be_bytes().to_vec();
-    p.push(kind);
-    p.extend(id.to_be_bytes());
-    p.extend(body);
-    p
-}
-
-fn string(s: &[u8]) -> Vec<u8> {
-    let mut v = (s.len() as u32).to_be_bytes().to_vec();
-    v.extend(s);
-    v
-}
-
-/// Reads one SFTP reply: (type, request id, body).
-async fn read_reply(r: &mut (impl AsyncReadExt + Unpin)) -> (u8, u32, Vec<u8>) {
-    let len = r.read_u32().await.expect("reply length") as usize;
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await.expect("reply");
-    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    (buf[0], id, buf[5..].to_vec())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_outstanding_reads_are_all_answered() {
     const READS: u32 = 6000;
@@ -137,21 +115,13 @@ async fn thousands_of_outstanding_reads_are_all_answered() {
     let data = random_bytes(8 * MIB, 90);
     t.s3.put(&format!("{}big.bin", t.alice.prefix), &data).await;
 
-    let connection = t.russh_login(&t.alice).await;
-    let channel = connection.channel_open_session().await.expect("channel");
-    channel.request_subsystem(true, "sftp").await.expect("sftp");
-    let (mut rd, mut wr) = tokio::io::split(channel.into_stream());
-    // INIT (no request id: version 3 takes its place), then OPEN.
-    wr.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 3]).await.unwrap();
-    let (kind, _, _) = read_reply(&mut rd).await;
-    assert_eq!(kind, 2, "VERSION");
-    let mut open = string(b"/big.bin");
-    open.extend(1u32.to_be_bytes()); // READ
-    open.extend(0u32.to_be_bytes()); // no attributes
-    wr.write_all(&packet(3, 1, &open)).await.unwrap();
-    let (kind, _, body) = read_reply(&mut rd).await;
-    assert_eq!(kind, 102, "HANDLE");
-    let handle = body[4..].to_vec();
+    let mut raw = RawSftp::open(&t, &t.alice).await;
+    let handle = raw.open_file("/big.bin", 0x01).await; // READ
+    let RawSftp {
+        mut rd,
+        mut wr,
+        connection: _connection,
+    } = raw;
 
     // Every READ goes out before any reply is read: the server must keep reading its
     // channel while thousands of replies wait on this client's window.

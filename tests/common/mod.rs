@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod fault_proxy;
 pub mod log_capture;
 pub mod own_store;
+pub mod raw_sftp;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
