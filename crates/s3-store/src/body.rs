@@ -84,7 +84,7 @@ pub(crate) async fn receive(
     etag: EtagSource,
 ) -> S3Result<Received> {
     let tmp = bucket.temp_path();
-    let file = tokio::fs::File::create(tmp.path())
+    let file = crate::private::create_file_async(tmp.path())
         .await
         .map_err(|e| internal("create temporary file", e))?;
     let (size, etag) = write_body(file, body, None, etag).await?;
@@ -113,6 +113,7 @@ pub(crate) async fn receive_at(
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(path)
         .await
         .map_err(|e| internal("open assembly file", e))?;
@@ -329,7 +330,7 @@ pub(crate) fn copy_range_hashing(
 ) -> io::Result<String> {
     src.seek(SeekFrom::Start(offset))?;
     let mut src = src.take(len);
-    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, fs::File::create(dst)?);
+    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, crate::private::create_file(dst)?);
     let mut md5 = Md5::new();
     let mut buf = vec![0u8; WRITE_BUFFER];
     let mut copied: u64 = 0;
@@ -356,13 +357,13 @@ pub(crate) fn copy_range_hashing(
 /// Copies the whole of `src` into a new file `dst` (the kernel may do it without reading).
 /// Blocking.
 pub(crate) fn copy_file(mut src: fs::File, dst: &Path) -> io::Result<u64> {
-    let mut out = fs::File::create(dst)?;
+    let mut out = crate::private::create_file(dst)?;
     io::copy(&mut src, &mut out)
 }
 
 /// Concatenates `sources` (file, offset, length) into a new file `dst`. Blocking.
 pub(crate) fn concat_ranges(sources: &[(PathBuf, u64, u64)], dst: &Path) -> io::Result<()> {
-    let mut out = fs::File::create(dst)?;
+    let mut out = crate::private::create_file(dst)?;
     for (path, offset, len) in sources {
         let mut file = fs::File::open(path)?;
         if *offset > 0 {

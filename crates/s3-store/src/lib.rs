@@ -28,6 +28,10 @@
 //!
 //! A `Content-MD5` is checked against the body it came with (`BadDigest`, nothing stored).
 //!
+//! The data folder is private (folders 0700, files 0600: [`private`]). At most
+//! 1,024 connections are served at once, and a connection that sends no complete request
+//! headers for 120 s (idle between requests included) is closed.
+//!
 //! Not supported: versioning, ACLs and policies, tagging, Object Lock, encryption and
 //! storage classes (their headers are accepted and ignored), `x-amz-checksum-*` headers,
 //! virtual-hosted-style addressing.
@@ -39,6 +43,7 @@ mod error;
 mod list;
 mod multipart;
 mod parts;
+mod private;
 mod s3;
 mod store;
 
@@ -47,7 +52,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use rand::RngExt;
@@ -65,6 +70,13 @@ use self::store::Store;
 const REGION: &str = "us-east-1";
 /// How long shutdown lets in-flight requests finish before cutting connections.
 const GRACE: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen backlog until one ends.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a connection may take to send a request's headers, counted from the end of
+/// the previous request on a kept-alive connection, so it is also the idle timeout. Longer
+/// than the S3 SDK's 90 s pool idle timeout: the client drops an idle connection before
+/// the store would, and never reuses one the store has just closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running embedded S3 store: its endpoint, credentials and bucket.
 ///
@@ -231,12 +243,23 @@ fn connectable(addr: SocketAddr) -> SocketAddr {
 /// gracefully. Connection tasks live in a `JoinSet` owned here, so aborting this task
 /// aborts them too.
 async fn serve(listener: TcpListener, service: S3Service, mut stopped: oneshot::Receiver<()>) {
-    // No timer, hence no header-read timeout: idle keep-alive connections stay open until
-    // the client's pool drops them, so the server never closes one the client is reusing.
-    let builder = ConnBuilder::new(TokioExecutor::new());
+    let mut builder = ConnBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {
+        // A free slot first: past the cap, connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -248,6 +271,7 @@ async fn serve(listener: TcpListener, service: S3Service, mut stopped: oneshot::
                     let connection = builder.serve_connection(TokioIo::new(stream), service.clone()).into_owned();
                     let connection = graceful.watch(connection);
                     connections.spawn(async move {
+                        let _slot = slot;
                         if let Err(err) = connection.await {
                             debug!(%peer, error = %err, "embedded S3 store: connection ended with an error");
                         }

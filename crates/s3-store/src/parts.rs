@@ -194,7 +194,7 @@ impl Bucket {
     /// Records a new upload on disk and in the index.
     pub(crate) fn create_upload(&self, meta: UploadMeta) -> S3Result<()> {
         let dir = self.upload_dir(&meta.upload_id);
-        fs::create_dir_all(&dir).map_err(|e| internal("create upload folder", e))?;
+        crate::private::create_dir_all(&dir).map_err(|e| internal("create upload folder", e))?;
         let sidecar = self
             .write_temp_json(&meta)
             .map_err(|e| internal("write upload metadata", e))?;

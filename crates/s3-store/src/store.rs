@@ -167,7 +167,9 @@ impl Store {
     /// Opens (creating if needed) the data folder, takes its lock and loads every bucket.
     /// Blocking: call from `spawn_blocking`.
     pub(crate) fn open(root: &Path) -> Result<Store, EmbeddedError> {
-        fs::create_dir_all(root).map_err(|e| EmbeddedError::io("create folder", root, e))?;
+        crate::private::create_dir_all(root)
+            .and_then(|()| crate::private::restrict_dir(root))
+            .map_err(|e| EmbeddedError::io("create folder", root, e))?;
         let lock_path = root.join(".lock");
         let lock = fs::File::options()
             .create(true)
@@ -283,7 +285,7 @@ fn take_lock(lock: &fs::File, root: &Path) -> Result<(), EmbeddedError> {
 impl Bucket {
     fn create(dir: &Path, name: &str) -> io::Result<Bucket> {
         for sub in ["objects", "uploads", "tmp"] {
-            fs::create_dir_all(dir.join(sub))?;
+            crate::private::create_dir_all(&dir.join(sub))?;
         }
         let marker = BucketMarker {
             name: name.to_owned(),
@@ -293,7 +295,7 @@ impl Bucket {
         let tmp = dir
             .join("tmp")
             .join(format!("bucket-{}.json", random_hex(8)));
-        fs::write(&tmp, json)?;
+        std::io::Write::write_all(&mut crate::private::create_file(&tmp)?, &json)?;
         fs::rename(&tmp, dir.join("bucket.json"))?;
         Ok(Bucket {
             name: marker.name,
@@ -311,7 +313,7 @@ impl Bucket {
             fs::remove_dir_all(&tmp)?;
         }
         for sub in ["objects", "uploads", "tmp"] {
-            fs::create_dir_all(dir.join(sub))?;
+            crate::private::create_dir_all(&dir.join(sub))?;
         }
         let bucket = Bucket {
             name: marker.name,
@@ -381,7 +383,7 @@ impl Bucket {
     pub(crate) fn write_temp_json<T: Serialize>(&self, value: &T) -> io::Result<TempPath> {
         let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
         let tmp = self.temp_path();
-        fs::write(tmp.path(), json)?;
+        std::io::Write::write_all(&mut crate::private::create_file(tmp.path())?, &json)?;
         Ok(tmp)
     }
 
@@ -442,7 +444,8 @@ impl Bucket {
     ) -> S3Result<()> {
         let (data_path, sidecar_path) = self.object_paths(&meta.key);
         if let Some(shard) = data_path.parent() {
-            fs::create_dir_all(shard).map_err(|e| internal("create object folder", e))?;
+            crate::private::create_dir_all(shard)
+                .map_err(|e| internal("create object folder", e))?;
         }
         let sidecar = self
             .write_temp_json(&meta)

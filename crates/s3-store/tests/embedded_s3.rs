@@ -1472,3 +1472,34 @@ async fn small_requests_do_not_stall() {
     );
     s3.shutdown().await;
 }
+
+/// The data folder holds every user's files: no other account may read it, whatever the
+/// umask, even if it existed before with looser permissions.
+#[tokio::test]
+async fn the_data_folder_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (s3, client) = start(&data).await;
+    put(&client, "test-bucket", "secret.txt", b"payroll").await;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data folder");
+    let mut seen = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n != ".lock") {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 2, "the object and its metadata were checked");
+    s3.shutdown().await;
+}
