@@ -396,6 +396,11 @@ max-connections = 100
                 "deploy/s3sftp.toml does not mention {long}"
             );
         }
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+        assert!(
+            std::fs::read_to_string(docs).unwrap().contains(&text),
+            "docs/configuration.md must show deploy/s3sftp.toml as it is"
+        );
         // The examples in comments are valid values too.
         let uncommented: String = text
             .lines()
