@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use clap::builder::BoolishValueParser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
@@ -81,7 +81,12 @@ impl Cli {
     /// Parses `argv` (program name first) and, for `serve --config FILE`, adds the file's
     /// settings that neither the command line nor the environment gave.
     pub fn parse_with_config(argv: &[OsString]) -> Result<Cli, clap::Error> {
+        // A first look, for the file and for which settings are given: without the checks
+        // that one setting requires another, which the file may provide.
         let matches = Cli::command()
+            .mut_subcommand("serve", |serve| {
+                serve.mut_args(|a| a.requires(clap::builder::Resettable::<clap::Id>::Reset))
+            })
             .try_get_matches_from(argv)
             .map_err(|e| name_the_variable(e, argv))?;
         let file = match matches.subcommand() {
@@ -91,14 +96,6 @@ impl Cli {
             },
             _ => FileArguments::default(),
         };
-        if file.args.is_empty() {
-            let mut cli =
-                Cli::from_arg_matches(&matches).map_err(|e| name_the_variable(e, argv))?;
-            if let Command::Serve(args) = &mut cli.command {
-                args.origins = file.origins;
-            }
-            return Ok(cli);
-        }
         let mut full = argv.to_vec();
         full.extend(file.args.iter().cloned());
         let mut cli = Cli::try_parse_from(&full).map_err(|e| {

@@ -472,3 +472,51 @@ fn serve_check_fails_with_one_line_per_mistake() {
     );
     assert!(err.contains("check --s3-endpoint"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_lists_under_a_user_prefix_of_a_real_bucket() {
+    let (s3, _view) = crate::common::own_store::own_store("check-bucket").await;
+    if s3.endpoint.is_none() {
+        return; // AWS itself: the embedded store's flags below do not apply.
+    }
+    let d = Dir::new();
+    let out = d.run(
+        &[
+            "users",
+            "add",
+            "alice",
+            "--prefix",
+            "users/alice/",
+            "--generate-password",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (key, secret) = s3.credentials.clone().unwrap();
+    let endpoint = s3.endpoint.clone().unwrap();
+    let region = s3.region.clone().unwrap();
+    let toml = format!(
+        "bucket = {:?}\ns3-endpoint = {endpoint:?}\ns3-region = {region:?}\ns3-path-style = true\ns3-access-key = {key:?}\n",
+        s3.bucket
+    );
+    d.config("s3.toml", &toml);
+    let run = |secret: String| {
+        let d = &d;
+        move || {
+            d.run(
+                &["serve", "--config", "s3.toml", "--check"],
+                &[("S3SFTP_S3_SECRET_KEY", secret.as_str())],
+            )
+        }
+    };
+    let out = tokio::task::block_in_place(run(secret));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("reachable, listing under \"users/alice/\" allowed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = tokio::task::block_in_place(run("wrong".to_owned()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+}
