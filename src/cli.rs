@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use clap::builder::BoolishValueParser;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
+use crate::config_file::{self, FileArguments, FileOrigins};
 use crate::storage::client::ChecksumMode;
 use crate::storage::policy::PolicyScope;
 use crate::storage::signing::PayloadSigning;
@@ -66,8 +67,99 @@ impl Cli {
     /// name: the admin looking for `--listen` on the command line would not find it.
     pub fn from_env_and_args() -> Cli {
         let argv: Vec<OsString> = std::env::args_os().collect();
-        Cli::try_parse_from(&argv).unwrap_or_else(|e| name_the_variable(e, &argv).exit())
+        Cli::parse_with_config(&argv).unwrap_or_else(|e| {
+            // `serve --check` fails with 1, like the mistakes it finds itself.
+            let checking = argv.iter().skip(1).any(|a| a == "--check");
+            if checking && e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(1);
+            }
+            e.exit()
+        })
     }
+
+    /// Parses `argv` (program name first) and, for `serve --config FILE`, adds the file's
+    /// settings that neither the command line nor the environment gave.
+    pub fn parse_with_config(argv: &[OsString]) -> Result<Cli, clap::Error> {
+        // A first look, for the file and for which settings are given: without the checks
+        // that one setting requires another, which the file may provide.
+        let matches = Cli::command()
+            .mut_subcommand("serve", |serve| {
+                serve.mut_args(|a| a.requires(clap::builder::Resettable::<clap::Id>::Reset))
+            })
+            .try_get_matches_from(argv)
+            .map_err(|e| name_the_variable(e, argv))?;
+        let file = match matches.subcommand() {
+            Some(("serve", serve)) => match serve.get_one::<PathBuf>("config") {
+                Some(path) => file_arguments(path, &matches, serve)?,
+                None => FileArguments::default(),
+            },
+            _ => FileArguments::default(),
+        };
+        let mut full = argv.to_vec();
+        full.extend(file.args.iter().cloned());
+        let mut cli = Cli::try_parse_from(&full).map_err(|e| {
+            name_the_key(e, &file.origins).unwrap_or_else(|e| name_the_variable(e, &full))
+        })?;
+        if let Command::Serve(args) = &mut cli.command {
+            args.origins = file.origins;
+        }
+        Ok(cli)
+    }
+}
+
+/// The arguments `serve --config path` adds: the settings of `serve` and the global ones,
+/// each looked up in the matches that hold it.
+fn file_arguments(
+    path: &std::path::Path,
+    root: &ArgMatches,
+    serve: &ArgMatches,
+) -> Result<FileArguments, clap::Error> {
+    let command = Cli::command();
+    let mut settings: Vec<(&clap::Arg, &ArgMatches)> = command
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| (a, root))
+        .collect();
+    if let Some(sub) = command.find_subcommand("serve") {
+        settings.extend(sub.get_arguments().map(|a| (a, serve)));
+    }
+    settings.retain(|(a, _)| a.get_long().is_some_and(config_file::is_setting));
+    config_file::arguments(path, &settings)
+        .map_err(|message| Cli::command().error(ErrorKind::ValueValidation, message))
+}
+
+/// `err` reworded to name the config file key its bad value came from, if it did; else `err`
+/// back.
+fn name_the_key(err: clap::Error, origins: &FileOrigins) -> Result<clap::Error, clap::Error> {
+    if !matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return Err(err);
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return Err(err);
+    };
+    let long = arg.split([' ', '=']).next().unwrap_or_default().to_owned();
+    let Some(named) = origins.describe(&long) else {
+        return Err(err);
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("possible values: {}", valid.join(", "))
+        }
+        _ => "not a valid value".to_owned(),
+    };
+    Ok(Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!("{named}: invalid value {value:?}: {reason}"),
+    ))
 }
 
 /// `err` reworded to name the environment variable its bad value came from, if it did.
@@ -452,6 +544,17 @@ impl SettingsArgs {
 /// `s3sftp serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of these settings, keyed by flag name (`idle-timeout = "10m"`; see
+    /// docs/configuration.md). Flags and variables override it.
+    #[arg(long, env = "S3SFTP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, the users file, the host keys and access to S3, print what
+    /// was found and exit (1 if anything is wrong); nothing is started or created.
+    #[arg(long)]
+    pub check: bool,
+    /// Which settings came from the config file.
+    #[arg(skip)]
+    pub origins: FileOrigins,
     /// Address to listen on for SSH: ADDRESS:PORT, or :PORT for every address (IPv6 and
     /// IPv4).
     #[arg(
@@ -700,6 +803,16 @@ pub struct ServeArgs {
     /// out before it stops accepting (seconds, or with units: 5s).
     #[arg(long, env = "S3SFTP_DRAIN_DELAY", value_name = "DURATION", default_value = "5", value_parser = units::seconds)]
     pub drain_delay: Duration,
+}
+
+impl ServeArgs {
+    /// The setting `flag` (`--idle-timeout`) named as the admin set it: with the config
+    /// file's key, its environment variable, or the flag itself.
+    pub fn setting_name(&self, flag: &str) -> String {
+        self.origins
+            .describe(flag)
+            .unwrap_or_else(|| setting_name(flag))
+    }
 }
 
 /// `--s3-sse`: the server-side encryption asked for.

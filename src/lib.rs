@@ -21,6 +21,8 @@ pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod config_check;
+pub mod config_file;
 /// The embedded S3 store ([`s3_store`]), built in with the default `embedded-store` feature.
 #[cfg(feature = "embedded-store")]
 pub use s3_store as embedded;

@@ -51,9 +51,12 @@ fn log_colours() -> bool {
 }
 
 fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    // Named as the admin set it: the flag, or its variable.
+    if args.check {
+        return check(args);
+    }
+    // Named as the admin set it: the flag, its variable, or its config file key.
     let config = s3sftp::config::from_args(args)
-        .map_err(|e| anyhow::anyhow!("{}: {}", setting_name(e.flag), e.message))?;
+        .map_err(|e| anyhow::anyhow!("{}: {}", args.setting_name(e.flag), e.message))?;
     tune_allocator();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -63,6 +66,26 @@ fn serve(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `s3sftp serve --check`: what was found on standard output, one line per mistake on
+/// standard error; exit status 1 when there is any.
+fn check(args: &s3sftp::cli::ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let findings = runtime.block_on(s3sftp::config_check::check(args));
+    for line in &findings.found {
+        println!("{line}");
+    }
+    for line in &findings.mistakes {
+        eprintln!("s3sftp: {line}");
+    }
+    if findings.mistakes.is_empty() {
+        println!("configuration OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("s3sftp: {} mistake(s) found", findings.mistakes.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// `s3sftp policy`: prints the least-privilege IAM policy.

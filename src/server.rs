@@ -436,7 +436,7 @@ async fn start_ops(settings: &OpsSettings, shared: &Arc<Shared>) -> Result<Ops, 
 }
 
 /// The command that adds a first user to the users file at `path` (which it creates).
-fn add_user_command(path: &std::path::Path) -> String {
+pub fn add_user_command(path: &std::path::Path) -> String {
     let path = path.display().to_string();
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c);
     let path = if path.chars().all(safe) {

@@ -326,3 +326,197 @@ async fn refused_logins_are_logged_with_the_accounts_state() {
     assert_eq!(reason("nobody"), ["\"unknown user\""], "{log}");
     t.shutdown().await;
 }
+
+impl Dir {
+    /// Writes `text` as the config file `name` in the directory.
+    fn config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+#[test]
+fn serve_check_passes_on_the_embedded_store_and_creates_nothing() {
+    let d = Dir::new();
+    d.config(
+        "s3sftp.toml",
+        "listen = \":2222\"\nidle-timeout = \"10m\"\nmemory-budget-mib = \"2GiB\"\n",
+    );
+    let out = d.run(&["serve", "--config", "s3sftp.toml", "--check"], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("settings: valid (SSH on [::]:2222"), "{text}");
+    assert!(
+        text.contains(
+            "embedded store would keep its data in state/data; nothing to check remotely"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "host key state/ssh_host_ed25519_key: missing, would be generated at first start"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("users file users.json: no users yet"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("configuration OK"), "{text}");
+    assert!(
+        !d.dir.path().join("state").exists(),
+        "--check created the state directory"
+    );
+    // The file through S3SFTP_CONFIG, a bad value in it overridden by a variable.
+    d.config("bad.toml", "part-size-mib = 3\n");
+    let out = d.run(
+        &["serve", "--check"],
+        &[("S3SFTP_CONFIG", "bad.toml"), ("S3SFTP_PART_SIZE_MIB", "8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.run(&["serve", "--check"], &[("S3SFTP_CONFIG", "bad.toml")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "s3sftp: --part-size-mib (from bad.toml key part-size-mib): S3 parts must be between"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_check_fails_with_one_line_per_mistake() {
+    let d = Dir::new();
+    let check = |args: &[&str]| {
+        let mut all = vec!["serve", "--check"];
+        all.extend(args);
+        let out = d.run(&all, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        stderr(&out)
+    };
+    d.config("syntax.toml", "listen = \":2222\"\nidle-timeout = \n");
+    let err = check(&["--config", "syntax.toml"]);
+    assert!(err.contains("syntax.toml:2:"), "{err}");
+    assert!(err.contains("not valid TOML"), "{err}");
+    d.config("unknown.toml", "idle-timout = \"10m\"\n");
+    let err = check(&["--config", "unknown.toml"]);
+    assert!(
+        err.contains("unknown.toml: unknown key \"idle-timout\"; did you mean idle-timeout?"),
+        "{err}"
+    );
+    d.config("value.toml", "idle-timeout = \"10x\"\n");
+    let err = check(&["--config", "value.toml"]);
+    assert!(
+        err.contains("--idle-timeout (from value.toml key idle-timeout): invalid value \"10x\""),
+        "{err}"
+    );
+    let err = check(&["--config", "missing.toml"]);
+    assert!(
+        err.contains("cannot read the config file missing.toml"),
+        "{err}"
+    );
+
+    // Several mistakes at once: each on its own line.
+    let key = d.unprotected_key();
+    let err = check(&[
+        "--users-file",
+        "nobody.json",
+        "--host-key",
+        key.to_str().unwrap(),
+        "--part-size-mib",
+        "3",
+    ]);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("s3sftp: --part-size-mib: S3 parts")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("s3sftp: users file nobody.json does not exist; create it with")),
+        "{err}"
+    );
+    assert!(lines.iter().any(|l| l.contains("chmod 600")), "{err}");
+    assert!(err.contains("3 mistake(s) found"), "{err}");
+
+    // An endpoint nobody listens on fails at once, naming the setting.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let started = std::time::Instant::now();
+    let err = check(&[
+        "--bucket",
+        "x",
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key",
+        "AK",
+        "--s3-secret-key",
+        "SK",
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains(&format!("cannot reach S3 at {endpoint}")),
+        "{err}"
+    );
+    assert!(err.contains("check --s3-endpoint"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_lists_under_a_user_prefix_of_a_real_bucket() {
+    let (s3, _view) = crate::common::own_store::own_store("check-bucket").await;
+    if s3.endpoint.is_none() {
+        return; // AWS itself: the embedded store's flags below do not apply.
+    }
+    let d = Dir::new();
+    let out = d.run(
+        &[
+            "users",
+            "add",
+            "alice",
+            "--prefix",
+            "users/alice/",
+            "--generate-password",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (key, secret) = s3.credentials.clone().unwrap();
+    let endpoint = s3.endpoint.clone().unwrap();
+    let region = s3.region.clone().unwrap();
+    let toml = format!(
+        "bucket = {:?}\ns3-endpoint = {endpoint:?}\ns3-region = {region:?}\ns3-path-style = true\ns3-access-key = {key:?}\n",
+        s3.bucket
+    );
+    d.config("s3.toml", &toml);
+    let run = |secret: String| {
+        let d = &d;
+        move || {
+            d.run(
+                &["serve", "--config", "s3.toml", "--check"],
+                &[("S3SFTP_S3_SECRET_KEY", secret.as_str())],
+            )
+        }
+    };
+    let out = tokio::task::block_in_place(run(secret));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("reachable, listing under \"users/alice/\" allowed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = tokio::task::block_in_place(run("wrong".to_owned()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+}

@@ -126,6 +126,51 @@ pub fn load(state_dir: &Path, files: &[PathBuf]) -> Result<Vec<PrivateKey>, Host
     Ok(keys.into_iter().map(|(_, key)| key).collect())
 }
 
+/// What [`load`] would serve, without creating anything (for `serve --check`): one line per
+/// key, its algorithm and fingerprint, or that it would be generated; one error per key that
+/// cannot be served.
+pub fn inspect(state_dir: &Path, files: &[PathBuf]) -> Vec<Result<String, HostKeyError>> {
+    let describe = |path: &Path, key: &PrivateKey| {
+        format!(
+            "host key {}: {} {}",
+            path.display(),
+            key.algorithm(),
+            key.public_key().fingerprint(HashAlg::Sha256)
+        )
+    };
+    let mut out = Vec::new();
+    if files.is_empty() {
+        for (_, name) in GENERATED {
+            let path = state_dir.join(name);
+            out.push(if path.exists() {
+                load_file(&path).map(|key| describe(&path, &key))
+            } else {
+                Ok(format!(
+                    "host key {}: missing, would be generated at first start",
+                    path.display()
+                ))
+            });
+        }
+        return out;
+    }
+    let mut seen: Vec<(PathBuf, Algorithm)> = Vec::new();
+    for path in files {
+        out.push(load_file(path).and_then(|key| {
+            let algorithm = key.algorithm();
+            if let Some((first, _)) = seen.iter().find(|(_, a)| *a == algorithm) {
+                return Err(HostKeyError::Duplicate {
+                    first: first.clone(),
+                    second: path.clone(),
+                    algorithm: algorithm.to_string(),
+                });
+            }
+            seen.push((path.clone(), algorithm));
+            Ok(describe(path, &key))
+        }));
+    }
+    out
+}
+
 /// A new key of `kind` (`ed25519`, `ecdsa` for P-256, `rsa` for RSA 3072).
 fn generate(kind: &str) -> Result<PrivateKey, HostKeyError> {
     let generate_err = |e: russh::keys::ssh_key::Error| HostKeyError::Generate(e.to_string());
