@@ -296,6 +296,7 @@ async fn rclone_sync_twice_transfers_nothing_the_second_time() {
         );
     }
     let (copies, puts) = (proxy.hits(Op::CopyObject), proxy.hits(Op::PutObject));
+    eprintln!("first rclone sync: {puts} PutObject, {copies} CopyObject");
     let second = sync().await.expect("rclone runs");
     let log = stderr(&second);
     assert!(second.status.success(), "{log}");
