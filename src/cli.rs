@@ -691,6 +691,17 @@ pub struct ServeArgs {
     /// Changes made by other sessions show after at most this long.
     #[arg(long = "metadata-cache-secs", env = "S3SFTP_METADATA_CACHE_SECS", value_name = "DURATION", default_value = "30", value_parser = units::seconds)]
     pub metadata_cache: Duration,
+    /// Whether listings show the modification times clients set (kept in each object's
+    /// `x-amz-meta-mtime`, which ListObjectsV2 does not return): `auto` sends one HEAD
+    /// per file, 16 at a time, for directories of up to 1,000 files and shows S3's
+    /// LastModified for larger ones; `off` always shows LastModified (no extra request).
+    #[arg(
+        long = "list-mtimes",
+        env = "S3SFTP_LIST_MTIMES",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub list_mtimes: crate::storage::ListMtimes,
     /// Threads the SSH connections are spread over; each connection stays on one
     /// [default: one per CPU core].
     #[arg(long, env = "S3SFTP_SESSION_THREADS", value_name = "N")]

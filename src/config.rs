@@ -134,6 +134,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         global_budget: args.memory_budget,
         download_chunk: args.download_chunk,
         metadata_ttl: args.metadata_cache,
+        list_mtimes: args.list_mtimes,
         objects,
         ..TransferSettings::default()
     };

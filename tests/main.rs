@@ -13,6 +13,7 @@ mod hardening;
 mod host_keys;
 mod hostile_memory;
 mod hostile_ssh;
+mod mtimes;
 mod operations;
 mod pipelining;
 mod proxy_protocol;

@@ -56,6 +56,8 @@ where
     wire.ok().await?;
 
     let mut stack = vec![Target { path, is_dir }];
+    // The time a `T` line (`scp -p`) gave for the next `C` or `D`.
+    let mut next_mtime: Option<std::time::SystemTime> = None;
     while let Some(line) = wire.read_line().await? {
         let control = protocol::parse_line(&line)?;
         let Some(top) = stack.last() else { break };
@@ -67,7 +69,11 @@ where
                     break;
                 }
             }
-            Control::Time { .. } => wire.ok().await?,
+            Control::Time { mtime, .. } => {
+                next_mtime =
+                    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(mtime));
+                wire.ok().await?
+            }
             Control::End => {
                 if stack.len() == 1 {
                     return Err(protocol::ProtocolError::UnknownControl(b'E').into());
@@ -76,6 +82,8 @@ where
                 wire.ok().await?;
             }
             Control::Dir { name, .. } => {
+                // A directory's time is not kept (S3 has no directories).
+                next_mtime = None;
                 if let Err(msg) = protocol::check_name(&name) {
                     wire.error(&msg).await?;
                     outcome.errors += 1;
@@ -109,6 +117,7 @@ where
                 }
             }
             Control::File { size, name, .. } => {
+                let mtime = next_mtime.take();
                 if let Err(msg) = protocol::check_name(&name) {
                     wire.error(&msg).await?;
                     outcome.errors += 1;
@@ -122,7 +131,7 @@ where
                         continue;
                     }
                 };
-                match receive_file(store, username, wire, &path, size).await? {
+                match receive_file(store, username, wire, &path, size, mtime).await? {
                     true => {}
                     false => outcome.errors += 1,
                 }
@@ -160,6 +169,7 @@ async fn receive_file<R, W>(
     wire: &mut Wire<R, W>,
     path: &VirtualPath,
     size: u64,
+    mtime: Option<std::time::SystemTime>,
 ) -> Result<bool, WireError>
 where
     R: AsyncRead + Unpin,
@@ -183,6 +193,10 @@ where
             return Ok(false);
         }
     };
+    if let Some(mtime) = mtime {
+        // Known before the first request: stored with the object at no extra request.
+        upload.set_mtime(mtime);
+    }
     wire.ok().await?;
     let mut failure: Option<StorageError> = None;
     let mut offset = 0u64;

@@ -286,7 +286,7 @@ impl Session {
             Packet::Read(p) => self.read(p.id, &p.handle, p.offset, p.len).await,
             Packet::Close(p) => self.close(p.id, &p.handle).await,
             Packet::SetStat(p) => self.setstat(p.id, &p.path, &p.attrs).await,
-            Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs),
+            Packet::FSetStat(p) => self.fsetstat(p.id, &p.handle, &p.attrs).await,
             Packet::Symlink(_) | Packet::ReadLink(_) => Err(Refusal::new(
                 StatusCode::OpUnsupported,
                 "symbolic links are not supported on S3",
@@ -443,7 +443,11 @@ impl Session {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
             replace: flags.contains(OpenFlags::CREATE) && flags.contains(OpenFlags::TRUNCATE),
         };
-        let upload = self.store.open_write(&v, mode, attrs.size).await?;
+        let mut upload = self.store.open_write(&v, mode, attrs.size).await?;
+        if let Some(mtime) = attrs_mtime(attrs) {
+            // OpenSSH `put -p` sends the time with OPEN: stored with the object, free.
+            upload.set_mtime(mtime);
+        }
         let existed = upload.replaces_existing() == Some(true);
         if !existed && !flags.contains(OpenFlags::CREATE) {
             return Err(Refusal::new(
@@ -598,32 +602,50 @@ impl Session {
 
     async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
         let done = async {
-            let entry = self.store.stat_for_client(&parse_path(path)?).await?;
+            let v = parse_path(path)?;
+            let entry = self.store.stat_for_client(&v).await?;
             match attrs.size {
                 Some(size) if entry.kind == EntryKind::File && size != entry.size => {
-                    Err(StorageError::Unsupported(
+                    return Err(StorageError::Unsupported(
                         "changing the size of a stored file is not supported on S3",
                     ))
+                }
+                _ => {}
+            }
+            match attrs_mtime(attrs) {
+                Some(mtime) if entry.kind == EntryKind::File => {
+                    let copied = self.store.set_mtime(&v, mtime).await?;
+                    tracing::debug!(user = %self.username, path = %v, copied, "modification time kept");
+                    Ok(())
                 }
                 _ => Ok(()),
             }
         }
         .await;
         audited(Action::Setstat, path, None, done)?;
-        tracing::debug!(user = %self.username, path = %crate::log_text::escaped(path), "setstat ignored (mode, owner and times are not kept on S3)");
         Ok(status_ok(id))
     }
 
-    fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Outcome {
+    async fn fsetstat(&mut self, id: u32, handle: &str, attrs: &FileAttributes) -> Outcome {
+        let mtime = attrs_mtime(attrs);
+        let mut stored_file = None;
         let current = match self.handles.get_mut(handle) {
             Some(OpenHandle::Write(w)) => {
                 let written = w.upload.len();
                 if attrs.size == Some(written) && w.ending != Ending::AtWritten {
                     w.ending = Ending::SetToWritten;
                 }
+                // A request that also asks for another size is refused below, time and all.
+                if let Some(mtime) = mtime.filter(|_| attrs.size.is_none_or(|s| s == written)) {
+                    // Stored with the object when the handle is closed.
+                    w.upload.set_mtime(mtime);
+                }
                 written
             }
-            Some(OpenHandle::Read(r)) => r.download.size(),
+            Some(OpenHandle::Read(r)) => {
+                stored_file = Some(r.path.clone());
+                r.download.size()
+            }
             Some(OpenHandle::Dir(..)) => 0,
             None => return Err(Refusal::bad_handle()),
         };
@@ -633,7 +655,10 @@ impl Session {
                 "truncating or extending a file is not supported on S3",
             )),
             _ => {
-                tracing::debug!(user = %self.username, "fsetstat ignored (mode, owner and times are not kept on S3)");
+                if let (Some(path), Some(mtime)) = (stored_file, mtime) {
+                    let done = self.store.set_mtime(&path, mtime).await.map(|_| ());
+                    audited(Action::Setstat, path.as_str(), None, done)?;
+                }
                 Ok(status_ok(id))
             }
         }
@@ -727,6 +752,13 @@ fn audited(
         done.as_ref().map(|_| ()),
     );
     done
+}
+
+/// The modification time SETSTAT, FSETSTAT or OPEN attributes ask for, if any.
+fn attrs_mtime(attrs: &FileAttributes) -> Option<std::time::SystemTime> {
+    attrs
+        .mtime
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(secs)))
 }
 
 fn parse_path(path: &str) -> Result<VirtualPath, StorageError> {

@@ -10,8 +10,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::cache::Snapshot;
+use super::mtime::whole_seconds;
 use super::s3::{
     Completed, CopySource, GetFailure, HeadFailure, ListPage, Multipart, ObjectOptions, Ranged,
+    MTIME_KEY,
 };
 use super::{ObjectHead, Result, UserStore, DIRECTORY_CONTENT_TYPE};
 
@@ -109,7 +111,14 @@ impl UserStore {
                 .strip_prefix(prefix)
                 .is_some_and(|name| !name.is_empty())
             {
-                cache.insert(&object.key, object.head.clone());
+                // A HEAD's kept time stays known while the object is the same version.
+                let mut head = object.head.clone();
+                if let Some(known) = cache.get(&object.key) {
+                    if known.etag.is_some() && known.etag == head.etag {
+                        head.mtime = known.mtime;
+                    }
+                }
+                cache.insert(&object.key, head);
             }
         }
         Ok(page)
@@ -151,12 +160,79 @@ impl UserStore {
         Ok(())
     }
 
-    /// PutObject of an upload's bytes (the open marked the key created).
-    pub(crate) async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
+    /// PutObject of an upload's bytes, with its kept modification time when the client
+    /// set one (the open marked the key created).
+    pub(crate) async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        mtime: Option<SystemTime>,
+    ) -> Result<()> {
         self.cache().forget(key);
-        self.s3()
-            .put_object(key, body, &self.storage().object_options())
-            .await
+        let options = ObjectOptions {
+            mtime,
+            ..self.storage().object_options()
+        };
+        self.s3().put_object(key, body, &options).await
+    }
+
+    /// Stores `mtime` as the modification time of the object at `key`, unless it has
+    /// that time already (to the second: SFTP v3 times are whole seconds). One HEAD,
+    /// then one CopyObject onto itself (MetadataDirective REPLACE, pinned to the ETag the
+    /// HEAD saw) that keeps Content-Type and the other user metadata and writes class and
+    /// encryption as configured. Returns whether a copy was made; `NotFound` if there is
+    /// no object.
+    pub(crate) async fn set_mtime_of_key(&self, key: &str, mtime: SystemTime) -> Result<bool> {
+        let Some((head, mut extra)) = (match self.s3().head_object_full(key).await {
+            Ok(found) => found,
+            Err(HeadFailure::Other(err)) => return Err(err),
+            Err(HeadFailure::Denied(failure)) => {
+                if self.listing_proves_absent(key).await {
+                    None
+                } else {
+                    return Err(failure.into_error("HeadObject"));
+                }
+            }
+        }) else {
+            return Err(super::StorageError::NotFound);
+        };
+        let stored = head.mtime.flatten().map(whole_seconds);
+        if stored == Some(whole_seconds(mtime)) {
+            self.cache().insert(key, head);
+            return Ok(false);
+        }
+        if head.size > MAX_COPY_OBJECT {
+            return Err(super::StorageError::Unsupported(
+                "setting the modification time of a file over 5 GiB after its upload is not supported",
+            ));
+        }
+        extra
+            .metadata
+            .insert(MTIME_KEY.to_string(), super::mtime::format(mtime));
+        self.cache().forget(key);
+        let copied = self
+            .s3()
+            .replace_metadata(
+                key,
+                head.etag.as_deref(),
+                &extra,
+                &self.storage().object_options(),
+            )
+            .await?;
+        if let Some((etag, modified)) = copied {
+            self.cache().insert(
+                key,
+                ObjectHead {
+                    size: head.size,
+                    etag: Some(etag),
+                    modified,
+                    dir_marker: head.dir_marker,
+                    mtime: Some(Some(mtime)),
+                },
+            );
+        }
+        tracing::debug!(%key, "modification time stored by a copy in place");
+        Ok(true)
     }
 
     /// Completes an upload's `mp` at `key`, `size` bytes (the open marked the key created).
@@ -206,6 +282,7 @@ impl UserStore {
                 etag: Some(etag),
                 modified,
                 dir_marker: head.dir_marker,
+                mtime: head.mtime,
             };
             self.cache().insert(dst, copy);
         }

@@ -266,6 +266,7 @@ mod tests {
             etag: Some("\"e\"".into()),
             modified: None,
             dir_marker: false,
+            mtime: None,
         }
     }
 

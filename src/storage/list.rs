@@ -1,11 +1,27 @@
 //! Directory listings streamed from ListObjectsV2, one page at a time: a listing of a
 //! million objects never holds more than one page in memory.
+//!
+//! ListObjectsV2 carries no user metadata, so the modification time a client set (kept
+//! in `x-amz-meta-mtime`) is not in a listing. Tools that compare times over SFTP (rclone
+//! sync) read them from READDIR, so with `--list-mtimes auto` a directory that fits in
+//! one page (up to 1,000 files) is listed with one HEAD per file not already known to
+//! the session, 16 in flight; larger directories, and `off`, show LastModified.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
+use tracing::Instrument;
+
 use super::cache::{Snapshot, MAX_DIR_NAMES};
-use super::{Entry, EntryKind, Result, UserStore};
+use super::s3::ListedObject;
+use super::{Entry, EntryKind, ListMtimes, Result, UserStore};
+
+/// The largest directory (in files, one ListObjectsV2 page) whose listing HEADs every
+/// file for its kept modification time (`--list-mtimes auto`); larger directories show
+/// S3's LastModified.
+pub const MTIME_HEADS_MAX: usize = 1000;
+/// HEADs in flight while a listing looks up kept times.
+const MTIME_HEADS_IN_FLIGHT: usize = 16;
 
 /// An open directory: the entries of the current page and where the next page starts.
 #[derive(Debug)]
@@ -52,12 +68,22 @@ impl DirLister {
             .store
             .list_dir_page(&self.prefix, self.token.as_deref())
             .await?;
+        let whole_dir = self.token.is_none() && listed.next_token.is_none();
+        let kept = if whole_dir && self.store.storage().settings().list_mtimes == ListMtimes::Auto {
+            self.kept_mtimes(&listed.objects).await
+        } else {
+            HashMap::new()
+        };
         let files = listed.objects.iter().filter_map(|o| {
             Some(Entry {
                 name: o.key.strip_prefix(&self.prefix)?.to_string(),
                 kind: EntryKind::File,
                 size: o.head.size,
-                modified: o.head.modified,
+                modified: kept
+                    .get(&o.key)
+                    .copied()
+                    .flatten()
+                    .or_else(|| o.head.shown_time()),
             })
         });
         let now = SystemTime::now();
@@ -96,6 +122,59 @@ impl DirLister {
             }
         }
         Ok(())
+    }
+}
+
+impl DirLister {
+    /// The kept modification time of each of `objects` (at most [`MTIME_HEADS_MAX`]):
+    /// from the session's cache, else by HEADs, [`MTIME_HEADS_IN_FLIGHT`] at a time
+    /// (remembered like any HEAD). A HEAD that fails leaves the file at its LastModified.
+    async fn kept_mtimes(&self, objects: &[ListedObject]) -> HashMap<String, Option<SystemTime>> {
+        let mut kept = HashMap::new();
+        if objects.len() > MTIME_HEADS_MAX {
+            return kept;
+        }
+        let mut unknown = Vec::new();
+        for o in objects {
+            match self.store.cache().get(&o.key).and_then(|h| h.mtime) {
+                Some(mtime) => {
+                    kept.insert(o.key.clone(), mtime);
+                }
+                None if o.key.len() > self.prefix.len() => unknown.push(o.key.clone()),
+                None => {}
+            }
+        }
+        let mut unknown = unknown.into_iter();
+        let mut heads = tokio::task::JoinSet::new();
+        let mut done = Vec::new();
+        loop {
+            while heads.len() < MTIME_HEADS_IN_FLIGHT {
+                let Some(key) = unknown.next() else { break };
+                let store = self.store.clone();
+                heads.spawn(
+                    async move {
+                        let head = store.head(&key).await;
+                        (key, head)
+                    }
+                    .in_current_span(),
+                );
+            }
+            match heads.join_next().await {
+                Some(Ok(result)) => done.push(result),
+                Some(Err(e)) => tracing::debug!("HEAD task for a kept time failed: {e}"),
+                None => break,
+            }
+        }
+        for (key, head) in done {
+            match head {
+                Ok(Some(head)) => {
+                    kept.insert(key, head.mtime.flatten());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(%key, "HEAD for the kept time failed: {e}"),
+            }
+        }
+        kept
     }
 }
 

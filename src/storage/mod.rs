@@ -14,6 +14,7 @@ pub mod compat;
 pub mod download;
 pub mod error;
 pub mod list;
+pub(crate) mod mtime;
 pub mod object_settings;
 mod observe;
 pub mod path;
@@ -62,8 +63,20 @@ pub struct TransferSettings {
     pub reorder_window: u64,
     /// How long a session trusts what a listing or HEAD told it about an object.
     pub metadata_ttl: Duration,
+    /// Whether listings HEAD their files for the kept modification times.
+    pub list_mtimes: ListMtimes,
     /// Storage class, encryption and upload checksum of every object written.
     pub objects: ObjectSettings,
+}
+
+/// Whether a listing shows the kept modification times (see [`list`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListMtimes {
+    /// One HEAD per file in directories of up to [`list::MTIME_HEADS_MAX`] files.
+    #[default]
+    Auto,
+    /// Listings show S3's LastModified; STAT still shows the kept time.
+    Off,
 }
 
 impl Default for TransferSettings {
@@ -75,6 +88,7 @@ impl Default for TransferSettings {
             download_chunk: 8 * MIB,
             reorder_window: 4 * MIB,
             metadata_ttl: Duration::from_secs(30),
+            list_mtimes: ListMtimes::Auto,
             objects: ObjectSettings::default(),
         }
     }
@@ -221,6 +235,17 @@ pub(crate) struct ObjectHead {
     /// s3` answers a HEAD of a folder's name, and how s3fs once marked directories.
     /// Only a HEAD can tell (listings carry no Content-Type).
     pub dir_marker: bool,
+    /// The modification time kept in the object's metadata (`x-amz-meta-mtime`):
+    /// `Some(None)` when a HEAD or GET found none, `None` when not known (listings carry
+    /// no user metadata).
+    pub mtime: Option<Option<SystemTime>>,
+}
+
+impl ObjectHead {
+    /// The time to show: the kept modification time, else S3's LastModified.
+    pub fn shown_time(&self) -> Option<SystemTime> {
+        self.mtime.flatten().or(self.modified)
+    }
 }
 
 /// How many written keys a session remembers for [`UserStore::stat_for_client`].
@@ -365,11 +390,19 @@ impl UserStore {
             name: path.file_name().to_string(),
             kind: EntryKind::File,
             size: head.size,
-            modified: head.modified,
+            modified: head.shown_time(),
         };
         // An empty entry from a listing may be a directory marker (see `dir_marker`):
         // only a HEAD tells.
-        if let Some(head) = self.cache.get(&key).filter(|head| head.size > 0) {
+        // A listing's entry lacks the kept time: a HEAD tells it, unless listings are
+        // configured not to show kept times (then STAT costs what it did before).
+        let list_mtimes = self.storage.settings.list_mtimes;
+        if let Some(head) = self
+            .cache
+            .get(&key)
+            .filter(|head| head.size > 0)
+            .filter(|head| head.mtime.is_some() || list_mtimes == ListMtimes::Off)
+        {
             return Ok(file_entry(head));
         }
         // HEAD and the directory LIST go out together; a file answers without waiting
@@ -564,6 +597,30 @@ impl UserStore {
         match self.head(&key).await? {
             Some(_) => Ok(()),
             None => Err(StorageError::IsADirectory),
+        }
+    }
+
+    /// Keeps `mtime` as the modification time of the file at `path` (SETSTAT after the
+    /// upload): one HEAD, and one CopyObject in place unless the file has that time
+    /// already (see [`set_mtime_of_key`](Self::set_mtime_of_key)). Allowed where the user
+    /// may upload and overwrite, and on a file this session has written (an upload-only
+    /// user may set the time of what it just uploaded). A directory's time is not kept
+    /// (S3 has no directories): accepted and ignored. Returns whether a copy was made.
+    pub async fn set_mtime(&self, path: &VirtualPath, mtime: SystemTime) -> Result<bool> {
+        if path.is_root() {
+            return Ok(false);
+        }
+        let key = self.jail.file_key(path)?;
+        if !self.has_written(&key) {
+            self.check(Permission::Upload, path)?;
+            self.check(Permission::Overwrite, path)?;
+        }
+        match self.set_mtime_of_key(&key, mtime).await {
+            Err(StorageError::NotFound) => match self.dir_entry(path).await? {
+                Some(_) => Ok(false),
+                None => Err(StorageError::NotFound),
+            },
+            other => other,
         }
     }
 

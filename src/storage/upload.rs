@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::task::AbortOnDropHandle;
@@ -100,6 +101,12 @@ pub struct Upload {
     existing: Existing,
     /// The check, still running, that the name is not a directory.
     preflight: Option<AbortOnDropHandle<Result<()>>>,
+    /// The modification time the client set on the handle (OPEN attributes, FSETSTAT):
+    /// stored with the object at commit.
+    mtime: Option<SystemTime>,
+    /// The time the multipart upload was created with, when one was: a different time
+    /// set later costs a copy in place after the commit.
+    multipart_mtime: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -163,7 +170,16 @@ impl Upload {
             state: State::Open,
             existing,
             preflight,
+            mtime: None,
+            multipart_mtime: None,
         }
+    }
+
+    /// Keeps `mtime` as the object's modification time. Free while the object's first
+    /// request (PutObject, or CreateMultipartUpload once the first part is full) is not
+    /// sent; after that, the commit costs one CopyObject more.
+    pub fn set_mtime(&mut self, mtime: SystemTime) {
+        self.mtime = Some(mtime);
     }
 
     /// The object key this upload will create.
@@ -327,7 +343,7 @@ impl Upload {
         let size = self.written;
         if self.multipart.is_none() {
             let body = self.buffer.split().freeze();
-            self.store.put_object(&self.key, body).await?;
+            self.store.put_object(&self.key, body, self.mtime).await?;
             self.reservation = None;
             tracing::debug!(key = %self.key, size, "object stored");
             return Ok(size);
@@ -345,6 +361,10 @@ impl Upload {
         self.store.complete_upload(mp, &self.key, size).await?;
         self.multipart = None;
         tracing::debug!(key = %self.key, size, parts = count, "multipart object stored");
+        if let Some(mtime) = self.mtime.filter(|t| Some(*t) != self.multipart_mtime) {
+            // Set after the multipart upload began: the one case that needs a copy.
+            self.store.set_mtime_of_key(&self.key, mtime).await?;
+        }
         Ok(size)
     }
 
@@ -458,9 +478,13 @@ impl Upload {
     async fn send_part(&mut self) -> Result<()> {
         if self.multipart.is_none() {
             let storage = self.store.storage();
-            let options = storage.object_options();
+            let options = super::s3::ObjectOptions {
+                mtime: self.mtime,
+                ..storage.object_options()
+            };
             let mp = Multipart::create(storage.s3(), &self.key, &options).await?;
             self.multipart = Some(mp);
+            self.multipart_mtime = self.mtime;
         }
         let max_in_flight = self.max_in_flight;
         let Some(mp) = self.multipart.as_mut() else {

@@ -9,6 +9,7 @@
 
 pub(crate) mod multipart;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +24,18 @@ use super::{ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
 
 pub(crate) use multipart::{Completed, CopySource, Multipart};
 
+/// The user-metadata name (`x-amz-meta-mtime`) rclone's S3 backend keeps modification
+/// times under; we use the same so `rclone lsl` on the bucket agrees with SFTP.
+pub(crate) const MTIME_KEY: &str = "mtime";
+
+/// What a HEAD says beyond [`ObjectHead`]: what a copy in place must carry over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeadExtra {
+    pub content_type: Option<String>,
+    /// Every user metadata entry (names without `x-amz-meta-`).
+    pub metadata: HashMap<String, String>,
+}
+
 /// Per-request options of the calls that create an object (PutObject, CopyObject,
 /// CreateMultipartUpload): the headers that say how the new object is stored.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +46,9 @@ pub(crate) struct ObjectOptions {
     pub storage_class: Option<StorageClass>,
     /// `x-amz-server-side-encryption` and its KMS key and Bucket Key headers.
     pub encryption: Encryption,
+    /// The modification time the client asked for, stored as `x-amz-meta-mtime` (see
+    /// [`mtime`](super::mtime)); `None` stores none.
+    pub mtime: Option<SystemTime>,
 }
 
 impl ObjectOptions {
@@ -42,7 +58,14 @@ impl ObjectOptions {
             content_type: None,
             storage_class: settings.storage_class,
             encryption: settings.encryption.clone(),
+            mtime: None,
         }
+    }
+
+    /// The user metadata of a new object: the kept modification time, if any.
+    fn metadata(&self) -> Option<HashMap<String, String>> {
+        self.mtime
+            .map(|t| HashMap::from([(MTIME_KEY.to_string(), super::mtime::format(t))]))
     }
 
     fn storage_class(&self) -> Option<aws_sdk_s3::types::StorageClass> {
@@ -194,6 +217,14 @@ impl S3 {
         &self,
         key: &str,
     ) -> std::result::Result<Option<ObjectHead>, HeadFailure> {
+        Ok(self.head_object_full(key).await?.map(|(head, _)| head))
+    }
+
+    /// HeadObject with the Content-Type and user metadata; `None` if there is no object.
+    pub(crate) async fn head_object_full(
+        &self,
+        key: &str,
+    ) -> std::result::Result<Option<(ObjectHead, HeadExtra)>, HeadFailure> {
         let sent = self
             .client
             .head_object()
@@ -204,7 +235,8 @@ impl S3 {
         match sent {
             Ok(out) => {
                 let size = out.content_length().unwrap_or(0).max(0) as u64;
-                Ok(Some(ObjectHead {
+                let metadata = out.metadata().cloned().unwrap_or_default();
+                let head = ObjectHead {
                     size,
                     etag: out.e_tag().map(str::to_string),
                     modified: out.last_modified().and_then(to_system_time),
@@ -212,7 +244,13 @@ impl S3 {
                         && out
                             .content_type()
                             .is_some_and(|t| t.starts_with(DIRECTORY_CONTENT_TYPE)),
-                }))
+                    mtime: Some(kept_mtime(&metadata)),
+                };
+                let extra = HeadExtra {
+                    content_type: out.content_type().map(str::to_string),
+                    metadata,
+                };
+                Ok(Some((head, extra)))
             }
             Err(err) => {
                 let failure = S3Failure::from_sdk(&err);
@@ -268,6 +306,7 @@ impl S3 {
             etag: out.e_tag().map(str::to_string),
             modified: out.last_modified().and_then(to_system_time),
             dir_marker: false,
+            mtime: Some(kept_mtime(&out.metadata().cloned().unwrap_or_default())),
         };
         Ok(Ranged {
             head,
@@ -308,6 +347,7 @@ impl S3 {
                         etag: o.e_tag,
                         modified,
                         dir_marker: false,
+                        mtime: None,
                     },
                     key: o.key?,
                 })
@@ -339,6 +379,7 @@ impl S3 {
             .bucket(&*self.bucket)
             .key(key)
             .set_content_type(options.content_type.map(str::to_string))
+            .set_metadata(options.metadata())
             .set_storage_class(options.storage_class())
             .set_server_side_encryption(options.sse())
             .set_ssekms_key_id(options.kms_key_id())
@@ -394,6 +435,42 @@ impl S3 {
         }))
     }
 
+    /// CopyObject of `key` onto itself with its user metadata replaced by `metadata`,
+    /// pinned to `if_match`: how a modification time set after the upload is stored.
+    /// Content-Type is carried over from `extra`; class and encryption from `options`.
+    /// Returns the new ETag and date when S3 told them.
+    pub(crate) async fn replace_metadata(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+        extra: &HeadExtra,
+        options: &ObjectOptions,
+    ) -> Result<Option<(String, Option<SystemTime>)>> {
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .copy_source(copy_source(&self.bucket, key))
+            .set_copy_source_if_match(if_match.map(str::to_string))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .set_metadata(Some(extra.metadata.clone()))
+            .set_content_type(extra.content_type.clone())
+            .set_storage_class(options.storage_class())
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
+            .send()
+            .await
+            .map_err(|e| s3_error("CopyObject", e))?;
+        Ok(out.copy_object_result().and_then(|result| {
+            Some((
+                result.e_tag()?.to_string(),
+                result.last_modified().and_then(to_system_time),
+            ))
+        }))
+    }
+
     /// CreateMultipartUpload; returns the upload id.
     pub(crate) async fn create_multipart(
         &self,
@@ -406,6 +483,7 @@ impl S3 {
             .bucket(&*self.bucket)
             .key(key)
             .set_content_type(options.content_type.map(str::to_string))
+            .set_metadata(options.metadata())
             .set_storage_class(options.storage_class())
             .set_server_side_encryption(options.sse())
             .set_ssekms_key_id(options.kms_key_id())
@@ -612,6 +690,11 @@ pub(crate) async fn head_bucket(
 fn content_md5(body: &[u8]) -> String {
     use md5::{Digest, Md5};
     aws_smithy_types::base64::encode(Md5::digest(body))
+}
+
+/// The kept modification time in `metadata`, if there is a readable one.
+fn kept_mtime(metadata: &HashMap<String, String>) -> Option<SystemTime> {
+    metadata.get(MTIME_KEY).and_then(|v| super::mtime::parse(v))
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
