@@ -310,64 +310,65 @@ async fn rclone_sync_twice_transfers_nothing_the_second_time() {
     t.shutdown().await;
 }
 
-/// What showing kept times in listings costs: a directory of 1,000 files listed by a new
-/// session, with `--list-mtimes auto` (one HEAD per file, 16 in flight) and `off` (none).
-/// The times are printed (`--nocapture`) for docs/filesystem.md.
+/// What showing kept times in listings costs, listed by a new session: with `--list-mtimes
+/// auto` a directory of up to `MTIME_HEADS_MAX` (100) files costs one HEAD per file (16 in
+/// flight) and a larger one none; with `off`, none. The times are printed (`--nocapture`)
+/// for docs/filesystem.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn listing_a_thousand_files_heads_each_only_with_list_mtimes_auto() {
-    for mode in [
-        s3sftp::storage::ListMtimes::Off,
-        s3sftp::storage::ListMtimes::Auto,
-    ] {
+async fn listings_head_small_directories_only_with_list_mtimes_auto() {
+    use s3sftp::storage::list::MTIME_HEADS_MAX;
+    use s3sftp::storage::ListMtimes;
+    for mode in [ListMtimes::Off, ListMtimes::Auto] {
         let (t, proxy, view) = start_behind_proxy(|c| c.transfer.list_mtimes = mode).await;
         let p = t.alice.prefix.clone();
         let mut puts = tokio::task::JoinSet::new();
-        for i in 0..1000 {
-            let (client, bucket, key) = (
-                view.client.clone(),
-                view.bucket.clone(),
-                format!("{p}many/f{i:04}"),
-            );
-            puts.spawn(async move {
-                client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .metadata("mtime", OLD.to_string())
-                    .body(b"x".to_vec().into())
-                    .send()
-                    .await
-                    .expect("put")
-            });
-            if puts.len() >= 32 {
-                puts.join_next().await;
+        for (dir, n) in [("small", MTIME_HEADS_MAX), ("large", MTIME_HEADS_MAX + 50)] {
+            for i in 0..n {
+                let (client, bucket, key) = (
+                    view.client.clone(),
+                    view.bucket.clone(),
+                    format!("{p}{dir}/f{i:04}"),
+                );
+                puts.spawn(async move {
+                    client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .metadata("mtime", OLD.to_string())
+                        .body(b"x".to_vec().into())
+                        .send()
+                        .await
+                        .expect("put")
+                });
+                if puts.len() >= 32 {
+                    puts.join_next().await;
+                }
             }
         }
         while puts.join_next().await.is_some() {}
         let s = t.russh_sftp(&t.alice).await;
-        let heads = proxy.hits(Op::HeadObject);
-        let started = std::time::Instant::now();
-        let listed = listed_times(&s, "/many").await;
-        let took = started.elapsed();
-        let heads = proxy.hits(Op::HeadObject) - heads;
-        eprintln!("list-mtimes {mode:?}: 1000 files listed in {took:?} with {heads} HEADs");
-        assert_eq!(listed.len(), 1000);
-        let kept = listed
-            .iter()
-            .filter(|(_, m)| *m == Some(OLD as u32))
-            .count();
-        match mode {
-            s3sftp::storage::ListMtimes::Off => {
-                assert_eq!(kept, 0);
-                assert_eq!(heads, 1, "only OPENDIR's look at the directory's name");
-            }
-            s3sftp::storage::ListMtimes::Auto => {
-                assert_eq!(kept, 1000);
-                assert_eq!(heads, 1 + 1000, "OPENDIR's, and one per file");
+        for (dir, n) in [("small", MTIME_HEADS_MAX), ("large", MTIME_HEADS_MAX + 50)] {
+            let heads = proxy.hits(Op::HeadObject);
+            let started = std::time::Instant::now();
+            let listed = listed_times(&s, &format!("/{dir}")).await;
+            let took = started.elapsed();
+            let heads = proxy.hits(Op::HeadObject) - heads;
+            eprintln!("list-mtimes {mode:?}: {n} files listed in {took:?} with {heads} HEADs");
+            assert_eq!(listed.len(), n);
+            let kept = listed
+                .iter()
+                .filter(|(_, m)| *m == Some(OLD as u32))
+                .count();
+            if mode == ListMtimes::Auto && n <= MTIME_HEADS_MAX {
+                assert_eq!(kept, n);
+                assert_eq!(heads, 1 + n as u32, "OPENDIR's, and one per file");
                 // The HEADs are remembered: listing again costs none.
                 let again = proxy.hits(Op::HeadObject);
-                listed_times(&s, "/many").await;
+                listed_times(&s, &format!("/{dir}")).await;
                 assert!(proxy.hits(Op::HeadObject) <= again + 1, "no HEAD per file");
+            } else {
+                assert_eq!(kept, 0, "{mode:?} {dir}");
+                assert_eq!(heads, 1, "only OPENDIR's looks at the directory's name");
             }
         }
         t.shutdown().await;
