@@ -17,10 +17,12 @@
 //! configured, the server starts an embedded S3-compatible store on loopback and talks to
 //! it through the same S3 client as to a real bucket.
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 /// The embedded S3 store ([`s3_store`]), built in with the default `embedded-store` feature.
 #[cfg(feature = "embedded-store")]
 pub use s3_store as embedded;

@@ -3,6 +3,7 @@
 //! not wait on S3 per request because downloads read ahead and uploads write behind.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use russh_sftp::protocol::{
 
 use super::attrs;
 use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
+use crate::activity::{Activity, OpenFile};
 use crate::audit::{self, Action, Protocol, TransferResult};
 use crate::metrics::Direction;
 use crate::storage::{
@@ -50,6 +52,8 @@ struct WriteHandle {
     ending: Ending,
     /// When OPEN made it, for the transfer log's duration.
     opened: Instant,
+    /// Counts the file as open in `s3sftp sessions`, with its bytes.
+    live: OpenFile,
 }
 
 /// A download, and what the transfer log says of it at CLOSE.
@@ -59,6 +63,8 @@ struct ReadHandle {
     opened: Instant,
     /// Bytes sent in DATA replies.
     served: u64,
+    /// Counts the file as open in `s3sftp sessions`, with its bytes.
+    live: OpenFile,
 }
 
 /// Where the file being written ends, which decides what CLOSE commits.
@@ -89,6 +95,8 @@ pub struct Session {
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     initialized: bool,
+    /// What `s3sftp sessions` shows of the connection.
+    activity: Arc<Activity>,
 }
 
 type Reply = Bytes;
@@ -210,7 +218,12 @@ fn answered(kind: &'static str, id: u32, outcome: Outcome) -> Reply {
 }
 
 impl Session {
-    pub fn new(store: UserStore, username: &str, limits: SessionLimits) -> Self {
+    pub fn new(
+        store: UserStore,
+        username: &str,
+        limits: SessionLimits,
+        activity: Arc<Activity>,
+    ) -> Self {
         Session {
             store,
             username: username.to_string(),
@@ -218,6 +231,7 @@ impl Session {
             handles: HashMap::new(),
             next_handle: 1,
             initialized: false,
+            activity,
         }
     }
 
@@ -416,11 +430,13 @@ impl Session {
         }
         if !flags.contains(OpenFlags::WRITE) {
             let download = self.store.open_read_listed(&v).await?;
+            let live = self.activity.open_file(v.as_str(), Direction::Download);
             let read = ReadHandle {
                 download,
                 path: v,
                 opened: Instant::now(),
                 served: 0,
+                live,
             };
             return self.add_handle(id, OpenHandle::Read(Box::new(read)));
         }
@@ -457,6 +473,7 @@ impl Session {
             }
             _ => Ending::AtWritten,
         };
+        let live = self.activity.open_file(v.as_str(), Direction::Upload);
         self.add_handle(
             id,
             OpenHandle::Write(Box::new(WriteHandle {
@@ -464,6 +481,7 @@ impl Session {
                 path: v,
                 ending,
                 opened: Instant::now(),
+                live,
             })),
         )
     }
@@ -484,6 +502,7 @@ impl Session {
             Ok(data) if data.is_empty() => Err(Refusal::new(StatusCode::Eof, "end of file")),
             Ok(data) => {
                 read.served += data.len() as u64;
+                read.live.moved(data.len() as u64);
                 Ok(codec::data(id, &data))
             }
             Err(e) => {
@@ -504,8 +523,12 @@ impl Session {
             }
             None => return Err(Refusal::bad_handle()),
         };
+        let len = data.len() as u64;
         match w.upload.write(offset, data).await {
-            Ok(()) => Ok(status_ok(id)),
+            Ok(()) => {
+                w.live.moved(len);
+                Ok(status_ok(id))
+            }
             Err(e) => {
                 tracing::info!(user = %self.username, key = %w.upload.key(), "write refused: {e}");
                 Err(e.into())
@@ -537,6 +560,8 @@ impl Session {
             path,
             ending,
             opened,
+            // Open in `s3sftp sessions` until the commit below is done.
+            live: _live,
         } = *w;
         if let Ending::Untruncated { old_size } = ending {
             if upload.is_empty() {
