@@ -3,7 +3,7 @@
 //! removes the socket at shutdown.
 
 use std::net::IpAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,25 +46,28 @@ impl ControlSocket {
 }
 
 /// Starts the control socket in `state_dir`. Never fails the server: when the directory
-/// is readable or writable by others, or another server answers on the socket, or it cannot
+/// is writable by others or not the server's own (anyone who can write there could put
+/// their own socket in its place; the socket itself is 0600, so a directory others can
+/// only read is fine, as systemd's `StateDirectory=` makes by default), or another server answers on the socket, or it cannot
 /// be bound, it warns and returns `None` (the admin commands then cannot reach it).
 pub fn start(state_dir: &Path, shared: Arc<Shared>) -> Option<ControlSocket> {
     let path = socket_path(state_dir);
-    match std::fs::metadata(state_dir) {
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-            tracing::warn!(
-                dir = %state_dir.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o7777),
-                "the state directory is open to other users: control socket not started (admin commands cannot reach this server); fix with: chmod 700 {}",
-                state_dir.display()
-            );
-            return None;
-        }
-        Ok(_) => {}
+    let dir_meta = match std::fs::metadata(state_dir) {
+        Ok(meta) => meta,
         Err(e) => {
             tracing::warn!(dir = %state_dir.display(), "control socket not started: {e}");
             return None;
         }
+    };
+    let mode = dir_meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        tracing::warn!(
+            dir = %state_dir.display(),
+            mode = format!("{mode:o}"),
+            "the state directory is writable by other users: control socket not started (admin commands cannot reach this server); fix with: chmod go-w {}",
+            state_dir.display()
+        );
+        return None;
     }
     if !clear_stale(&path) {
         return None;
@@ -76,9 +79,16 @@ pub fn start(state_dir: &Path, shared: Arc<Shared>) -> Option<ControlSocket> {
             return None;
         }
     };
-    // The directory is private, so nobody else can reach the socket before this.
+    // Nobody else can write to the directory, so nobody can swap the socket before this.
     if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
         tracing::warn!(path = %path.display(), "cannot make the control socket private; removing it: {e}");
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    // The socket is ours: a directory owned by someone else could be changed under us.
+    let ours = std::fs::metadata(&path).is_ok_and(|m| m.uid() == dir_meta.uid());
+    if !ours {
+        tracing::warn!(dir = %state_dir.display(), "the state directory belongs to another user: control socket not started");
         let _ = std::fs::remove_file(&path);
         return None;
     }

@@ -59,7 +59,7 @@ pub async fn serve(
     );
 
     let idle = limits.idle_timeout;
-    let mut session = Session::new(store, &username, limits, activity);
+    let mut session = Session::new(store, &username, limits).with_activity(activity);
     let mut pending = Pending::default();
     let mut drain_seen = false;
     let mut input_ended = false;

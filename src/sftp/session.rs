@@ -218,12 +218,7 @@ fn answered(kind: &'static str, id: u32, outcome: Outcome) -> Reply {
 }
 
 impl Session {
-    pub fn new(
-        store: UserStore,
-        username: &str,
-        limits: SessionLimits,
-        activity: Arc<Activity>,
-    ) -> Self {
+    pub fn new(store: UserStore, username: &str, limits: SessionLimits) -> Self {
         Session {
             store,
             username: username.to_string(),
@@ -231,8 +226,14 @@ impl Session {
             handles: HashMap::new(),
             next_handle: 1,
             initialized: false,
-            activity,
+            activity: Activity::detached(username),
         }
+    }
+
+    /// Counts the session's open files and bytes into `activity` (`s3sftp sessions`).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
+        self
     }
 
     /// Handles one packet and returns the reply.
