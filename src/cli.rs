@@ -229,6 +229,9 @@ pub struct KickArgs {
     /// A user name (all their sessions), or a session id (digits only) from `s3sftp sessions`.
     #[arg(value_name = "USER|SESSION")]
     pub target: String,
+    /// TARGET is a user name even if it is all digits.
+    #[arg(long)]
+    pub user: bool,
 }
 
 /// `s3sftp bans`.

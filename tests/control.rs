@@ -231,6 +231,18 @@ async fn kick_session_ends_only_that_one() {
     assert_eq!(left, [ids[1]]);
     let out = admin(&state_dir(&t), &["kick", "999999"]).await;
     assert!(!out.status.success(), "no such session");
+    assert!(
+        stderr(&out).contains("no logged-in session 999999"),
+        "{}",
+        stderr(&out)
+    );
+    let out = admin(&state_dir(&t), &["kick", "--user", &ids[1].to_string()]).await;
+    assert!(
+        stderr(&out).contains(&format!("user {} has no session", ids[1])),
+        "--user takes digits as a user name: {}",
+        stderr(&out)
+    );
+    assert!(!second.is_closed());
     drop(second);
     t.shutdown().await;
 }

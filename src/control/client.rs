@@ -98,6 +98,7 @@ pub fn kick(args: &KickArgs) -> Result<ExitCode, ControlError> {
         &args.control.state_dir,
         &Request::Kick {
             target: args.target.clone(),
+            user: args.user,
         },
     )?;
     let Reply::Kicked { user, sessions } = reply else {

@@ -29,8 +29,13 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub enum Request {
     /// The logged-in connections.
     Sessions,
-    /// End the connections of a user, or one by session id (all digits).
-    Kick { target: String },
+    /// End the connections of a user, or one by session id (all digits, unless `user`).
+    Kick {
+        target: String,
+        /// `target` is a user name even if it is all digits.
+        #[serde(default)]
+        user: bool,
+    },
     /// The sources banned now.
     Bans,
     /// Lift the ban on an address's source.
@@ -94,9 +99,14 @@ mod tests {
     fn requests_are_one_json_object() {
         let r = Request::Kick {
             target: "alice".into(),
+            user: false,
         };
         let line = serde_json::to_string(&r).unwrap();
-        assert_eq!(line, r#"{"command":"kick","target":"alice"}"#);
+        assert_eq!(line, r#"{"command":"kick","target":"alice","user":false}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"kick","target":"alice"}"#).unwrap(),
+            r
+        );
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"command":"bans"}"#).unwrap(),

@@ -181,7 +181,7 @@ pub fn handle(request: Request, shared: &Shared) -> Reply {
             tracing::debug!(count = sessions.len(), "control: sessions listed");
             Reply::Sessions { sessions }
         }
-        Request::Kick { target } => kick(&target, shared),
+        Request::Kick { target, user } => kick(&target, user, shared),
         Request::Bans => {
             let bans: Vec<BanView> = shared
                 .guard
@@ -202,8 +202,8 @@ pub fn handle(request: Request, shared: &Shared) -> Reply {
     }
 }
 
-fn kick(target: &str, shared: &Shared) -> Reply {
-    let by_session = !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit());
+fn kick(target: &str, as_user: bool, shared: &Shared) -> Reply {
+    let by_session = !as_user && !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit());
     let (user, sessions) = if by_session {
         let Ok(id) = target.parse::<u64>() else {
             return error(format!("no session {target}"));
