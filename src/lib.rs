@@ -13,7 +13,8 @@
 //! Around them: [`server`] wires everything together at start-up and shuts it down;
 //! [`lanes`] runs the connections on single-threaded runtimes (session threads);
 //! [`reload`] applies a changed users file live; [`config`] and [`cli`] turn the command
-//! line into settings; [`admin`] implements the `users` admin commands. With no bucket
+//! line into settings; [`admin`] implements the `users` admin commands; [`control`] is the
+//! control socket of `sessions`, `kick`, `bans` and `unban`, fed by [`activity`]. With no bucket
 //! configured, the server starts an embedded S3-compatible store on loopback and talks to
 //! it through the same S3 client as to a real bucket.
 
