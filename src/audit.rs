@@ -196,3 +196,31 @@ pub fn exec(command: &str, result: Result<(), &str>) {
         "exec"
     );
 }
+
+/// An admin ended `username`'s connections `sessions` over the control socket.
+pub fn admin_kick(username: &str, sessions: &[u64]) {
+    let ids: Vec<String> = sessions.iter().map(u64::to_string).collect();
+    tracing::info!(
+        target: TARGET,
+        event = "admin_kick",
+        protocol = "control",
+        username = %escaped(username),
+        sessions = %ids.join(","),
+        status = "ok",
+        "admin_kick"
+    );
+}
+
+/// An admin lifted the ban on `source` over the control socket (`was_banned` false: there
+/// was none).
+pub fn admin_unban(source: &str, was_banned: bool) {
+    tracing::info!(
+        target: TARGET,
+        event = "admin_unban",
+        protocol = "control",
+        source = %source,
+        was_banned,
+        status = "ok",
+        "admin_unban"
+    );
+}

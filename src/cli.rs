@@ -285,6 +285,65 @@ pub enum Command {
     /// Print the least-privilege IAM policy (JSON) for the bucket and the users' prefixes
     /// (see docs/s3-providers.md).
     Policy(PolicyArgs),
+    /// List the running server's logged-in sessions (over its control socket).
+    Sessions(SessionsArgs),
+    /// Disconnect a user's sessions, or one session by its id, on the running server.
+    Kick(KickArgs),
+    /// List the sources the running server has banned after failed logins.
+    Bans(BansArgs),
+    /// Lift the running server's ban on an address (an IPv6 address lifts its /64).
+    Unban(UnbanArgs),
+}
+
+/// Which running server an admin command talks to (see docs/operations.md).
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The running server's state directory: its control socket is `control.sock` there.
+    #[arg(long, env = "S3SFTP_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+}
+
+/// `s3sftp sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `s3sftp kick`.
+#[derive(Debug, Args)]
+pub struct KickArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// A user name (all their sessions), or a session id (digits only) from `s3sftp sessions`.
+    #[arg(value_name = "USER|SESSION")]
+    pub target: String,
+    /// TARGET is a user name even if it is all digits.
+    #[arg(long)]
+    pub user: bool,
+}
+
+/// `s3sftp bans`.
+#[derive(Debug, Args)]
+pub struct BansArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `s3sftp unban`.
+#[derive(Debug, Args)]
+pub struct UnbanArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// The banned IP address (or any address of a banned IPv6 /64).
+    #[arg(value_name = "ADDR")]
+    pub address: String,
 }
 
 /// `s3sftp policy`: what the IAM policy is made from.

@@ -13,16 +13,19 @@
 //! Around them: [`server`] wires everything together at start-up and shuts it down;
 //! [`lanes`] runs the connections on single-threaded runtimes (session threads);
 //! [`reload`] applies a changed users file live; [`config`] and [`cli`] turn the command
-//! line into settings; [`admin`] implements the `users` admin commands. With no bucket
+//! line into settings; [`admin`] implements the `users` admin commands; [`control`] is the
+//! control socket of `sessions`, `kick`, `bans` and `unban`, fed by [`activity`]. With no bucket
 //! configured, the server starts an embedded S3-compatible store on loopback and talks to
 //! it through the same S3 client as to a real bucket.
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod config_check;
 pub mod config_file;
+pub mod control;
 /// The embedded S3 store ([`s3_store`]), built in with the default `embedded-store` feature.
 #[cfg(feature = "embedded-store")]
 pub use s3_store as embedded;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use s3sftp::cli::{setting_name, Cli, Command};
+use s3sftp::control::client as control;
 
 fn main() -> ExitCode {
     let cli = Cli::from_env_and_args();
@@ -34,6 +35,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Users(args) => s3sftp::admin::run(args).map_err(anyhow::Error::from),
         Command::Policy(args) => policy(&args),
+        Command::Sessions(args) => control::sessions(&args).map_err(anyhow::Error::from),
+        Command::Kick(args) => control::kick(&args).map_err(anyhow::Error::from),
+        Command::Bans(args) => control::bans(&args).map_err(anyhow::Error::from),
+        Command::Unban(args) => control::unban(&args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

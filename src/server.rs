@@ -157,6 +157,8 @@ pub struct RunningServer {
     grace: Duration,
     /// The operations listener, when on.
     ops: Option<Ops>,
+    /// The control socket for the admin commands, when it started.
+    control: Option<crate::control::server::ControlSocket>,
 }
 
 /// The running operations listener and what shutdown does with it.
@@ -208,6 +210,11 @@ impl RunningServer {
         self.ops.as_ref().map(|o| o.addr)
     }
 
+    /// The control socket's path, when it started.
+    pub fn control_socket(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
     pub async fn shutdown(self) {
         if let Some(ops) = &self.ops {
             ops.readiness.set_draining();
@@ -249,6 +256,9 @@ impl RunningServer {
         }
         if let Some(ops) = self.ops {
             ops.stop.cancel();
+        }
+        if let Some(control) = self.control {
+            control.shutdown().await;
         }
         tracing::info!("server stopped");
     }
@@ -374,7 +384,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Some(settings) => Some(start_ops(settings, &shared).await?),
         None => None,
     };
+    let control = crate::control::server::start(&config.state_dir, shared.clone());
     Ok(RunningServer {
+        control,
         addr,
         shared,
         accept,

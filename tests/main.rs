@@ -8,6 +8,7 @@
 mod common;
 
 mod audit_log;
+mod control;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;

@@ -75,14 +75,20 @@ fn refused(message: &str, status: u32) -> Command {
 
 /// Runs an accepted command on its channel, then reports the exit status and closes
 /// the channel.
-pub async fn run(channel: Channel<Msg>, store: UserStore, username: String, command: Command) {
+pub async fn run(
+    channel: Channel<Msg>,
+    store: UserStore,
+    username: String,
+    command: Command,
+    activity: std::sync::Arc<crate::activity::Activity>,
+) {
     let (mut reader, writer) = channel.split();
     let status = {
         let input = reader.make_reader();
         let output = writer.make_writer();
         match &command {
             Command::Scp(args, words) => {
-                crate::scp::run(args, words, &store, &username, input, output).await
+                crate::scp::run(args, words, &store, (&username, &activity), input, output).await
             }
             Command::Checksum(algorithm, args) => {
                 let mut input = input;

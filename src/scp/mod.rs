@@ -10,8 +10,10 @@ pub mod wire;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::activity::Activity;
 use crate::exec::words::Word;
 use crate::storage::UserStore;
+use std::sync::Arc;
 pub use wire::{Wire, WireError};
 
 /// Direction of the copy, from the server's point of view.
@@ -131,7 +133,7 @@ pub async fn run<R, W>(
     args: &ScpArgs,
     words: &[Word],
     store: &UserStore,
-    username: &str,
+    (username, activity): (&str, &Arc<Activity>),
     input: R,
     output: W,
 ) -> u32
@@ -141,8 +143,8 @@ where
 {
     let mut wire = Wire::new(input, output);
     let result = match args.mode {
-        Mode::Sink => sink::run(args, store, username, &mut wire).await,
-        Mode::Source => source::run(args, words, store, username, &mut wire).await,
+        Mode::Sink => sink::run(args, store, (username, activity), &mut wire).await,
+        Mode::Source => source::run(args, words, store, (username, activity), &mut wire).await,
     };
     wire.shutdown().await;
     match result {

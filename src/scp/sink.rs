@@ -1,7 +1,10 @@
 //! `scp -t`: the client uploads. Each file streams into a storage [`Upload`] (multipart
 //! beyond one part, bounded memory) and is acknowledged only once committed in S3.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::activity::Activity;
 
 use crate::audit::{self, Protocol, TransferResult};
 use crate::metrics::Direction;
@@ -22,7 +25,7 @@ struct Target {
 pub async fn run<R, W>(
     args: &ScpArgs,
     store: &UserStore,
-    username: &str,
+    (username, activity): (&str, &Arc<Activity>),
     wire: &mut Wire<R, W>,
 ) -> Result<Outcome, WireError>
 where
@@ -131,7 +134,7 @@ where
                         continue;
                     }
                 };
-                match receive_file(store, username, wire, &path, size, mtime).await? {
+                match receive_file(store, (username, activity), wire, &path, size, mtime).await? {
                     true => {}
                     false => outcome.errors += 1,
                 }
@@ -165,7 +168,7 @@ async fn ensure_dir(store: &UserStore, dir: &VirtualPath) -> Result<(), StorageE
 /// returned as errors (the session ends); storage failures are reported to the client.
 async fn receive_file<R, W>(
     store: &UserStore,
-    username: &str,
+    (username, activity): (&str, &Arc<Activity>),
     wire: &mut Wire<R, W>,
     path: &VirtualPath,
     size: u64,
@@ -198,6 +201,7 @@ where
         upload.set_mtime(mtime);
     }
     wire.ok().await?;
+    let live = activity.open_file(path.as_str(), Direction::Upload);
     let mut failure: Option<StorageError> = None;
     let mut offset = 0u64;
     while offset < size {
@@ -212,6 +216,7 @@ where
             }
         };
         let len = chunk.len() as u64;
+        live.moved(len);
         if failure.is_none() {
             if let Err(e) = upload.write(offset, chunk).await {
                 failure = Some(e);

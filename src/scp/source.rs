@@ -1,7 +1,10 @@
 //! `scp -f`: the client downloads. Files stream from a storage [`Download`] (parallel
 //! ranged GETs with read-ahead); directories (`-r`) are walked page by page.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::activity::Activity;
 
 use crate::audit::{self, Protocol, TransferResult};
 use crate::metrics::Direction;
@@ -23,7 +26,7 @@ pub async fn run<R, W>(
     args: &ScpArgs,
     words: &[Word],
     store: &UserStore,
-    username: &str,
+    (username, activity): (&str, &Arc<Activity>),
     wire: &mut Wire<R, W>,
 ) -> Result<Outcome, WireError>
 where
@@ -34,6 +37,7 @@ where
         args,
         store,
         username,
+        activity,
         outcome: Outcome::default(),
     };
     // The sink speaks first: one reply saying it is ready.
@@ -60,6 +64,8 @@ struct Source<'a> {
     args: &'a ScpArgs,
     store: &'a UserStore,
     username: &'a str,
+    /// Counts the file being sent in `s3sftp sessions`.
+    activity: &'a Arc<Activity>,
     outcome: Outcome,
 }
 
@@ -179,6 +185,7 @@ impl Source<'_> {
         if !self.expect_ok(wire).await? {
             return Ok(());
         }
+        let live = self.activity.open_file(path.as_str(), Direction::Download);
         let mut offset = 0u64;
         let mut failure: Option<StorageError> = None;
         while offset < size {
@@ -202,6 +209,7 @@ impl Source<'_> {
                 Some(c) => {
                     let n = (c.len() as u64).min(size - offset);
                     wire.send_data(&c[..n as usize]).await?;
+                    live.moved(n);
                     offset += n;
                 }
                 None => {

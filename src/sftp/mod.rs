@@ -42,6 +42,7 @@ pub async fn serve(
     username: String,
     limits: SessionLimits,
     draining: CancellationToken,
+    activity: std::sync::Arc<crate::activity::Activity>,
 ) {
     let (mut reader, writer) = channel.split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(REPLY_QUEUE);
@@ -58,7 +59,7 @@ pub async fn serve(
     );
 
     let idle = limits.idle_timeout;
-    let mut session = Session::new(store, &username, limits);
+    let mut session = Session::new(store, &username, limits).with_activity(activity);
     let mut pending = Pending::default();
     let mut drain_seen = false;
     let mut input_ended = false;

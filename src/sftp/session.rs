@@ -3,6 +3,7 @@
 //! not wait on S3 per request because downloads read ahead and uploads write behind.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use russh_sftp::protocol::{
 
 use super::attrs;
 use super::codec::{self, Reader, Request, MAX_DATA, MAX_PACKET, MAX_READ};
+use crate::activity::{Activity, OpenFile};
 use crate::audit::{self, Action, Protocol, TransferResult};
 use crate::metrics::Direction;
 use crate::storage::{
@@ -50,6 +52,8 @@ struct WriteHandle {
     ending: Ending,
     /// When OPEN made it, for the transfer log's duration.
     opened: Instant,
+    /// Counts the file as open in `s3sftp sessions`, with its bytes.
+    live: OpenFile,
 }
 
 /// A download, and what the transfer log says of it at CLOSE.
@@ -59,6 +63,8 @@ struct ReadHandle {
     opened: Instant,
     /// Bytes sent in DATA replies.
     served: u64,
+    /// Counts the file as open in `s3sftp sessions`, with its bytes.
+    live: OpenFile,
 }
 
 /// Where the file being written ends, which decides what CLOSE commits.
@@ -89,6 +95,8 @@ pub struct Session {
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
     initialized: bool,
+    /// What `s3sftp sessions` shows of the connection.
+    activity: Arc<Activity>,
 }
 
 type Reply = Bytes;
@@ -218,7 +226,14 @@ impl Session {
             handles: HashMap::new(),
             next_handle: 1,
             initialized: false,
+            activity: Activity::detached(username),
         }
+    }
+
+    /// Counts the session's open files and bytes into `activity` (`s3sftp sessions`).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
+        self
     }
 
     /// Handles one packet and returns the reply.
@@ -416,11 +431,13 @@ impl Session {
         }
         if !flags.contains(OpenFlags::WRITE) {
             let download = self.store.open_read_listed(&v).await?;
+            let live = self.activity.open_file(v.as_str(), Direction::Download);
             let read = ReadHandle {
                 download,
                 path: v,
                 opened: Instant::now(),
                 served: 0,
+                live,
             };
             return self.add_handle(id, OpenHandle::Read(Box::new(read)));
         }
@@ -461,6 +478,7 @@ impl Session {
             }
             _ => Ending::AtWritten,
         };
+        let live = self.activity.open_file(v.as_str(), Direction::Upload);
         self.add_handle(
             id,
             OpenHandle::Write(Box::new(WriteHandle {
@@ -468,6 +486,7 @@ impl Session {
                 path: v,
                 ending,
                 opened: Instant::now(),
+                live,
             })),
         )
     }
@@ -488,6 +507,7 @@ impl Session {
             Ok(data) if data.is_empty() => Err(Refusal::new(StatusCode::Eof, "end of file")),
             Ok(data) => {
                 read.served += data.len() as u64;
+                read.live.moved(data.len() as u64);
                 Ok(codec::data(id, &data))
             }
             Err(e) => {
@@ -508,8 +528,12 @@ impl Session {
             }
             None => return Err(Refusal::bad_handle()),
         };
+        let len = data.len() as u64;
         match w.upload.write(offset, data).await {
-            Ok(()) => Ok(status_ok(id)),
+            Ok(()) => {
+                w.live.moved(len);
+                Ok(status_ok(id))
+            }
             Err(e) => {
                 tracing::info!(user = %self.username, key = %w.upload.key(), "write refused: {e}");
                 Err(e.into())
@@ -541,6 +565,8 @@ impl Session {
             path,
             ending,
             opened,
+            // Open in `s3sftp sessions` until the commit below is done.
+            live: _live,
         } = *w;
         if let Ending::Untruncated { old_size } = ending {
             if upload.is_empty() {

@@ -64,7 +64,7 @@ pub(super) async fn serve_connection(
         shared,
         settings,
         admission,
-        span.clone(),
+        (session, span.clone()),
     )
     .instrument(span)
     .await
@@ -80,7 +80,7 @@ async fn run(
     shared: Arc<Shared>,
     settings: Arc<SshSettings>,
     admission: &mut guard::Admission,
-    span: tracing::Span,
+    (session_id, span): (u64, tracing::Span),
 ) {
     tracing::debug!(%peer, "connection");
     let _open = crate::metrics::OpenConnection::count();
@@ -91,6 +91,7 @@ async fn run(
     let hard_stop = shared.hard_stop.clone();
     let draining = shared.draining.clone();
     let kick = CancellationToken::new();
+    let admin_kick = CancellationToken::new();
     let handler = Connection::new(
         shared.clone(),
         settings.clone(),
@@ -100,7 +101,8 @@ async fn run(
         kick.clone(),
         lifeline.clone(),
     )
-    .in_span(span);
+    .in_span(span)
+    .with_session(session_id, admin_kick.clone());
     let stream = lifeline.wrap(socket);
     let handshake = tokio::time::timeout(
         settings.handshake_timeout.min(settings.auth_deadline),
@@ -142,6 +144,10 @@ async fn run(
             _ = kick.cancelled() => {
                 tracing::info!(%peer, "account changed in the users file; closing the connection");
                 break End::Disconnect("your account changed; please log in again");
+            }
+            _ = admin_kick.cancelled() => {
+                tracing::info!(%peer, "kicked by an admin (s3sftp kick); closing the connection");
+                break End::Disconnect("disconnected by the administrator");
             }
             _ = &mut deadline, if !logged_in => {
                 tracing::info!(%peer, "no successful login within the deadline; disconnecting");

@@ -97,6 +97,20 @@ pub struct Guard {
     state: Mutex<State>,
 }
 
+/// A source banned now, as `s3sftp bans` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// An IPv4 address, or the first address of an IPv6 /64.
+    pub source: IpAddr,
+    /// When the ban ends.
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub seconds_left: u64,
+    /// Failed logins counted since the ban began (they start the next, longer one).
+    pub failures: u32,
+    /// How many times the source has been banned (each ban is longer).
+    pub bans: u32,
+}
+
 /// Why a connection was turned away before the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -336,6 +350,47 @@ impl Guard {
             .is_some_and(|t| t > now)
     }
 
+    /// The sources banned now, with when each ban ends, soonest first.
+    pub fn bans(&self) -> Vec<Ban> {
+        let now = Instant::now();
+        let wall = chrono::Utc::now();
+        let mut bans: Vec<Ban> = self
+            .lock()
+            .by_ip
+            .iter()
+            .filter_map(|(source, r)| {
+                let until = r.banned_until.filter(|t| *t > now)?;
+                let left = until.duration_since(now);
+                Some(Ban {
+                    source: *source,
+                    until: wall + chrono::Duration::from_std(left).unwrap_or_default(),
+                    seconds_left: left.as_secs() + 1,
+                    failures: r.failures,
+                    bans: r.bans,
+                })
+            })
+            .collect();
+        bans.sort_by(|a, b| a.until.cmp(&b.until).then(a.source.cmp(&b.source)));
+        bans
+    }
+
+    /// Lifts the ban on `ip`'s source and forgets its failures and past bans; returns the
+    /// source, and whether it was banned.
+    pub fn unban(&self, ip: IpAddr) -> (IpAddr, bool) {
+        let now = Instant::now();
+        let source = source_of(ip);
+        let mut state = self.lock();
+        let Some(r) = state.by_ip.get_mut(&source) else {
+            return (source, false);
+        };
+        let was_banned = r.banned_until.is_some_and(|t| t > now);
+        r.banned_until = None;
+        r.failures = 0;
+        r.first_failure = None;
+        r.bans = 0;
+        (source, was_banned)
+    }
+
     /// Sources banned now.
     pub fn banned_count(&self) -> usize {
         let now = Instant::now();
@@ -373,6 +428,28 @@ mod tests {
             g.failed_login(ip(1));
         }
         assert_eq!(g.failed_login(ip(1)), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn lists_and_lifts_bans() {
+        let g = Guard::new(GuardSettings {
+            ban_threshold: 1,
+            ..Default::default()
+        });
+        assert!(g.bans().is_empty());
+        g.failed_login(ip(1));
+        let v6: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        g.failed_login(v6);
+        let bans = g.bans();
+        assert_eq!(bans.len(), 2);
+        assert!(bans.iter().any(|b| b.source == ip(1) && b.bans == 1));
+        // An IPv6 address maps to its /64.
+        let other: IpAddr = "2001:db8:1:2::9".parse().unwrap();
+        assert_eq!(g.unban(other), ("2001:db8:1:2::".parse().unwrap(), true));
+        assert_eq!(g.unban(ip(1)), (ip(1), true));
+        assert_eq!(g.unban(ip(1)), (ip(1), false));
+        assert!(g.bans().is_empty());
+        assert!(g.admit(ip(1)).is_ok() && g.admit(v6).is_ok());
     }
 
     #[test]

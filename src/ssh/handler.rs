@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::lifeline::Lifeline;
 use super::unclaimed::{ChannelCount, ChannelSlot, ReaderContext, Unclaimed};
 use super::{Shared, SshSettings};
+use crate::activity::Activity;
 use crate::log_text::escaped;
 use crate::users::{Permissions, User};
 
@@ -56,6 +57,11 @@ pub struct Connection {
     /// The connection's span (session id, peer, user): russh runs these callbacks in a
     /// task of its own, so front ends and login events are put under it explicitly.
     span: tracing::Span,
+    /// The connection's session id, and the token `s3sftp kick` cancels to end it.
+    session_id: u64,
+    admin_kick: CancellationToken,
+    /// Set at login: what `s3sftp sessions` shows; the front ends count into it.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Connection {
@@ -80,7 +86,25 @@ impl Connection {
             kick,
             lifeline,
             span: tracing::Span::none(),
+            session_id: 0,
+            admin_kick: CancellationToken::new(),
+            activity: None,
         }
+    }
+
+    /// Gives the connection its session id and the token an admin's kick cancels.
+    pub fn with_session(mut self, id: u64, admin_kick: CancellationToken) -> Self {
+        self.session_id = id;
+        self.admin_kick = admin_kick;
+        self
+    }
+
+    /// The login's activity record (a detached one before login, which cannot happen for
+    /// a front end).
+    fn activity(&self, username: &str) -> Arc<Activity> {
+        self.activity
+            .clone()
+            .unwrap_or_else(|| Activity::detached(username))
     }
 
     /// Puts the connection's logging and front ends under `span` (see `Connection::span`).
@@ -129,10 +153,16 @@ impl Connection {
         if user.is_expired(chrono::Utc::now()) {
             return self.reject(&user.username, method, "account expired (expires_at)");
         }
+        let activity = Activity::new(
+            self.session_id,
+            &user.username,
+            self.peer,
+            self.admin_kick.clone(),
+        );
         let Some(registration) =
             self.shared
                 .registry
-                .register(&user.username, self.kick.clone(), user.max_sessions)
+                .register(activity.clone(), self.kick.clone(), user.max_sessions)
         else {
             return self.reject(&user.username, method, "max_sessions reached");
         };
@@ -143,6 +173,7 @@ impl Connection {
             .in_scope(|| crate::audit::login(&user.username, method, Ok(())));
         crate::metrics::login(method, "ok");
         self.lifeline.hold(registration);
+        self.activity = Some(activity);
         self.login.send_replace(Some(Login {
             expires_at: user.expires_at,
         }));
@@ -325,9 +356,10 @@ impl russh::server::Handler for Connection {
             crate::sftp::serve(
                 channel,
                 store,
-                user.username,
+                user.username.clone(),
                 limits,
                 self.shared.draining.clone(),
+                self.activity(&user.username),
             ),
         );
         Ok(())
@@ -368,7 +400,13 @@ impl russh::server::Handler for Connection {
             .user_store_with(&user.key_prefix, user.permissions.clone());
         self.spawn_front_end(
             slot,
-            crate::exec::run(channel, store, user.username, command),
+            crate::exec::run(
+                channel,
+                store,
+                user.username.clone(),
+                command,
+                self.activity(&user.username),
+            ),
         );
         Ok(())
     }
