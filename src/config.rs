@@ -135,6 +135,8 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         download_chunk: args.download_chunk,
         metadata_ttl: args.metadata_cache,
         objects,
+        max_rename_objects: args.max_rename_objects,
+        system_prefix: crate::storage::intent::normalize_system_prefix(&args.system_prefix),
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {
