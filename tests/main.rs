@@ -8,6 +8,7 @@
 mod common;
 
 mod audit_log;
+mod folder_rename;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;
