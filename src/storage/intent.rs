@@ -142,11 +142,14 @@ pub fn intent_key(system_prefix: &str, source: &str) -> String {
     format!("{}{hash}.json", intents_prefix(system_prefix))
 }
 
+/// Intents and their keys, as last listed.
+type IntentList = Arc<Vec<(String, Intent)>>;
+
 /// This gateway's identity and its list of intents (see the module doc).
 #[derive(Debug)]
 pub(crate) struct Intents {
     gateway: String,
-    known: Mutex<Option<(Instant, Arc<Vec<(String, Intent)>>)>>,
+    known: Mutex<Option<(Instant, IntentList)>>,
 }
 
 impl Intents {
@@ -162,7 +165,7 @@ impl Intents {
         }
     }
 
-    fn fresh(&self) -> Option<Arc<Vec<(String, Intent)>>> {
+    fn fresh(&self) -> Option<IntentList> {
         let known = self.known.lock().ok()?;
         match &*known {
             Some((at, list)) if at.elapsed() < REFRESH_EVERY => Some(list.clone()),
@@ -170,7 +173,7 @@ impl Intents {
         }
     }
 
-    fn remember(&self, list: Vec<(String, Intent)>) -> Arc<Vec<(String, Intent)>> {
+    fn remember(&self, list: Vec<(String, Intent)>) -> IntentList {
         let list = Arc::new(list);
         if let Ok(mut known) = self.known.lock() {
             *known = Some((Instant::now(), list.clone()));
@@ -278,20 +281,24 @@ impl Storage {
     }
 
     /// The intents that touch the folder or file at key prefix `dir_prefix`, from this
-    /// gateway's list (read again when older than [`REFRESH_EVERY`]).
-    pub(crate) async fn intents_touching(&self, dir_prefix: &str) -> Result<Vec<(String, Intent)>> {
+    /// gateway's list (read again when older than [`REFRESH_EVERY`]). A list that cannot
+    /// be read (an IAM policy without the system prefix) counts as empty until the next
+    /// refresh: renames go on as before, folder renames fail at their intent.
+    pub(crate) async fn intents_touching(&self, dir_prefix: &str) -> Vec<(String, Intent)> {
         let list = match self.intents.fresh() {
             Some(list) => list,
-            None => {
-                let list = self.list_intents().await?;
-                self.intents.remember(list)
-            }
+            None => match self.list_intents().await {
+                Ok(list) => Arc::new(list),
+                Err(e) => {
+                    tracing::warn!("cannot list the folder rename intents: {e}");
+                    self.intents.remember(Vec::new())
+                }
+            },
         };
-        Ok(list
-            .iter()
+        list.iter()
             .filter(|(_, intent)| intent.touches(dir_prefix))
             .cloned()
-            .collect())
+            .collect()
     }
 
     /// Finishes every rename whose gateway is gone (heartbeat older than [`LEASE`]).
@@ -434,7 +441,7 @@ async fn move_tree(store: &UserStore, intent: &Intent, check_targets: bool) -> R
             set.spawn(async move {
                 move_one(&store, &object.key, &dst, &object.head, check_targets).await?;
                 let n = moved.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % PROGRESS_EVERY == 0 {
+                if n.is_multiple_of(PROGRESS_EVERY) {
                     tracing::info!(from = %source.escape_debug(), objects = n, "folder rename progress");
                 }
                 Ok(())

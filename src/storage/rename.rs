@@ -188,7 +188,7 @@ impl UserStore {
     async fn settle_intents(&self, path: &VirtualPath) -> Result<()> {
         let prefix = self.jail().dir_prefix(path)?;
         let storage = self.storage().clone();
-        for (key, intent) in storage.intents_touching(&prefix).await? {
+        for (key, intent) in storage.intents_touching(&prefix).await {
             if !storage.roll_forward(&key).await? {
                 tracing::info!(%path, gateway = %intent.gateway.escape_debug(), "rename refused: a folder rename involving the path is in progress");
                 return Err(StorageError::BadRequest(
