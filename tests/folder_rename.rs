@@ -314,3 +314,25 @@ async fn a_live_rename_is_left_alone_and_a_stale_one_finished_on_use() {
     assert_moved(&view, &tree_after, &from, &to).await;
     t.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_system_prefix_inside_a_users_prefix_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users_file = dir.path().join("users.json");
+    let users = serde_json::json!({ "users": [{
+        "username": "root",
+        "password": crate::common::test_hash(crate::common::PASSWORD),
+        "key_prefix": ".s3sftp/root/",
+    }]});
+    std::fs::write(&users_file, users.to_string()).expect("users");
+    let mut config = s3sftp::server::ServerConfig::new(dir.path().join("state"), &users_file);
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let err = match s3sftp::server::start(config).await {
+        Ok(_) => panic!("started with the system prefix inside a user's prefix"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("--system-prefix") && err.contains("user root"),
+        "{err}"
+    );
+}
