@@ -362,6 +362,9 @@ pub struct PolicyArgs {
     /// The ARN partition (aws-cn in China, aws-us-gov in GovCloud).
     #[arg(long, default_value = "aws")]
     pub partition: String,
+    /// The servers' --system-prefix: the policy grants the gateways their own objects there.
+    #[arg(long, env = "S3SFTP_SYSTEM_PREFIX", value_name = "PREFIX", default_value = crate::storage::intent::DEFAULT_SYSTEM_PREFIX)]
+    pub system_prefix: String,
 }
 
 impl PolicyArgs {
@@ -377,6 +380,7 @@ impl PolicyArgs {
                 .clone()
                 .filter(|k| k.starts_with("arn:")),
             partition: self.partition.clone(),
+            system_prefix: crate::storage::intent::normalize_system_prefix(&self.system_prefix),
         })
     }
 }
@@ -860,6 +864,19 @@ pub struct ServeArgs {
     /// only at start.
     #[arg(long = "orphan-sweep-hours", env = "S3SFTP_ORPHAN_SWEEP_HOURS", value_name = "DURATION", default_value = "0", value_parser = units::hours)]
     pub orphan_sweep_every: Duration,
+    /// The most objects one folder rename moves; a larger folder is refused up front
+    /// (each object costs a server-side copy and a delete; see docs/folder-rename.md).
+    #[arg(
+        long,
+        env = "S3SFTP_MAX_RENAME_OBJECTS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_rename_objects: u64,
+    /// Key prefix where the gateways keep their own objects (folder-rename intents). It
+    /// must lie outside every user's prefix; the server refuses to start otherwise.
+    #[arg(long, env = "S3SFTP_SYSTEM_PREFIX", value_name = "PREFIX", default_value = crate::storage::intent::DEFAULT_SYSTEM_PREFIX)]
+    pub system_prefix: String,
     /// Address of the operations listener: Prometheus metrics on /metrics, /healthz and
     /// /readyz. Off unless set; plain HTTP, so keep it on loopback or a private network.
     #[arg(long, env = "S3SFTP_METRICS_LISTEN", value_name = "ADDR")]

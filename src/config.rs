@@ -136,6 +136,8 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         metadata_ttl: args.metadata_cache,
         list_mtimes: args.list_mtimes,
         objects,
+        max_rename_objects: args.max_rename_objects,
+        system_prefix: crate::storage::intent::normalize_system_prefix(&args.system_prefix),
         ..TransferSettings::default()
     };
     config.ssh = SshSettings {

@@ -15,6 +15,7 @@ use crate::readiness::Readiness;
 use crate::sftp::SessionLimits;
 use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
+use crate::storage::intent;
 use crate::storage::sweep::sweep_orphans;
 use crate::storage::{Storage, TransferSettings};
 use crate::users::{UsersError, UsersFile};
@@ -123,6 +124,16 @@ pub enum StartError {
          (cargo feature `embedded-store`): pass a bucket with --bucket (S3SFTP_BUCKET)"
     )]
     NoEmbeddedStore,
+    #[error(
+        "the system prefix {system:?} (--system-prefix / S3SFTP_SYSTEM_PREFIX) overlaps the \
+         prefix {user_prefix:?} of user {user}: the gateways' own objects must lie outside \
+         every user's prefix; choose another system prefix or move the user"
+    )]
+    SystemPrefixOverlap {
+        system: String,
+        user: String,
+        user_prefix: String,
+    },
     #[error(
         "PROXY protocol is on but no load balancer is trusted: set --proxy-trusted-cidrs \
          (S3SFTP_PROXY_TRUSTED_CIDRS), or a header from anyone could claim any client address"
@@ -300,6 +311,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             add_user_command(&config.users_file)
         );
     }
+    check_system_prefix(&config.transfer.system_prefix, &users)?;
     let host_keys = hostkey::load(&config.state_dir, &config.host_keys)?;
 
     let (s3, embedded) = match &config.s3 {
@@ -366,6 +378,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config.orphan_age,
         config.orphan_sweep_every,
     ));
+    shared.tasks.spawn(rename_roll_forwards(shared.clone()));
     let reload = Arc::new(tokio::sync::Notify::new());
     shared.tasks.spawn(crate::reload::watch(
         shared.clone(),
@@ -483,6 +496,47 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Refuses a system prefix that overlaps a user's prefix.
+fn check_system_prefix(system: &str, users: &UsersFile) -> Result<(), StartError> {
+    match users
+        .users()
+        .iter()
+        .find(|u| !intent::outside_user_prefix(system, &u.key_prefix))
+    {
+        Some(user) => Err(StartError::SystemPrefixOverlap {
+            system: system.to_string(),
+            user: user.username.clone(),
+            user_prefix: user.key_prefix.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Finishes interrupted folder renames (see `storage::intent`): at start, then every
+/// [`intent::SCAN_EVERY`], until shutdown.
+async fn rename_roll_forwards(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            result = shared.storage.roll_forward_stale() => match result {
+                Ok(r) if r.found > 0 => tracing::info!(
+                    found = r.found,
+                    completed = r.completed,
+                    alive = r.alive,
+                    failed = r.failed,
+                    "looked for interrupted folder renames"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("looking for interrupted folder renames failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            _ = tokio::time::sleep(intent::SCAN_EVERY) => {}
+        }
+    }
 }
 
 /// Runs the orphan sweep at start and then every `every`, until shutdown.

@@ -9,6 +9,7 @@ mod common;
 
 mod audit_log;
 mod control;
+mod folder_rename;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;

@@ -446,7 +446,14 @@ fn the_policy_in_the_docs_is_what_s3sftp_policy_prints() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         printed["Statement"][0]["Condition"]["StringLike"]["s3:prefix"],
-        serde_json::json!(["users/alice/", "users/alice/*", "users/bob/", "users/bob/*"])
+        serde_json::json!([
+            ".s3sftp/",
+            ".s3sftp/*",
+            "users/alice/",
+            "users/alice/*",
+            "users/bob/",
+            "users/bob/*"
+        ])
     );
     // docs/s3-providers.md shows this very output.
     let docs =

@@ -322,7 +322,7 @@ async fn scp_in_sftp_mode_uploads_overwrites_and_downloads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rename_moves_files_and_empty_directories() {
+async fn rename_moves_files_and_directories() {
     let t = TestServer::start().await;
     let local = write_local(t.dir.path(), "r", &random_bytes(PART + 1, 9));
     let batch = format!(
@@ -340,8 +340,8 @@ async fn rename_moves_files_and_empty_directories() {
         vec![
             format!("{p}b.bin"),
             format!("{p}e2/"),
-            format!("{p}full/"),
-            format!("{p}full/x")
+            format!("{p}full2/"),
+            format!("{p}full2/x")
         ]
     );
     assert_eq!(

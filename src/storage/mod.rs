@@ -13,6 +13,7 @@ pub mod client;
 pub mod compat;
 pub mod download;
 pub mod error;
+pub mod intent;
 pub mod list;
 pub(crate) mod mtime;
 pub mod object_settings;
@@ -67,6 +68,11 @@ pub struct TransferSettings {
     pub list_mtimes: ListMtimes,
     /// Storage class, encryption and upload checksum of every object written.
     pub objects: ObjectSettings,
+    /// The most objects a folder rename moves; a larger folder is refused up front.
+    pub max_rename_objects: u64,
+    /// Where the gateways keep their own objects (folder-rename intents): a key prefix
+    /// ending with `/`, outside every user's prefix.
+    pub system_prefix: String,
 }
 
 /// Whether a listing shows the kept modification times (see [`list`]).
@@ -90,6 +96,8 @@ impl Default for TransferSettings {
             metadata_ttl: Duration::from_secs(30),
             list_mtimes: ListMtimes::Auto,
             objects: ObjectSettings::default(),
+            max_rename_objects: 10_000,
+            system_prefix: intent::DEFAULT_SYSTEM_PREFIX.to_string(),
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct Storage {
     bucket: Arc<str>,
     settings: TransferSettings,
     budget: MemoryBudget,
+    /// The folder-rename intents this gateway knows of (see `intent`).
+    intents: intent::Intents,
 }
 
 impl Storage {
@@ -130,6 +140,7 @@ impl Storage {
             clients,
             bucket: Arc::from(bucket.into()),
             budget: MemoryBudget::new(settings.global_budget),
+            intents: intent::Intents::new(),
             settings,
         })
     }

@@ -1,7 +1,7 @@
 //! The least-privilege IAM policy for one bucket and the users' prefixes, as `s3sftp
 //! policy` prints it: the actions s3sftp needs, each scoped to the users' prefixes where
-//! IAM allows it. s3sftp keeps no objects of its own in the bucket, so the users'
-//! prefixes are all it needs.
+//! IAM allows it, plus the system prefix where the gateways keep their own objects
+//! (folder-rename intents: see `intent`).
 //!
 //! Under this policy S3 answers a HEAD or GET of a missing key with 403 (it may not say
 //! whether the key exists without an unconditional `s3:ListBucket`); the storage layer
@@ -20,11 +20,18 @@ pub struct PolicyScope {
     pub kms_key_arn: Option<String>,
     /// The ARN partition: `aws`, `aws-cn`, `aws-us-gov`.
     pub partition: String,
+    /// The gateways' own prefix (`--system-prefix`, ends with `/`).
+    pub system_prefix: String,
 }
 
 /// The policy document.
 pub fn least_privilege(scope: &PolicyScope) -> Value {
-    let mut prefixes: Vec<String> = scope.prefixes.iter().map(|p| escape(p)).collect();
+    let mut prefixes: Vec<String> = scope
+        .prefixes
+        .iter()
+        .chain(std::iter::once(&scope.system_prefix))
+        .map(|p| escape(p))
+        .collect();
     prefixes.sort();
     prefixes.dedup();
     let bucket_arn = format!("arn:{}:s3:::{}", scope.partition, scope.bucket);
@@ -106,6 +113,7 @@ mod tests {
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
             kms_key_arn: None,
             partition: "aws".into(),
+            system_prefix: ".s3sftp/".into(),
         }
     }
 
@@ -116,11 +124,22 @@ mod tests {
         assert_eq!(list["Resource"], "arn:aws:s3:::b");
         assert_eq!(
             list["Condition"]["StringLike"]["s3:prefix"],
-            json!(["users/alice/", "users/alice/*", "users/bob/", "users/bob/*"])
+            json!([
+                ".s3sftp/",
+                ".s3sftp/*",
+                "users/alice/",
+                "users/alice/*",
+                "users/bob/",
+                "users/bob/*"
+            ])
         );
         assert_eq!(
             policy["Statement"][2]["Resource"],
-            json!(["arn:aws:s3:::b/users/alice/*", "arn:aws:s3:::b/users/bob/*"])
+            json!([
+                "arn:aws:s3:::b/.s3sftp/*",
+                "arn:aws:s3:::b/users/alice/*",
+                "arn:aws:s3:::b/users/bob/*"
+            ])
         );
     }
 

@@ -1,7 +1,14 @@
 //! Rename as S3 allows it: a server-side copy (CopyObject up to 5 GiB, parallel
 //! UploadPartCopy beyond), then delete the source. The source is deleted only after the
 //! copy succeeded, so a failure leaves the original in place.
+//!
+//! A folder is renamed object by object, under an intent record that lets any gateway
+//! finish the move if this one dies (see `intent`). The move runs in a task of its own:
+//! a client that disconnects or gives up waiting does not stop it.
 
+use tracing::Instrument;
+
+use super::intent::Intent;
 use super::{Entry, EntryKind, Result, StorageError, UserStore, VirtualPath};
 use crate::users::Permission;
 
@@ -29,6 +36,8 @@ impl UserStore {
         }
         self.check(Permission::Rename, from)?;
         self.check(Permission::Rename, to)?;
+        self.settle_intents(from).await?;
+        self.settle_intents(to).await?;
         if from == to {
             return self.stat(from).await.map(|_| ());
         }
@@ -58,7 +67,7 @@ impl UserStore {
         }
         match source.kind {
             EntryKind::File => self.rename_file(from, to).await,
-            EntryKind::Dir => self.rename_empty_dir(from, to).await,
+            EntryKind::Dir => self.rename_dir(from, to).await,
         }
     }
 
@@ -90,20 +99,103 @@ impl UserStore {
         Ok(())
     }
 
-    async fn rename_empty_dir(&self, from: &VirtualPath, to: &VirtualPath) -> Result<()> {
+    /// Renames a folder: its marker alone when it is empty, else every object under it
+    /// (see the module doc).
+    async fn rename_dir(&self, from: &VirtualPath, to: &VirtualPath) -> Result<()> {
         let src = self.jail().dir_prefix(from)?;
         let dst = self.jail().dir_prefix(to)?;
         let keys = self.first_keys(&src, 2).await?;
-        if keys.iter().any(|(k, _)| *k != src) {
-            return Err(StorageError::Unsupported(
-                "renaming a non-empty directory is not supported on S3",
-            ));
-        }
         if keys.is_empty() {
             return Err(StorageError::NotFound);
         }
-        let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
-        self.copy_object(&src, &dst, &head).await?;
-        self.delete_key(&src).await
+        if keys.iter().all(|(k, _)| *k == src) {
+            let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
+            self.copy_object(&src, &dst, &head).await?;
+            return self.delete_key(&src).await;
+        }
+        self.check_subtree(Permission::Rename, from)?;
+        self.check_subtree(Permission::Rename, to)?;
+        let max = self.storage().settings().max_rename_objects;
+        if self.count_keys(&src, max).await? > max {
+            tracing::info!(from = %from, max, "folder rename refused: too many objects");
+            return Err(StorageError::BadRequest(format!(
+                "the folder holds more than {max} objects, the most one rename may move \
+                 (--max-rename-objects); nothing was moved"
+            )));
+        }
+        let storage = self.storage().clone();
+        let intent = Intent::new(&src, &dst, self.jail().prefix(), storage.gateway_id());
+        let Some(key) = storage.create_intent(&intent).await? else {
+            return Err(StorageError::BadRequest(
+                "a rename of this folder is already in progress".into(),
+            ));
+        };
+        tracing::info!(from = %from, to = %to, "folder rename started");
+        let store = self.clone();
+        // Not tied to the request: dropping the wait (the session ended) leaves it running.
+        let task = tokio::spawn(
+            async move { storage.run_move(store, key, intent, false).await }.in_current_span(),
+        );
+        match task.await {
+            Ok(result) => result.map(|_| ()),
+            Err(e) => Err(StorageError::Internal(format!("folder rename task: {e}"))),
+        }
+    }
+
+    /// Fails unless `permission` is granted everywhere under `path` (the path itself is
+    /// checked by the caller): a subtree with a more restrictive rule refuses the rename.
+    fn check_subtree(&self, permission: Permission, path: &VirtualPath) -> Result<()> {
+        let Some(permissions) = &self.permissions else {
+            return Ok(());
+        };
+        for (entry, set) in permissions.entries() {
+            let Ok(entry) = VirtualPath::parse_str(entry) else {
+                continue;
+            };
+            if entry != *path && entry.starts_with(path) && !set.contains(permission) {
+                tracing::info!(
+                    prefix = %self.jail().prefix(),
+                    %path,
+                    below = %entry,
+                    permission = permission.name(),
+                    "permission denied in a subtree"
+                );
+                return Err(StorageError::PermissionDenied(permission.name()));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many keys are under `prefix`, counting no further than `max + 1`.
+    async fn count_keys(&self, prefix: &str, max: u64) -> Result<u64> {
+        let mut count = 0u64;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .s3()
+                .list_page(prefix, None, 1000, token.as_deref())
+                .await?;
+            count += page.objects.len() as u64;
+            token = page.next_token;
+            if count > max || token.is_none() {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// Before a rename touches `path`: finishes a stale folder rename that involves it,
+    /// and refuses while a live one does (see `intent`).
+    async fn settle_intents(&self, path: &VirtualPath) -> Result<()> {
+        let prefix = self.jail().dir_prefix(path)?;
+        let storage = self.storage().clone();
+        for (key, intent) in storage.intents_touching(&prefix).await {
+            if !storage.roll_forward(&key).await? {
+                tracing::info!(%path, gateway = %intent.gateway.escape_debug(), "rename refused: a folder rename involving the path is in progress");
+                return Err(StorageError::BadRequest(
+                    "a folder rename involving this path is in progress; try again later".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -392,6 +392,46 @@ impl S3 {
         Ok(())
     }
 
+    /// PutObject of `body` at `key` only if no object is there (`If-None-Match: *`).
+    /// `Ok(false)` when one is (412). A store that does not take the condition (501)
+    /// gets a plain PutObject: the caller documents that race.
+    pub(crate) async fn put_object_if_absent(
+        &self,
+        key: &str,
+        body: Bytes,
+        options: &ObjectOptions,
+    ) -> Result<bool> {
+        let md5 = self.content_md5(&body).await?;
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .set_content_type(options.content_type.map(str::to_string))
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
+            .set_content_md5(md5)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                match failure.status {
+                    Some(412) | Some(409) => Ok(false),
+                    Some(501) => {
+                        self.put_object(key, body, options).await?;
+                        Ok(true)
+                    }
+                    _ => Err(failure.into_storage_error("PutObject")),
+                }
+            }
+        }
+    }
+
     /// DeleteObject.
     pub(crate) async fn delete_object(&self, key: &str) -> Result<()> {
         self.client
