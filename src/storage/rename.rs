@@ -100,7 +100,7 @@ impl UserStore {
             ));
         }
         if keys.is_empty() {
-            return Err(StorageError::NotFound);
+            return self.move_kept_dir(&src, &dst);
         }
         let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;
         self.copy_object(&src, &dst, &head).await?;
