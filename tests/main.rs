@@ -8,6 +8,7 @@
 mod common;
 
 mod audit_log;
+mod dir_markers;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;
