@@ -20,7 +20,7 @@ use crate::config_file::{self, FileArguments, FileOrigins};
 use crate::storage::client::ChecksumMode;
 use crate::storage::policy::PolicyScope;
 use crate::storage::signing::PayloadSigning;
-use crate::storage::{StorageClass, UploadChecksum};
+use crate::storage::{DirMarkers, StorageClass, UploadChecksum};
 use crate::units;
 use crate::users::{self, edit, PermissionSet, Settings};
 
@@ -698,6 +698,11 @@ pub struct ServeArgs {
     /// default for AWS).
     #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Auto)]
     pub s3_upload_checksum: UploadChecksum,
+    /// Whether mkdir writes empty `dir/` marker objects: on, off (for stores that cannot
+    /// hold them, like rclone serve s3: empty directories are then kept in memory until a
+    /// file is written in them), or auto: probe the store at start.
+    #[arg(long, env = "S3SFTP_S3_DIR_MARKERS", value_enum, default_value_t = DirMarkers::Auto)]
+    pub s3_dir_markers: DirMarkers,
     /// Attempts per S3 request, retries with jittered exponential backoff included.
     #[arg(long, env = "S3SFTP_S3_MAX_ATTEMPTS", default_value_t = 5)]
     pub s3_max_attempts: u32,

@@ -136,6 +136,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
         metadata_ttl: args.metadata_cache,
         list_mtimes: args.list_mtimes,
         objects,
+        dir_markers: args.s3_dir_markers,
         max_rename_objects: args.max_rename_objects,
         system_prefix: crate::storage::intent::normalize_system_prefix(&args.system_prefix),
         ..TransferSettings::default()
@@ -453,5 +454,18 @@ mod tests {
         let argv = ["s3sftp", "serve", "--s3-storage-class", "DEEP_ARCHIVE"];
         let err = Cli::try_parse_from(argv).expect_err("archive classes are refused");
         assert!(err.to_string().contains("archive class"), "{err}");
+    }
+
+    #[test]
+    fn dir_markers_default_to_a_probe_and_can_be_set() {
+        use crate::storage::DirMarkers;
+        let config = from_args(&serve_args(&[])).expect("valid");
+        assert_eq!(config.transfer.dir_markers, DirMarkers::Auto);
+        for (value, want) in [("on", DirMarkers::On), ("off", DirMarkers::Off)] {
+            let config = from_args(&serve_args(&["--s3-dir-markers", value])).expect("valid");
+            assert_eq!(config.transfer.dir_markers, want);
+        }
+        let argv = ["s3sftp", "serve", "--s3-dir-markers", "maybe"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 }

@@ -354,6 +354,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let covered = sdk_checksums || embedded.is_some();
     transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered);
     tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, "upload integrity header");
+    // The probe lives under the first user's prefix: a least-privilege policy lets the
+    // gateway write there (and nowhere else, perhaps).
+    transfer.dir_markers = crate::storage::dir_markers::resolve(
+        transfer.dir_markers,
+        &client,
+        &s3.bucket,
+        &transfer.objects,
+        probe.as_deref().unwrap_or_default(),
+        embedded.is_some(),
+    )
+    .await;
     let storage = Storage::with_lanes(client, s3.bucket.clone(), transfer, &lanes);
 
     let listener = bind(config.listen).map_err(|source| StartError::Listen {

@@ -9,6 +9,7 @@ mod common;
 
 mod audit_log;
 mod control;
+mod dir_markers;
 mod folder_rename;
 mod fuzz_corpus;
 mod hardening;

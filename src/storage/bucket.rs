@@ -173,7 +173,9 @@ impl UserStore {
             mtime,
             ..self.storage().object_options()
         };
-        self.s3().put_object(key, body, &options).await
+        self.s3().put_object(key, body, &options).await?;
+        self.note_filled(key);
+        Ok(())
     }
 
     /// Stores `mtime` as the modification time of the object at `key`, unless it has
@@ -246,13 +248,52 @@ impl UserStore {
         if let Completed::FoundInPlace(head) = mp.complete(size).await? {
             self.cache().insert(key, head);
         }
+        self.note_filled(key);
         Ok(())
     }
 
-    /// Removes `key`.
+    /// Removes `key`. On a store without markers, the directory the removed file was in
+    /// stays (kept in memory) when it is left empty, as on a file system.
     pub(crate) async fn delete_key(&self, key: &str) -> Result<()> {
         self.cache().forget(key);
-        self.s3().delete_object(key).await
+        self.s3().delete_object(key).await?;
+        if self.storage().empty_dirs().is_some() && !key.ends_with('/') {
+            self.keep_emptied_parent(key).await;
+        }
+        Ok(())
+    }
+
+    /// An object was written at `key`: the empty directories kept in memory on its way
+    /// now exist by it.
+    fn note_filled(&self, key: &str) {
+        if let Some(dirs) = self.storage().empty_dirs() {
+            dirs.filled(key);
+        }
+    }
+
+    /// Keeps in memory the directory of the removed file `key` if nothing is left in it
+    /// (the home directory always exists). One LIST, on stores without markers only.
+    async fn keep_emptied_parent(&self, key: &str) {
+        let Some(dirs) = self.storage().empty_dirs() else {
+            return;
+        };
+        let Some(parent) = key.rfind('/').and_then(|end| key.get(..=end)) else {
+            return;
+        };
+        if parent.len() <= self.jail().prefix().len() {
+            return;
+        }
+        match self.first_keys(parent, 1).await {
+            Ok(keys) if keys.is_empty() => {
+                if dirs.insert(parent, self.jail().prefix()).is_err() {
+                    tracing::warn!(dir = %parent, "too many empty directories kept in memory: this one is gone");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(dir = %parent, "could not tell whether the directory is empty: {e}")
+            }
+        }
     }
 
     /// Server-side copy of `src` (as `head` describes it) to `dst`, pinned to the source's
@@ -263,7 +304,9 @@ impl UserStore {
         self.cache().forget(dst);
         self.cache().note_created(dst);
         if head.size > MAX_COPY_OBJECT {
-            return self.copy_multipart(src, dst, head).await;
+            self.copy_multipart(src, dst, head).await?;
+            self.note_filled(dst);
+            return Ok(());
         }
         let copied = self
             .s3()
@@ -286,6 +329,7 @@ impl UserStore {
             };
             self.cache().insert(dst, copy);
         }
+        self.note_filled(dst);
         Ok(())
     }
 

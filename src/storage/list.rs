@@ -1,13 +1,14 @@
 //! Directory listings streamed from ListObjectsV2, one page at a time: a listing of a
-//! million objects never holds more than one page in memory.
+//! million objects never holds more than one page in memory. On a store without markers,
+//! the empty directories the server keeps in memory are listed after the last page.
 //!
 //! ListObjectsV2 carries no user metadata, so the modification time a client set (kept
 //! in `x-amz-meta-mtime`) is not in a listing. Tools that compare times over SFTP (rclone
-//! sync) read them from READDIR, so with `--list-mtimes auto` a directory that fits in
-//! of up to 100 files is listed with one HEAD per file not already known to
-//! the session, 16 in flight; larger directories, and `off`, show LastModified.
+//! sync) read them from READDIR, so with `--list-mtimes auto` a directory of up to 100
+//! files is listed with one HEAD per file not already known to the session, 16 in
+//! flight; larger directories, and `off`, show LastModified.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::SystemTime;
 
 use tracing::Instrument;
@@ -40,12 +41,21 @@ pub struct DirLister {
     /// The subdirectories seen so far and when the first page was asked for; handed to
     /// the session's cache when the listing completes. `None` once there are too many.
     subdirs: Option<(HashSet<String>, Snapshot)>,
+    /// Subdirectories kept in memory (a store without markers) that no page has listed
+    /// yet: handed out after the last page.
+    kept: BTreeMap<String, SystemTime>,
 }
 
 impl DirLister {
     pub(crate) fn new(store: UserStore, prefix: String) -> Self {
         let since = store.cache().snapshot();
+        let kept = store
+            .storage()
+            .empty_dirs()
+            .map(|dirs| dirs.children(&prefix))
+            .unwrap_or_default();
         DirLister {
+            kept,
             store,
             prefix,
             token: None,
@@ -94,6 +104,9 @@ impl DirLister {
             .iter()
             .filter_map(|p| p.strip_prefix(&self.prefix)?.strip_suffix('/'))
             .collect();
+        for name in &dir_names {
+            self.kept.remove(*name);
+        }
         if let Some((names, _)) = &mut self.subdirs {
             names.extend(dir_names.iter().map(|name| name.to_string()));
             if names.len() > MAX_DIR_NAMES {
@@ -119,6 +132,7 @@ impl DirLister {
         self.token = listed.next_token;
         self.exhausted = self.token.is_none();
         if self.exhausted {
+            self.hand_out_kept();
             if let Some((names, since)) = self.subdirs.take() {
                 self.store.cache().insert_dir(&self.prefix, names, since);
             }
@@ -177,6 +191,28 @@ impl DirLister {
             }
         }
         kept
+    }
+
+    /// Queues the kept subdirectories no page listed.
+    fn hand_out_kept(&mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        for (name, made) in kept {
+            if !valid_name(&name) {
+                continue;
+            }
+            if let Some((names, _)) = &mut self.subdirs {
+                names.insert(name.clone());
+                if names.len() > MAX_DIR_NAMES {
+                    self.subdirs = None;
+                }
+            }
+            self.ready.push_back(Entry {
+                name,
+                kind: EntryKind::Dir,
+                size: 0,
+                modified: Some(made),
+            });
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The only code that knows S3. Front ends (SFTP, SCP) talk to a [`UserStore`]: a view of
 //! the bucket bound to one user's prefix, in terms of virtual paths, files and
-//! directories. Directories are key prefixes, made visible when empty by a `dir/` marker.
+//! directories. Directories are key prefixes, made visible when empty by a `dir/` marker,
+//! or, on a store that cannot hold markers, by the server's memory ([`empty_dirs`]).
 //!
 //! Requests to S3 are built only in `s3` (one typed call per operation, and the one
 //! multipart-upload lifecycle); `bucket` pairs each call with the session's
@@ -11,7 +12,9 @@ pub mod budget;
 pub(crate) mod cache;
 pub mod client;
 pub mod compat;
+pub mod dir_markers;
 pub mod download;
+pub mod empty_dirs;
 pub mod error;
 pub mod intent;
 pub mod list;
@@ -26,6 +29,7 @@ pub mod signing;
 pub mod sweep;
 pub mod upload;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
@@ -35,7 +39,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use budget::{Account, MemoryBudget};
 use cache::MetaCache;
+pub use dir_markers::DirMarkers;
 pub use download::Download;
+use empty_dirs::EmptyDirs;
 pub use error::{Result, StorageError};
 pub use list::DirLister;
 pub use object_settings::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
@@ -68,6 +74,9 @@ pub struct TransferSettings {
     pub list_mtimes: ListMtimes,
     /// Storage class, encryption and upload checksum of every object written.
     pub objects: ObjectSettings,
+    /// Whether mkdir writes `dir/` markers; `Auto` is resolved at start by a probe
+    /// (and counts as `On` when it was not).
+    pub dir_markers: DirMarkers,
     /// The most objects a folder rename moves; a larger folder is refused up front.
     pub max_rename_objects: u64,
     /// Where the gateways keep their own objects (folder-rename intents): a key prefix
@@ -96,6 +105,7 @@ impl Default for TransferSettings {
             metadata_ttl: Duration::from_secs(30),
             list_mtimes: ListMtimes::Auto,
             objects: ObjectSettings::default(),
+            dir_markers: DirMarkers::default(),
             max_rename_objects: 10_000,
             system_prefix: intent::DEFAULT_SYSTEM_PREFIX.to_string(),
         }
@@ -109,6 +119,9 @@ pub struct Storage {
     bucket: Arc<str>,
     settings: TransferSettings,
     budget: MemoryBudget,
+    /// The empty directories of a store that cannot hold markers; `None` where mkdir
+    /// writes markers.
+    empty_dirs: Option<EmptyDirs>,
     /// The folder-rename intents this gateway knows of (see `intent`).
     intents: intent::Intents,
 }
@@ -140,6 +153,7 @@ impl Storage {
             clients,
             bucket: Arc::from(bucket.into()),
             budget: MemoryBudget::new(settings.global_budget),
+            empty_dirs: (!settings.dir_markers.writes_markers()).then(EmptyDirs::default),
             intents: intent::Intents::new(),
             settings,
         })
@@ -174,6 +188,21 @@ impl Storage {
 
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    /// Whether mkdir writes `dir/` markers (else empty directories are kept in memory).
+    pub fn writes_markers(&self) -> bool {
+        self.empty_dirs.is_none()
+    }
+
+    /// The empty directories kept in memory, on a store that cannot hold markers.
+    pub(crate) fn empty_dirs(&self) -> Option<&EmptyDirs> {
+        self.empty_dirs.as_ref()
+    }
+
+    /// How many empty directories are kept in memory (0 where markers are written).
+    pub fn empty_dirs_kept(&self) -> usize {
+        self.empty_dirs.as_ref().map_or(0, EmptyDirs::len)
     }
 
     /// A view of the bucket jailed to `prefix`, with every permission.
@@ -265,6 +294,11 @@ const WRITTEN_REMEMBERED: usize = 256;
 /// Content-Type of an empty object that stands for a directory.
 const DIRECTORY_CONTENT_TYPE: &str = "application/x-directory";
 
+/// Why mkdir fails when the memory for empty directories is full.
+const TOO_MANY_EMPTY_DIRS: &str =
+    "too many empty directories (this store keeps no directory markers, so the server keeps \
+     them in memory until a file is written in them): write files into some first";
+
 /// One user's view of the bucket. Every operation takes virtual paths and builds keys
 /// only through the [`Jail`]. Clones share one metadata cache: one view per session.
 #[derive(Debug, Clone)]
@@ -327,12 +361,23 @@ impl UserStore {
         }
     }
 
-    /// Whether `path` is a directory: the root, a `dir/` marker, or any key below it.
+    /// The directory `path` (at `prefix`) when the server keeps it in memory (a store
+    /// without markers), or keeps one below it.
+    fn kept_dir(&self, path: &VirtualPath, prefix: &str) -> Option<Entry> {
+        let made = self.storage.empty_dirs()?.dir(prefix)?;
+        Some(Entry::dir(path.file_name(), Some(made)))
+    }
+
+    /// Whether `path` is a directory: the root, a `dir/` marker, a directory kept in
+    /// memory, or any key below it.
     async fn dir_entry(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if path.is_root() {
             return Ok(Some(Entry::dir("/", None)));
         }
         let prefix = self.jail.dir_prefix(path)?;
+        if let Some(kept) = self.kept_dir(path, &prefix) {
+            return Ok(Some(kept));
+        }
         let first = self.first_key_in(&prefix).await?;
         Ok(first.map(|(key, modified)| {
             let modified = if key == prefix { modified } else { None };
@@ -349,6 +394,9 @@ impl UserStore {
     async fn dir_entry_unless_known(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if !path.is_root() {
             let parent = self.jail.dir_prefix(&path.parent())?;
+            if let Some(kept) = self.kept_dir(path, &self.jail.dir_prefix(path)?) {
+                return Ok(Some(kept));
+            }
             if self.cache.known_no_subdir(&parent, path.file_name()) {
                 return Ok(None);
             }
@@ -403,6 +451,9 @@ impl UserStore {
             size: head.size,
             modified: head.shown_time(),
         };
+        if let Some(kept) = self.kept_dir(path, &self.jail.dir_prefix(path)?) {
+            return Ok(kept);
+        }
         // An empty entry from a listing may be a directory marker (see `dir_marker`):
         // only a HEAD tells.
         // A listing's entry lacks the kept time: a HEAD tells it, unless listings are
@@ -443,7 +494,8 @@ impl UserStore {
         listed?.ok_or(StorageError::NotFound)
     }
 
-    /// Creates a directory by writing its `dir/` marker.
+    /// Creates a directory by writing its `dir/` marker, or, on a store that cannot hold
+    /// markers, by keeping it in memory until a file is written under it.
     pub async fn mkdir(&self, path: &VirtualPath) -> Result<()> {
         self.check(Permission::CreateDirs, path)?;
         let looked = self.cache.snapshot();
@@ -453,6 +505,14 @@ impl UserStore {
             Err(e) => return Err(e),
         }
         let marker = self.jail.dir_prefix(path)?;
+        if let Some(dirs) = self.storage.empty_dirs() {
+            dirs.insert(&marker, self.jail.prefix())
+                .map_err(|_| StorageError::Unsupported(TOO_MANY_EMPTY_DIRS))?;
+            self.cache.insert_dir(&marker, HashSet::new(), looked);
+            self.cache.note_created(&marker);
+            tracing::debug!(key = %marker, "directory kept in memory (the store keeps no markers)");
+            return Ok(());
+        }
         self.put_dir_marker(&marker, looked).await?;
         tracing::debug!(key = %marker, "directory created");
         Ok(())
@@ -467,18 +527,49 @@ impl UserStore {
             ));
         }
         let prefix = self.jail.dir_prefix(path)?;
+        if let Some(dirs) = self.storage.empty_dirs() {
+            if dirs.has_below(&prefix) {
+                return Err(StorageError::DirectoryNotEmpty);
+            }
+        }
         let keys = self.first_keys(&prefix, 2).await?;
+        if keys.iter().any(|(k, _)| *k != prefix) {
+            return Err(StorageError::DirectoryNotEmpty);
+        }
+        // Kept in memory; a marker written before markers were turned off goes too.
+        let kept = self.storage.empty_dirs().is_some_and(|d| d.remove(&prefix));
         if keys.is_empty() {
+            if kept {
+                return Ok(());
+            }
             let key = self.jail.file_key(path)?;
             return Err(match self.head(&key).await? {
                 Some(_) => StorageError::NotADirectory,
                 None => StorageError::NotFound,
             });
         }
-        if keys.iter().any(|(k, _)| *k != prefix) {
-            return Err(StorageError::DirectoryNotEmpty);
-        }
         self.delete_key(&prefix).await
+    }
+
+    /// Renames the empty directory `src` that the server keeps in memory (a store
+    /// without markers) to `dst`; [`StorageError::NotFound`] if it keeps none there.
+    pub(crate) fn move_kept_dir(&self, src: &str, dst: &str) -> Result<()> {
+        let Some(dirs) = self.storage.empty_dirs() else {
+            return Err(StorageError::NotFound);
+        };
+        if dirs.has_below(src) {
+            return Err(StorageError::Unsupported(
+                "renaming a non-empty directory is not supported on S3",
+            ));
+        }
+        if !dirs.contains(src) {
+            return Err(StorageError::NotFound);
+        }
+        dirs.insert(dst, self.jail.prefix())
+            .map_err(|_| StorageError::Unsupported(TOO_MANY_EMPTY_DIRS))?;
+        dirs.remove(src);
+        self.cache.note_created(dst);
+        Ok(())
     }
 
     /// Removes a file.

@@ -106,7 +106,7 @@ impl UserStore {
         let dst = self.jail().dir_prefix(to)?;
         let keys = self.first_keys(&src, 2).await?;
         if keys.is_empty() {
-            return Err(StorageError::NotFound);
+            return self.move_kept_dir(&src, &dst);
         }
         if keys.iter().all(|(k, _)| *k == src) {
             let head = self.head(&src).await?.ok_or(StorageError::NotFound)?;

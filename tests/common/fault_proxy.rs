@@ -554,10 +554,22 @@ pub async fn start_behind_proxy(
 ) -> (super::TestServer, FaultProxy, BucketView) {
     let (direct, view) = own_store("faults").await;
     let proxy = FaultProxy::start(direct.endpoint.as_deref().expect("an S3 endpoint")).await;
+    // The directory-marker probe runs here, straight at the store: the proxy counts and
+    // faults requests from its start, and the tests count theirs.
+    let markers = s3sftp::storage::dir_markers::resolve(
+        s3sftp::storage::DirMarkers::Auto,
+        &s3sftp::storage::client::build_client(&direct).await,
+        &direct.bucket,
+        &Default::default(),
+        "",
+        false,
+    )
+    .await;
     let mut proxied = direct;
     proxied.endpoint = Some(proxy.endpoint());
     let t = super::TestServer::start_with(move |c| {
         c.s3 = Some(proxied);
+        c.transfer.dir_markers = markers;
         tweak(c);
     })
     .await;
