@@ -47,6 +47,11 @@ login; the `connect` row shows what a login costs on its own, and "net" times su
 median. The result is printed as Markdown and written to bench/results/latest.md (plus the raw
 numbers in bench/results/latest.json).
 
+--latency-ms N puts every S3 request of every system N ms (round trip) away through
+bench/delayline.py, a TCP delay line in front of the S3 server (its own cost at 0 ms is measured
+first and shown in the report's header). --obs adds s3sftp with info logs (json, text) and
+metrics on, beside plain s3sftp. --attack adds the memory-under-attack section (attack.py).
+
 The server's CPU seconds come from /proc/PID/stat (utime+stime+cutime+cstime deltas; for sshd
 this includes the per-connection children it reaps) and peak RSS from sampling VmRSS of the
 server's process tree every 50 ms.
