@@ -44,7 +44,7 @@ STORM_TRIES = 3
 BANNERS = 2000
 BANNER_ADDRS = 100
 HOG_CHANNELS = 10         # --max-channels default
-HOG_READ_HANDLES = 400    # per attempt; the server's handle limit decides how many it grants
+HOG_READ_HANDLES = 1000   # over the read sessions (--max-handles is 256 per session)
 HOG_UPLOADS = 16          # --max-uploads default, per SFTP session
 HOG_FILE = 64 * MIB
 
@@ -137,7 +137,7 @@ def banners(b: Bench, t: Target, deadline: float) -> dict:
                     break
                 src = f"127.0.2.{i % BANNER_ADDRS + 1}"
                 try:
-                    s = socket.create_connection(("127.0.0.1", t.port), timeout=5, source_address=(src, 0))
+                    s = socket.create_connection(("127.0.0.1", t.port), timeout=2, source_address=(src, 0))
                     s.sendall(b"SSH-2.0-bench_banner_only\r\n")
                     socks.append(s)
                 except OSError:
