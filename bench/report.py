@@ -311,7 +311,7 @@ def attack_section(b: Bench) -> list[str]:
     st = a.get("storm")
     if st:
         out.append(f"| {st['clients']} concurrent wrong-password clients, {st['tries']} tries each, one loopback address each | "
-                   f"{st['rejected']} rejected, {st['errors']} errors, {st['seconds']:.1f} s | {st['peak_mib']:.1f} | "
+                   f"{st['rejected']} rejected, {st.get('timeouts', 0)} unanswered in 10 s, {st['errors']} errors, {st['seconds']:.1f} s | {st['peak_mib']:.1f} | "
                    f"{st['peak_mib'] - idle:+.1f} | ≤ idle + 200 | {met(st['peak_mib'] - idle <= 200)} |")
     bn = a.get("banners")
     if bn:
