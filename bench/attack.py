@@ -8,7 +8,8 @@ address) and measures its RSS over idle in three phases, each with a share of th
 
 1. **Password storm:** 100 paramiko clients at once, each from its own loopback address
    (127.0.1.N, so that neither the per-address cap nor a ban cuts the storm short), each trying
-   3 wrong passwords for a user that has a password (argon2id, 19 MiB per check).
+   3 wrong passwords, one connection each, for a user that has a password (argon2id, 19 MiB
+   per check).
 2. **Banner-only sockets:** 2,000 TCP connections that send an SSH banner and nothing more,
    from 100 loopback addresses (20 each: the global cap of 256, not the per-address one, is
    what decides); counted as accepted (still open after 2 s) or refused (closed, reset, or
@@ -92,30 +93,32 @@ def storm(b: Bench, t: Target, deadline: float) -> dict:
     import paramiko
 
     def one(i: int):
+        # One connection per try: paramiko's auth_password starts over with a second
+        # ssh-userauth service request, which gets no answer on a connection that has
+        # already tried (OpenSSH's client retries on one connection and is answered).
         src = f"127.0.1.{i + 1}"
         fails = errors = timeouts = 0
-        try:
-            sock = socket.create_connection(("127.0.0.1", t.port), timeout=30, source_address=(src, 0))
-            tr = paramiko.Transport(sock)
-            tr.auth_timeout = 10
-            tr.start_client(timeout=30)
-            for k in range(STORM_TRIES):
-                if time.monotonic() > deadline:
-                    break
-                try:
-                    tr.auth_password("pw", f"wrong-{i}-{k}")
-                except paramiko.AuthenticationException as e:
-                    # paramiko raises the same exception when no answer came in time.
-                    if "timeout" in str(e).lower():
-                        timeouts += 1
-                        break
+        for k in range(STORM_TRIES):
+            if time.monotonic() > deadline:
+                break
+            tr = None
+            try:
+                sock = socket.create_connection(("127.0.0.1", t.port), timeout=30, source_address=(src, 0))
+                tr = paramiko.Transport(sock)
+                tr.auth_timeout = 10
+                tr.start_client(timeout=30)
+                tr.auth_password("pw", f"wrong-{i}-{k}")
+            except paramiko.AuthenticationException as e:
+                # paramiko raises the same exception when no answer came in time.
+                if "timeout" in str(e).lower():
+                    timeouts += 1
+                else:
                     fails += 1
-                except (paramiko.SSHException, OSError, EOFError):
-                    errors += 1
-                    break
-            tr.close()
-        except (paramiko.SSHException, OSError, EOFError):
-            errors += 1
+            except (paramiko.SSHException, OSError, EOFError):
+                errors += 1
+            finally:
+                if tr is not None:
+                    tr.close()
         return fails, errors, timeouts
 
     before = rss_kib(t.pid) / 1024
