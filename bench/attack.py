@@ -215,27 +215,9 @@ class Hog:
         self.sessions = len(sessions)
         self.files = []
         chunk = os.urandom(32 * 1024)
-        # Half the sessions: read handles on the 64 MiB file, a 32 KiB read on each at a
-        # different offset (each starts a download and its read-ahead).
         half = max(1, len(sessions) // 2)
-        for n, sftp in enumerate(sessions[:half]):
-            for i in range(HOG_READ_HANDLES // half):
-                if time.monotonic() > deadline:
-                    break
-                try:
-                    f = sftp.open("hog.bin", "r")
-                    self.files.append(f)
-                    self.granted["read_handles"] += 1
-                except (OSError, paramiko.SSHException):
-                    self.refused["read_handles"] += 1
-                    break
-                try:
-                    f.seek(((i * 7 + n) % (HOG_FILE // MIB - 1)) * MIB)
-                    f.read(32 * 1024)
-                    self.granted["reads"] += 1
-                except (OSError, paramiko.SSHException):
-                    self.refused["reads"] += 1
-        # The other half: uploads declaring 1 TiB, with writes far ahead of the cursor and
+        # Uploads first (they are quick: writes are pipelined), on the second half of the
+        # sessions: uploads declaring 1 TiB, with writes far ahead of the cursor and
         # over one another (the reorder buffer has to hold them), never at offset 0.
         for n, sftp in enumerate(sessions[half:]):
             for i in range(HOG_UPLOADS):
@@ -262,7 +244,26 @@ class Hog:
                             self.granted["ahead_writes"] += 1  # sent (pipelined)
                         except (OSError, paramiko.SSHException):
                             self.refused["ahead_writes"] += 1
-
+        # Then the first half: read handles on the 64 MiB file, a 32 KiB read on each at a
+        # different offset (each starts a download and its read-ahead).
+        for n, sftp in enumerate(sessions[:half]):
+            for i in range(HOG_READ_HANDLES // half):
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    f = sftp.open("hog.bin", "r")
+                    self.files.append(f)
+                    self.granted["read_handles"] += 1
+                except (OSError, paramiko.SSHException):
+                    self.refused["read_handles"] += 1
+                    break
+                try:
+                    f.seek(((i * 7 + n) % (HOG_FILE // MIB - 1)) * MIB)
+                    f.read(32 * 1024)
+                    self.granted["reads"] += 1
+                except (OSError, paramiko.SSHException):
+                    self.refused["reads"] += 1
+                    break  # unanswered: this session's replies are out of step now
     def stop(self) -> None:
         if self.transport is not None:
             self.transport.close()
