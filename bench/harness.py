@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attack
 import systems
 import workloads
 from common import (
@@ -73,6 +74,14 @@ class Bench:
         self.rclone = "rclone"
         self.binary = Path("?")
         self.s3_label = "?"
+        # --latency-ms: the delay line in front of the S3 server, and its own cost at 0 ms.
+        self.s3_direct_endpoint = ""
+        self.relay_proc: subprocess.Popen | None = None
+        self.relay_check: dict | None = None
+        # s3sftp-obs systems: their log size and one scrape of /metrics (systems.scrape_metrics).
+        self.obs: dict[str, dict] = {}
+        # --attack: the memory-under-attack section (attack.py).
+        self.attack: dict[str, object] = {}
 
     @staticmethod
     def shm_dir(prefix: str, needed: int) -> Path | None:
@@ -158,7 +167,8 @@ class Bench:
             return True
         big = sum(self.round_big_s) / len(self.round_big_s)
         small = sum(self.round_small_s) / len(self.round_small_s)
-        ends = time.monotonic() - STARTED + (self.runs - run) * big + small + MEMORY_EST_S
+        after = MEMORY_EST_S + (self.args.attack_budget_s if self.args.attack else 0)
+        ends = time.monotonic() - STARTED + (self.runs - run) * big + small + after
         if ends <= self.args.budget_min * 60 - BUDGET_MARGIN_S:
             return True
         log(f"round {run + 1}: big transfers only (the rest would end the run at {ends / 60:.1f} min)")
@@ -213,6 +223,14 @@ class Bench:
                 workloads.memory_section(self)
             except Exception as e:  # noqa: BLE001
                 self.memory["error"] = f"{type(e).__name__}: {e}"
+        if self.args.attack:
+            try:
+                attack.attack_section(self)
+            except Exception as e:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                self.attack["error"] = f"{type(e).__name__}: {e}"
+        systems.scrape_metrics(self)
         self.s3_server_rss = rss_kib(self.s3_proc.pid) / 1024 if self.s3_proc else None
         self.idle = {s.name: getattr(s, "idle_rss_kib", 0) / 1024 for s in self.systems if s.pid}
         self.elapsed = time.time() - t_start

@@ -74,6 +74,7 @@ def report(b: Bench, argv: list[str]) -> str:
     out.append(f"Shared S3 server: {b.s3_label}. Big file {size_mib} MiB, {b.runs} runs per system of the big transfers and {b.small_done} of the other workloads (interleaved, order rotated), "
                f"{b.nsmall} small files, {b.nlist}-object listing, cipher `{b.cipher}` for every SSH system. "
                f"Medians of successful runs; total wall time {b.elapsed / 60:.1f} min.\n")
+    out.append(latency_line(b))
     out.append(machine_info(b))
 
     def speed(w, n):
@@ -170,6 +171,9 @@ def report(b: Bench, argv: list[str]) -> str:
         f"{names[n]} {v:.1f}" for n, v in b.idle.items()) +
         (f"; {b.s3_label} at the end: {b.s3_server_rss:.1f}" if b.s3_server_rss else ""))
 
+    out.extend(obs_section(b, S, names))
+    out.extend(attack_section(b))
+
     # targets
     out.append(f"\n## Targets (issue #6), s3sftp on {b.s3_label}\n")
     out.append("| target | measured | met |")
@@ -243,3 +247,92 @@ def machine_info(b: Bench) -> str:
         f"| servers' data (S3 store, sshd root, rclone caches) | {b.server_dir_label()} |",
         f"| load average at start / end | {' '.join(b.load_start)} / {' '.join(b.load_end)} |",
     ])
+
+
+def latency_line(b: Bench) -> str:
+    """The header's line on S3 latency: direct, or through the delay line (and its own cost)."""
+    ms = b.args.latency_ms
+    if ms is None:
+        return "S3 latency: **none added** (every system talks to the S3 server directly on loopback).\n"
+    line = (f"S3 latency: **{ms:g} ms round trip added** to every S3 request of every system "
+            f"(`bench/delayline.py`, {ms / 2:g} ms each way, pipelined) in front of the S3 server.")
+    c = b.relay_check
+    if c:
+        line += (f" The relay's own cost at 0 ms: a {c['size_mib']} MiB GET (boto3, 8 MiB parts, 8 in flight) "
+                 f"at {c['direct_mib_s']:.0f} MiB/s direct and {c['relay_mib_s']:.0f} MiB/s through it "
+                 f"({c['relay_mib_s'] / c['direct_mib_s']:.2f}×, {c['relay_cpu_s_per_get']:.2f} relay CPU-s); "
+                 f"HEAD {c['direct_head_ms']:.2f} ms direct, {c['relay_head_ms']:.2f} ms through it.")
+    relay_cpu = sum(r.get("relay_cpu", 0.0) for per in b.results.values() for recs in per.values() for r in recs)
+    line += f" Relay CPU over all timed runs: {relay_cpu:.1f} s (it shares the 2 cores).\n"
+    return line
+
+
+def obs_section(b: Bench, S, names) -> list[str]:
+    """s3sftp with logs at info and metrics on, against plain s3sftp (issue 19)."""
+    obs = [n for n in names if n.startswith("s3sftp-obs")]
+    if not obs or "s3sftp" not in names:
+        return []
+    out = ["\n## Logging and metrics (issue 19)\n",
+           "Plain s3sftp runs with `--log warn` and no metrics; the obs rows log every info event and "
+           "audit line (`--log info`, json or text, to a file) and keep the metrics recorder on "
+           "(`--metrics-listen 127.0.0.1:0`, scraped once at the end). Ratio = obs time / plain time "
+           "(1.00 = no cost; the run-to-run noise here is about ±10 %).\n",
+           "| workload | " + " | ".join(names[n] for n in obs) + " |",
+           "|---|" + "---:|" * len(obs)]
+    for w in ("upload", "download", "small-up", "get-r", "list"):
+        base = S.get(w, {}).get("s3sftp", {})
+        key = "t" if w in ("upload", "download") else "net"
+        cells = []
+        for n in obs:
+            d = S.get(w, {}).get(n, {})
+            cells.append(f"{d[key]:.3f} s ({d[key] / base[key]:.2f}×)" if d.get(key) and base.get(key) else "–")
+        title = WORKLOAD_TITLES[w].format(n=b.nsmall, r=b.rename_size // MIB, l=b.nlist, k=b.renames)
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
+    for n in obs:
+        o = b.obs.get(n, {})
+        scrape = (f"/metrics: {o['series']} series, {o['scrape_bytes'] / 1024:.0f} KiB, {o['scrape_ms']:.1f} ms"
+                  if "series" in o else f"/metrics: {o.get('scrape_error', 'not scraped')}")
+        out.append(f"\n{names[n]}: log {o.get('log_bytes', 0) / MIB:.1f} MiB in {o.get('log_lines', 0)} lines over the run; {scrape}.")
+    return out
+
+
+def attack_section(b: Bench) -> list[str]:
+    """The memory-under-attack section (issue 18, --attack)."""
+    if not b.args.attack:
+        return []
+    a = b.attack
+    out = ["\n## Memory under attack (issue 18): a second s3sftp with default limits\n"]
+    if "idle_mib" not in a:
+        return out + [f"FAILED: {a.get('error', '?')}"]
+    idle = a["idle_mib"]
+    out.append(f"Idle RSS {idle:.1f} MiB; section took {fmt(a.get('seconds'), 0)} s (budget {b.args.attack_budget_s:g}).\n")
+    out.append("| phase | what happened | peak RSS MiB | over idle | target | met |")
+    out.append("|---|---|---:|---:|---|---|")
+    st = a.get("storm")
+    if st:
+        out.append(f"| {st['clients']} concurrent wrong-password clients, {st['tries']} tries each, one loopback address each | "
+                   f"{st['rejected']} rejected, {st.get('timeouts', 0)} unanswered in 10 s, {st['errors']} errors, {st['seconds']:.1f} s | {st['peak_mib']:.1f} | "
+                   f"{st['peak_mib'] - idle:+.1f} | ≤ idle + 200 | {met(st['peak_mib'] - idle <= 200)} |")
+    bn = a.get("banners")
+    if bn:
+        out.append(f"| {bn['sockets']} banner-only sockets from {bn['addresses']} addresses | {bn['accepted']} accepted (open after 2 s), "
+                   f"{bn['refused']} refused ({bn['connect_failed']} at connect) | {bn['peak_mib']:.1f} | {bn['peak_mib'] - idle:+.1f} | – | – |")
+    h = a.get("hog")
+    if h:
+        g, r = h.get("granted", {}), h.get("refused", {})
+        what = (f"{h.get('hog_sessions', 0)} SFTP sessions; read handles {g.get('read_handles', 0)} granted / {r.get('read_handles', 0)} refused, "
+                f"1 TiB-declared uploads {g.get('huge_uploads', 0)} / {r.get('huge_uploads', 0)}, writes ahead {g.get('ahead_writes', 0)} / "
+                f"{r.get('ahead_writes', 0)}" + (f"; hog error: {h['hog_error'][:120]}" if h.get("hog_error") else ""))
+        out.append(f"| one user holding memory, another uploading {h['size_mib']} MiB | {what} | {h['peak_mib']:.1f} | "
+                   f"{h['peak_mib'] - idle:+.1f} | – | – |")
+        alone = [x for x in (h.get("alone_s"), h.get("alone2_s")) if x]
+        if alone and h.get("loaded_s"):
+            mb = h["size_mib"]
+            out.append(f"\nSecond user's {mb} MiB upload: alone {', '.join(f'{mb / x:.0f}' for x in alone)} MiB/s, "
+                       f"beside the hog {mb / h['loaded_s']:.0f} MiB/s: **{h['ratio']:.2f}×** of the faster alone run "
+                       f"(target ≥ 0.8×: {met(h['ratio'] >= 0.8)}).")
+        else:
+            out.append(f"\nSecond user's upload: FAILED or out of time ({'; '.join(h.get('errors', []))[:200]}).")
+    if "error" in a:
+        out.append(f"\nAttack section error: {a['error']}")
+    return out

@@ -47,6 +47,11 @@ login; the `connect` row shows what a login costs on its own, and "net" times su
 median. The result is printed as Markdown and written to bench/results/latest.md (plus the raw
 numbers in bench/results/latest.json).
 
+--latency-ms N puts every S3 request of every system N ms (round trip) away through
+bench/delayline.py, a TCP delay line in front of the S3 server (its own cost at 0 ms is measured
+first and shown in the report's header). --obs adds s3sftp with info logs (json, text) and
+metrics on, beside plain s3sftp. --attack adds the memory-under-attack section (attack.py).
+
 The server's CPU seconds come from /proc/PID/stat (utime+stime+cutime+cstime deltas; for sshd
 this includes the per-connection children it reaps) and peak RSS from sampling VmRSS of the
 server's process tree every 50 ms.
@@ -86,7 +91,20 @@ def main():
     ap.add_argument("--sessions", type=int, help="idle sessions in the memory section (default 200)")
     ap.add_argument("--renames", type=int, help="renames per session, made odd (default 101 on the embedded store, 25 elsewhere)")
     ap.add_argument("--cipher", help="force this cipher (default: first of aes128-gcm, aes256-gcm, aes128-ctr, chacha20 that every server offers)")
-    ap.add_argument("--systems", help="comma list: s3sftp,s3sftp-emb,rclone-off,rclone-writes,sshd,raw-s3")
+    ap.add_argument("--systems", help="comma list: s3sftp,s3sftp-emb,s3sftp-obs,s3sftp-obs-text,rclone-off,rclone-writes,sshd,raw-s3")
+    ap.add_argument("--obs", action="store_true",
+                    help="add s3sftp-obs (--log info --log-format json --metrics-listen, scraped at the end) and "
+                         "s3sftp-obs-text (the same with text logs) to the systems: what logging and metrics cost")
+    ap.add_argument("--latency-ms", type=float, metavar="N",
+                    help="put every S3 request of every system (s3sftp, rclone, raw S3) N ms (round trip) away "
+                         "through bench/delayline.py, a TCP delay line in front of the S3 server (typical: 20; "
+                         "also 5, 40; 0 runs through the relay with no delay). Default: off (direct)")
+    ap.add_argument("--attack", action="store_true",
+                    help="add the memory-under-attack section (issue 18): a second s3sftp with default limits, "
+                         "100 concurrent wrong passwords, 2,000 banner-only sockets, one user holding memory "
+                         "while another uploads 256 MiB")
+    ap.add_argument("--attack-budget-s", type=float, default=180,
+                    help="seconds the attack section may take at most (default 180)")
     ap.add_argument("--s3-server", choices=["embedded", "rclone", "moto"], default="embedded",
                     help="shared S3 server: s3sftp's embedded store run standalone (default), "
                          "rclone serve s3 (independent, Go), or moto_server (independent, Python, slow)")
@@ -111,7 +129,8 @@ def main():
     outp.parent.mkdir(parents=True, exist_ok=True)
     outp.write_text(md)
     raw = {"results": b.results, "memory": b.memory, "notes": b.notes, "cipher": b.cipher,
-           "default_ciphers": b.default_ciphers}
+           "default_ciphers": b.default_ciphers, "latency_ms": args.latency_ms,
+           "relay_check": b.relay_check, "obs": b.obs, "attack": b.attack}
     outp.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"wrote {outp}")
 

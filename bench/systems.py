@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import client
 from common import (
     ACCESS_KEY, BUCKET, COLD_BUILD_S, PREFIX, PROCS, REPO, REPO_TARGET, SECRET_KEY,
-    ensure_python_package, free_port, log, rss_kib, spawn, tail, wait_port,
+    MIB, ensure_python_package, free_port, log, rss_kib, spawn, tail, wait_port,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ def start_s3_server(b: Bench) -> None:
         b.s3_proc = spawn([moto, "-H", "127.0.0.1", "-p", str(b.s3_port)], lf)
         b.s3_label = "moto_server (in memory)"
     wait_port(b.s3_port, b.s3_proc, b.s3_label, lf)
+    b.s3_direct_endpoint = b.s3_endpoint
+    if b.args.latency_ms is not None:
+        start_delay_line(b)
     import boto3
     from botocore.config import Config
     b.s3 = boto3.client(
@@ -125,7 +129,29 @@ def start_s3_server(b: Bench) -> None:
     b.s3.head_bucket(Bucket=BUCKET)
 
 
-def _s3sftp_common(b: Bench, name: str, label: str, extra: list[str], env_extra: dict) -> System:
+def start_delay_line(b: Bench) -> None:
+    """--latency-ms: measures the delay line's own cost (a GET through it at 0 ms against a
+    direct one), then starts it in front of the S3 server; every system (and `b.s3`, the
+    raw S3 client) then talks to the relay's port."""
+    import delayline
+    check_mib = min(256, b.size // MIB)
+    log(f"delay line check: {check_mib} MiB GET direct and through the relay at 0 ms")
+    try:
+        b.relay_check = delayline.check(b.s3_endpoint, b.access_key, b.secret_key, BUCKET,
+                                        size_mib=check_mib, rtt_ms=0.0)
+        log("delay line check: " + ", ".join(
+            f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in b.relay_check.items()))
+    except Exception as e:  # noqa: BLE001
+        b.notes.append(f"delay line check failed: {type(e).__name__}: {e}")
+    with open(b.tmp / "delayline.log", "ab") as lf:
+        b.relay_proc, port = delayline.spawn_relay(b.s3_port, b.args.latency_ms, logfile=lf)
+    PROCS.append(b.relay_proc)
+    b.s3_endpoint = f"http://127.0.0.1:{port}"
+    log(f"delay line: {b.args.latency_ms:g} ms round trip, port {port} -> {b.s3_port}")
+
+
+def _s3sftp_common(b: Bench, name: str, label: str, extra: list[str], env_extra: dict,
+                   log_level: str = "warn") -> System:
     d = b.tmp / name
     d.mkdir()
     users = {"users": [{"username": "bench", "public_keys": [b.client_pub],
@@ -142,7 +168,7 @@ def _s3sftp_common(b: Bench, name: str, label: str, extra: list[str], env_extra:
                     "--state-dir", str(d / "state"), "--users-file", str(uf),
                     # 200 idle sessions from one address need more than the default 50.
                     "--max-connections-per-ip", "0", "--max-unauthenticated-per-ip", "0",
-                    "--log", "warn", *extra], lf, env=env)
+                    "--log", log_level, *extra], lf, env=env)
     s.log = lf
     wait_port(s.port, s.proc, name, lf)
     time.sleep(1.0)
@@ -150,12 +176,58 @@ def _s3sftp_common(b: Bench, name: str, label: str, extra: list[str], env_extra:
     return s
 
 
+def s3_flags(b: Bench) -> list[str]:
+    """s3sftp's flags for the shared bucket (through the delay line with --latency-ms)."""
+    return ["--bucket", BUCKET, "--s3-endpoint", b.s3_endpoint, "--s3-region", "us-east-1",
+            "--s3-path-style", "--s3-access-key", b.access_key]
+
+
 def start_s3sftp(b: Bench) -> System:
-    return _s3sftp_common(b, 
-        "s3sftp", "s3sftp",
-        ["--bucket", BUCKET, "--s3-endpoint", b.s3_endpoint, "--s3-region", "us-east-1",
-         "--s3-path-style", "--s3-access-key", b.access_key],
-        {"S3SFTP_S3_SECRET_KEY": b.secret_key})
+    return _s3sftp_common(b, "s3sftp", "s3sftp", s3_flags(b), {"S3SFTP_S3_SECRET_KEY": b.secret_key})
+
+
+def start_s3sftp_obs(b: Bench, fmt: str) -> System:
+    """s3sftp with what production runs with (issue 19): every info event and audit line
+    logged (`--log info`) in `fmt`, and the metrics recorder on (`--metrics-listen`,
+    scraped once at the end by `scrape_metrics`). Compared with the plain s3sftp row
+    (`--log warn`, no metrics), it shows what logging and metrics cost."""
+    name = "s3sftp-obs" if fmt == "json" else "s3sftp-obs-text"
+    s = _s3sftp_common(b, name, f"s3sftp ({fmt} logs at info + metrics)",
+                       [*s3_flags(b), "--log-format", fmt, "--metrics-listen", "127.0.0.1:0"],
+                       {"S3SFTP_S3_SECRET_KEY": b.secret_key}, log_level="info")
+    s.metrics_port = None
+    m = re.search(r"operations listener.*?127\.0\.0\.1:(\d+)|127\.0\.0\.1:(\d+).*?operations listener",
+                  s.log.read_text(errors="replace"))
+    if m:
+        s.metrics_port = int(m.group(1) or m.group(2))
+    return s
+
+
+def scrape_metrics(b: Bench) -> None:
+    """Scrapes /metrics of every s3sftp-obs system once (at the end of the run), and notes the
+    size of its log: what logging and metrics produced over the whole run."""
+    import urllib.request
+    for s in b.systems:
+        if not s.name.startswith("s3sftp-obs"):
+            continue
+        info: dict = {"log_bytes": s.log.stat().st_size if s.log.exists() else 0}
+        try:
+            info["log_lines"] = sum(1 for _ in s.log.open("rb"))
+        except OSError:
+            pass
+        if s.metrics_port:
+            try:
+                t0 = time.perf_counter()
+                with urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10) as r:
+                    text = r.read().decode(errors="replace")
+                info["scrape_ms"] = (time.perf_counter() - t0) * 1000
+                info["scrape_bytes"] = len(text)
+                info["series"] = sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
+            except OSError as e:
+                info["scrape_error"] = str(e)
+        else:
+            info["scrape_error"] = "metrics address not found in the log"
+        b.obs[s.name] = info
 
 
 def start_s3sftp_embedded(b: Bench) -> System:
@@ -244,9 +316,14 @@ def start_systems(b: Bench) -> None:
     if wanted is None and a.s3_server == "embedded":
         # s3sftp already runs on the embedded store: a second copy inside s3sftp adds nothing.
         wanted = {"s3sftp", "rclone-off", "rclone-writes", "sshd", "raw-s3"}
+    if a.obs:
+        wanted = (wanted or {"s3sftp", "s3sftp-emb", "rclone-off", "rclone-writes", "sshd", "raw-s3"}) \
+            | {"s3sftp-obs", "s3sftp-obs-text"}
     builders = [
         ("s3sftp", lambda: start_s3sftp(b)),
         ("s3sftp-emb", lambda: start_s3sftp_embedded(b)),
+        ("s3sftp-obs", lambda: start_s3sftp_obs(b, "json")),
+        ("s3sftp-obs-text", lambda: start_s3sftp_obs(b, "text")),
         ("rclone-off", lambda: start_rclone_sftp(b, "off")),
         ("rclone-writes", lambda: start_rclone_sftp(b, "writes")),
         ("sshd", lambda: start_sshd(b)),

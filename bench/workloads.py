@@ -89,7 +89,8 @@ def record(b: Bench, workload: str, s: System, fn):
     # Flush what earlier runs wrote, so this run does not pay for their writeback (the
     # S3 server's files, a downloaded copy). Untimed.
     os.sync()
-    c0, sc0 = cpu_seconds(s.pid), cpu_seconds(s3pid)
+    relay = b.relay_proc.pid if b.relay_proc else None
+    c0, sc0, rc0 = cpu_seconds(s.pid), cpu_seconds(s3pid), cpu_seconds(relay)
     try:
         with RssSampler(s.pid, s.tree) as sampler:
             dt, ok, extra = fn()
@@ -101,6 +102,7 @@ def record(b: Bench, workload: str, s: System, fn):
         while children(s.pid) and time.time() < deadline:
             time.sleep(0.05)
     rec = {"t": dt, "ok": ok, "cpu": cpu_seconds(s.pid) - c0, "s3cpu": cpu_seconds(s3pid) - sc0,
+           "relay_cpu": cpu_seconds(relay) - rc0,
            "rss_mib": sampler.peak / 1024 if s.pid else None, **extra}
     b.results.setdefault(workload, {}).setdefault(s.name, []).append(rec)
     status = "ok" if ok else f"FAILED {extra.get('error', '')[:300]}"
