@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
@@ -50,38 +49,6 @@ async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-/// Connects from a chosen loopback address (Linux routes all of 127/8 to lo).
-async fn connect_from(
-    t: &TestServer,
-    from: [u8; 4],
-) -> Result<russh::client::Handle<AcceptAll>, String> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind((std::net::Ipv4Addr::from(from), 0).into())
-        .map_err(|e| e.to_string())?;
-    let stream = socket
-        .connect(([127, 0, 0, 1], t.port).into())
-        .await
-        .map_err(|e| e.to_string())?;
-    let config = Arc::new(russh::client::Config::default());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        russh::client::connect_stream(config, stream, AcceptAll),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|e| e.to_string())
-}
-
-async fn password_ok(t: &TestServer, from: [u8; 4], password: &str) -> Result<bool, String> {
-    let mut handle = connect_from(t, from).await?;
-    handle
-        .authenticate_password("alice", password)
-        .await
-        .map(|r| r.success())
-        .map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

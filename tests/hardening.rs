@@ -1,7 +1,6 @@
 //! Limits, bans, deadlines, graceful shutdown and the orphan sweep, against a real S3
 //! server with the russh client.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::own_store::start_with_own_store;
@@ -11,39 +10,6 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags};
 const WRITE_NEW: OpenFlags = OpenFlags::WRITE
     .union(OpenFlags::CREATE)
     .union(OpenFlags::TRUNCATE);
-
-/// Connects from a chosen loopback address (Linux routes all of 127/8 to lo), so tests
-/// can act as several client addresses.
-async fn connect_from(
-    t: &TestServer,
-    from: [u8; 4],
-) -> Result<russh::client::Handle<AcceptAll>, String> {
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind((std::net::Ipv4Addr::from(from), 0).into())
-        .map_err(|e| e.to_string())?;
-    let stream = socket
-        .connect(([127, 0, 0, 1], t.port).into())
-        .await
-        .map_err(|e| e.to_string())?;
-    let config = Arc::new(russh::client::Config::default());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        russh::client::connect_stream(config, stream, AcceptAll),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|e| e.to_string())
-}
-
-async fn password_ok(t: &TestServer, from: [u8; 4], password: &str) -> Result<bool, String> {
-    let mut handle = connect_from(t, from).await?;
-    handle
-        .authenticate_password("alice", password)
-        .await
-        .map(|r| r.success())
-        .map_err(|e| e.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_failed_logins_ban_the_address_and_only_it() {

@@ -516,7 +516,11 @@ async fn serve_check_lists_under_a_user_prefix_of_a_real_bucket() {
         "{}",
         stdout(&out)
     );
-    let out = tokio::task::block_in_place(run("wrong".to_owned()));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+    // A wrong secret: only a store that checks signatures refuses it (the embedded one
+    // does; moto, CI's external store, accepts any key).
+    if crate::common::external_s3().is_none() {
+        let out = tokio::task::block_in_place(run("wrong".to_owned()));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+    }
 }

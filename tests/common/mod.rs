@@ -482,3 +482,37 @@ pub fn init_test_logging() {
             .try_init();
     }
 }
+
+/// Connects from a chosen loopback address (Linux routes all of 127/8 to lo), so tests
+/// can act as several client addresses.
+pub async fn connect_from(
+    t: &TestServer,
+    from: [u8; 4],
+) -> Result<russh::client::Handle<AcceptAll>, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind((std::net::Ipv4Addr::from(from), 0).into())
+        .map_err(|e| e.to_string())?;
+    let stream = socket
+        .connect(([127, 0, 0, 1], t.port).into())
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = Arc::new(russh::client::Config::default());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        russh::client::connect_stream(config, stream, AcceptAll),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// Whether alice's login with `password` from `from` succeeds.
+pub async fn password_ok(t: &TestServer, from: [u8; 4], password: &str) -> Result<bool, String> {
+    let mut handle = connect_from(t, from).await?;
+    handle
+        .authenticate_password("alice", password)
+        .await
+        .map(|r| r.success())
+        .map_err(|e| e.to_string())
+}
