@@ -40,20 +40,6 @@ async fn ssh_from(
     .map_err(|e| e.to_string())
 }
 
-/// A connection logged in with `user`'s key.
-async fn logged_in(t: &TestServer, user: &TestUser) -> russh::client::Handle<AcceptAll> {
-    let mut handle = t.russh_connect().await.expect("connect");
-    let auth = handle
-        .authenticate_publickey(
-            &user.name,
-            PrivateKeyWithHashAlg::new(user.key.clone(), None),
-        )
-        .await
-        .expect("auth");
-    assert!(auth.success(), "key login");
-    handle
-}
-
 /// Sends a banner only, then waits for the server to close the socket; returns what the
 /// server sent, or `None` if it was still open after `secs`.
 async fn banner_then_wait_for_close(mut socket: TcpStream, secs: u64) -> Option<Vec<u8>> {
@@ -128,7 +114,7 @@ fn rss_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooded_unclaimed_channel_does_not_wedge_the_connection() {
     let t = TestServer::start_with(|c| c.ssh.channel_claim_timeout = Duration::from_secs(2)).await;
-    let handle = logged_in(&t, &t.alice).await;
+    let handle = t.russh_login(&t.alice).await;
     let mut idle = handle.channel_open_session().await.expect("open");
     // Far more messages than russh queues for a channel nobody reads (100).
     for _ in 0..400 {
@@ -167,7 +153,7 @@ async fn a_flooded_unclaimed_channel_does_not_wedge_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kick_ends_a_flooding_connection_and_frees_its_registration() {
     let t = TestServer::start().await;
-    let handle = logged_in(&t, &t.bob).await;
+    let handle = t.russh_login(&t.bob).await;
     let flood = handle.channel_open_session().await.expect("open");
     let flooder = tokio::spawn(async move {
         loop {
@@ -361,7 +347,7 @@ async fn each_attempt_on_one_connection_counts_towards_the_ban() {
 async fn the_eleventh_channel_is_refused() {
     let t =
         TestServer::start_with(|c| c.ssh.channel_claim_timeout = Duration::from_secs(120)).await;
-    let handle = logged_in(&t, &t.alice).await;
+    let handle = t.russh_login(&t.alice).await;
     let mut open = Vec::new();
     for i in 0..10 {
         open.push(
