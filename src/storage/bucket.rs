@@ -33,17 +33,9 @@ impl UserStore {
     /// a policy that grants `s3:ListBucket` only under the users' prefixes makes S3 answer
     /// a HEAD of a missing key with 403. One ListObjectsV2 more, only on a 403.
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectHead>> {
-        let head = match self.s3().head_object(key).await {
-            Ok(head) => head,
-            Err(HeadFailure::Other(err)) => return Err(err),
-            Err(HeadFailure::Denied(failure)) => {
-                if self.listing_proves_absent(key).await {
-                    None
-                } else {
-                    return Err(failure.into_error("HeadObject"));
-                }
-            }
-        };
+        let head = self
+            .absent_if_denied(key, self.s3().head_object(key).await)
+            .await?;
         if let Some(head) = &head {
             self.cache().insert(key, head.clone());
         }
@@ -52,6 +44,21 @@ impl UserStore {
 
     /// Whether a listing under `key` (one key, no delimiter) shows that there is no
     /// object at `key`. A failed listing proves nothing.
+    /// A HEAD's answer, with a 403 taken as "not found" when a listing proves it (see
+    /// [`UserStore::head`]).
+    async fn absent_if_denied<T>(
+        &self,
+        key: &str,
+        answer: std::result::Result<Option<T>, HeadFailure>,
+    ) -> Result<Option<T>> {
+        match answer {
+            Ok(found) => Ok(found),
+            Err(HeadFailure::Other(err)) => Err(err),
+            Err(HeadFailure::Denied(_)) if self.listing_proves_absent(key).await => Ok(None),
+            Err(HeadFailure::Denied(failure)) => Err(failure.into_error("HeadObject")),
+        }
+    }
+
     async fn listing_proves_absent(&self, key: &str) -> bool {
         match self.s3().list_page(key, None, 1, None).await {
             // The key itself sorts before every other key it is a prefix of.
@@ -185,17 +192,10 @@ impl UserStore {
     /// encryption as configured. Returns whether a copy was made; `NotFound` if there is
     /// no object.
     pub(crate) async fn set_mtime_of_key(&self, key: &str, mtime: SystemTime) -> Result<bool> {
-        let Some((head, mut extra)) = (match self.s3().head_object_full(key).await {
-            Ok(found) => found,
-            Err(HeadFailure::Other(err)) => return Err(err),
-            Err(HeadFailure::Denied(failure)) => {
-                if self.listing_proves_absent(key).await {
-                    None
-                } else {
-                    return Err(failure.into_error("HeadObject"));
-                }
-            }
-        }) else {
+        let found = self
+            .absent_if_denied(key, self.s3().head_object_full(key).await)
+            .await?;
+        let Some((head, mut extra)) = found else {
             return Err(super::StorageError::NotFound);
         };
         let stored = head.mtime.flatten().map(whole_seconds);
