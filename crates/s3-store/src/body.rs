@@ -72,7 +72,27 @@ fn parse_content_md5(value: &str) -> S3Result<[u8; 16]> {
         .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid."))
 }
 
-/// Streams `body` into a new temporary file of `bucket`, making its ETag as `etag` says.
+/// The value of an `x-amz-checksum-crc32c` header (base64 of the big-endian CRC32C),
+/// which the body must match; `InvalidRequest` if it is no such value.
+pub(crate) fn expected_crc32c(header: Option<&str>) -> S3Result<Option<u32>> {
+    let Some(value) = header else {
+        return Ok(None);
+    };
+    base64_simd::STANDARD
+        .decode_to_vec(value.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(|bytes| Some(u32::from_be_bytes(bytes)))
+        .ok_or_else(|| {
+            s3_error!(
+                InvalidRequest,
+                "Value for x-amz-checksum-crc32c header is invalid."
+            )
+        })
+}
+
+/// Streams `body` into a new temporary file of `bucket`, making its ETag as `etag` says;
+/// with `crc32c`, the body must have that CRC32C (else `BadDigest`, nothing stored).
 ///
 /// `expected_len` is the request's Content-Length; a body of another length is
 /// `IncompleteBody`. A failed signature check of the payload surfaces here, at the end of
@@ -82,12 +102,13 @@ pub(crate) async fn receive(
     body: Option<StreamingBlob>,
     expected_len: Option<i64>,
     etag: EtagSource,
+    crc32c: Option<u32>,
 ) -> S3Result<Received> {
     let tmp = bucket.temp_path();
     let file = crate::private::create_file_async(tmp.path())
         .await
         .map_err(|e| internal("create temporary file", e))?;
-    let (size, etag) = write_body(file, body, None, etag).await?;
+    let (size, etag) = write_body(file, body, None, etag, crc32c).await?;
     if expected_len.is_some_and(|expected| u64::try_from(expected).ok() != Some(size)) {
         return Err(incomplete_body());
     }
@@ -108,6 +129,7 @@ pub(crate) async fn receive_at(
     len: u64,
     body: Option<StreamingBlob>,
     etag: EtagSource,
+    crc32c: Option<u32>,
 ) -> S3Result<String> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -120,26 +142,29 @@ pub(crate) async fn receive_at(
     file.seek(SeekFrom::Start(offset))
         .await
         .map_err(|e| internal("seek assembly file", e))?;
-    let (size, etag) = write_body(file, body, Some(len), etag).await?;
+    let (size, etag) = write_body(file, body, Some(len), etag, crc32c).await?;
     if size != len {
         return Err(incomplete_body());
     }
     Ok(etag)
 }
 
-/// Writes the body through a buffer, hashing it if the ETag is an MD5; stops with
-/// `IncompleteBody` past `limit` bytes. Returns the size and the ETag.
+/// Writes the body through a buffer, hashing it if the ETag is an MD5 and checking its
+/// CRC32C if one is expected; stops with `IncompleteBody` past `limit` bytes. Returns
+/// the size and the ETag.
 async fn write_body(
     file: tokio::fs::File,
     body: Option<StreamingBlob>,
     limit: Option<u64>,
     etag: EtagSource,
+    crc32c: Option<u32>,
 ) -> S3Result<(u64, String)> {
     let mut file = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut md5 = match etag {
         EtagSource::Md5 { .. } => Some(Md5::new()),
         EtagSource::Random => None,
     };
+    let mut crc = crc32c.map(|_| crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi));
     let mut size: u64 = 0;
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
@@ -151,6 +176,9 @@ async fn write_body(
             if let Some(md5) = &mut md5 {
                 md5.update(&chunk);
             }
+            if let Some(crc) = &mut crc {
+                crc.update(&chunk);
+            }
             file.write_all(&chunk)
                 .await
                 .map_err(|e| internal("write temporary file", e))?;
@@ -160,6 +188,14 @@ async fn write_body(
         .await
         .map_err(|e| internal("write temporary file", e))?;
     drop(file);
+    if let (Some(crc), Some(expected)) = (crc, crc32c) {
+        if crc.finalize() as u32 != expected {
+            return Err(s3_error!(
+                BadDigest,
+                "The CRC32C you specified did not match the calculated checksum."
+            ));
+        }
+    }
     let etag = match (md5, etag) {
         (Some(md5), EtagSource::Md5 { expected }) => {
             let digest: [u8; 16] = md5.finalize().into();

@@ -33,8 +33,9 @@
 //! headers for 120 s (idle between requests included) is closed.
 //!
 //! Not supported: versioning, ACLs and policies, tagging, Object Lock, encryption and
-//! storage classes (their headers are accepted and ignored), `x-amz-checksum-*` headers,
-//! virtual-hosted-style addressing.
+//! storage classes (their headers are accepted and ignored), `x-amz-checksum-*` headers
+//! other than CRC32C (which PutObject and UploadPart verify), virtual-hosted-style
+//! addressing.
 
 mod assembly;
 mod body;

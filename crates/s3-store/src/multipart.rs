@@ -17,7 +17,9 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
 
-use super::body::{blocking, concat_ranges, copy_range_hashing, receive, receive_at, EtagSource};
+use super::body::{
+    blocking, concat_ranges, copy_range_hashing, expected_crc32c, receive, receive_at, EtagSource,
+};
 use super::conditions::{check_copy_source, check_write, Conditions};
 use super::list::page_size;
 use super::parts::{new_upload_id, PartMeta, Upload, UploadMeta};
@@ -159,6 +161,7 @@ impl Store {
         check_part_number(input.part_number)?;
         let bucket = self.bucket(&input.bucket)?;
         let source = EtagSource::part(input.content_md5.as_deref())?;
+        let crc32c = expected_crc32c(input.checksum_crc32c.as_deref())?;
         // Also refuses an unknown upload before reading the body.
         let slot = match input.content_length.and_then(|len| u64::try_from(len).ok()) {
             Some(len) => bucket
@@ -171,11 +174,13 @@ impl Store {
         };
         let (size, etag, offset, file) = match &slot {
             Some((slot, len)) => {
-                let etag = receive_at(&slot.path, slot.offset, *len, input.body, source).await?;
+                let etag =
+                    receive_at(&slot.path, slot.offset, *len, input.body, source, crc32c).await?;
                 (*len, etag, Some(slot.offset), None)
             }
             None => {
-                let received = receive(&bucket, input.body, input.content_length, source).await?;
+                let received =
+                    receive(&bucket, input.body, input.content_length, source, crc32c).await?;
                 (received.size, received.etag, None, Some(received.file))
             }
         };

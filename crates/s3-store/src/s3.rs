@@ -18,7 +18,7 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
-use super::body::{blocking, copy_file, receive, EtagSource, FileBody};
+use super::body::{blocking, copy_file, expected_crc32c, receive, EtagSource, FileBody};
 use super::conditions::{
     check_copy_source, check_read, check_write, content_range, resolve_span, Conditions,
 };
@@ -230,7 +230,8 @@ impl S3 for Store {
         // Refuse early when we can; the check is repeated at commit time, under the lock.
         check_write(bucket.meta(&input.key).as_ref(), if_match, if_none_match)?;
         let source = EtagSource::object(input.content_md5.as_deref())?;
-        let received = receive(&bucket, input.body, input.content_length, source).await?;
+        let crc32c = expected_crc32c(input.checksum_crc32c.as_deref())?;
+        let received = receive(&bucket, input.body, input.content_length, source, crc32c).await?;
         let meta = ObjectMeta {
             key: input.key,
             size: received.size,
