@@ -693,9 +693,10 @@ pub struct ServeArgs {
     #[arg(long, env = "S3SFTP_S3_SSE_BUCKET_KEY")]
     pub s3_sse_bucket_key: bool,
     /// The integrity header of every upload request, checked by S3 against the body:
-    /// md5 (Content-MD5; Object Lock buckets need an integrity header), none, or auto:
-    /// md5 unless the SDK already sends its CRC32 (--s3-checksum when-supported, the
-    /// default for AWS).
+    /// crc32c (cheap), md5 (Content-MD5, which every store's Object Lock accepts), none,
+    /// or auto: none where the SDK already sends its CRC32 (--s3-checksum
+    /// when-supported, the default for AWS), else crc32c, or md5 on a bucket with Object
+    /// Lock (or whose setting cannot be read).
     #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Auto)]
     pub s3_upload_checksum: UploadChecksum,
     /// Whether mkdir writes empty `dir/` marker objects: on, off (for stores that cannot

@@ -17,7 +17,7 @@ use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
 use crate::storage::intent;
 use crate::storage::sweep::sweep_orphans;
-use crate::storage::{Storage, TransferSettings};
+use crate::storage::{ObjectLock, Storage, TransferSettings, UploadChecksum};
 use crate::users::{UsersError, UsersFile};
 
 /// Stands in for the embedded store in a build without it (the `embedded-store` feature):
@@ -348,12 +348,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tracing::info!(bucket = %s3.bucket, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "bucket reachable");
     let lanes = Arc::new(Lanes::start(config.session_threads).map_err(StartError::Threads)?);
     let mut transfer = config.transfer.clone();
-    // Content-MD5 only where nothing else guards the bodies: not when the SDK sends a
-    // checksum S3 verifies, nor to the embedded store in this very process.
+    // A checksum only where nothing else guards the bodies: not when the SDK sends one
+    // S3 verifies, nor to the embedded store in this very process. CRC32C is the cheap
+    // one; Content-MD5 where Object Lock may want it.
     let sdk_checksums = s3.checksum_mode() == client::ChecksumMode::WhenSupported;
     let covered = sdk_checksums || embedded.is_some();
-    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered);
-    tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, "upload integrity header");
+    let lock = if transfer.objects.upload_checksum == UploadChecksum::Auto && !covered {
+        client::object_lock(&client, &s3.bucket).await
+    } else {
+        ObjectLock::Unknown
+    };
+    transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered, lock);
+    tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, object_lock = ?lock, "upload integrity header");
     // The probe lives under the first user's prefix: a least-privilege policy lets the
     // gateway write there (and nowhere else, perhaps).
     transfer.dir_markers = crate::storage::dir_markers::resolve(

@@ -1,9 +1,9 @@
 //! Buckets as production sets them up, seen from the S3 side by a proxy between the server
 //! and the real S3 server: the storage class and SSE-KMS headers on every request that
-//! creates an object (renames included); a Content-MD5 on every upload request, and a
-//! body corrupted on the way refused by S3 with nothing stored; and a least-privilege
-//! policy's 403 on a HEAD or GET of a missing key (and on HeadBucket at start) changing
-//! nothing for the client.
+//! creates an object (renames included); a CRC32C or Content-MD5 on every upload request
+//! (MD5 by default where Object Lock is on), and a body corrupted on the way refused by S3
+//! with nothing stored; and a least-privilege policy's 403 on a HEAD or GET of a missing
+//! key (and on HeadBucket at start) changing nothing for the client.
 
 use std::time::Duration;
 
@@ -108,9 +108,12 @@ async fn class_and_kms_headers_go_on_every_request_that_creates_an_object() {
     t.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_upload_request_carries_a_content_md5() {
-    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+/// Uploads a small and a multipart file with `checksum` and checks, at the S3 side, the
+/// integrity header of every upload request: `md5` a Content-MD5, `crc32c` an
+/// `x-amz-checksum-crc32c` (the multipart upload declaring the algorithm), never both.
+async fn upload_requests_carry(checksum: UploadChecksum) {
+    let (t, proxy, view) =
+        start_behind_proxy(|c| c.transfer.objects.upload_checksum = checksum).await;
     proxy.record_requests();
     let p = t.alice.prefix.clone();
     let s = t.russh_sftp(&t.alice).await;
@@ -123,12 +126,30 @@ async fn every_upload_request_carries_a_content_md5() {
         let requests = proxy.requests(op);
         assert!(!requests.is_empty(), "no {op:?} seen");
         for r in &requests {
-            let md5 = r.header("content-md5").unwrap_or_else(|| {
-                panic!("{op:?} {} has no Content-MD5", r.target);
-            });
-            let bytes = aws_smithy_types::base64::decode(md5).expect("base64");
-            assert_eq!(bytes.len(), 16, "an MD5: {md5}");
+            let (md5, crc) = (r.header("content-md5"), r.header("x-amz-checksum-crc32c"));
+            let (header, value, len) = match checksum {
+                UploadChecksum::Md5 => {
+                    assert_eq!(crc, None, "{op:?} {}", r.target);
+                    ("Content-MD5", md5, 16)
+                }
+                _ => {
+                    assert_eq!(md5, None, "{op:?} {}", r.target);
+                    ("x-amz-checksum-crc32c", crc, 4)
+                }
+            };
+            let value = value.unwrap_or_else(|| panic!("{op:?} {} has no {header}", r.target));
+            let bytes = aws_smithy_types::base64::decode(value).expect("base64");
+            assert_eq!(bytes.len(), len, "{header}: {value}");
         }
+    }
+    if checksum == UploadChecksum::Crc32c {
+        let creates = proxy.requests(Op::CreateMultipartUpload);
+        assert_all_have(
+            &creates,
+            "CreateMultipartUpload",
+            "x-amz-checksum-algorithm",
+            "CRC32C",
+        );
     }
     assert_eq!(proxy.requests(Op::UploadPart).len(), 3);
     assert_object(&view, &format!("{p}small.bin"), Some(&small)).await;
@@ -136,20 +157,42 @@ async fn every_upload_request_carries_a_content_md5() {
     t.shutdown().await;
 }
 
-/// Whether the store refuses a PutObject whose Content-MD5 does not match its body
-/// (moto 5.0.28 does not check it). Leaves nothing behind.
-async fn store_checks_content_md5(view: &BucketView, key: &str) -> bool {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_request_carries_a_content_md5_when_set() {
+    upload_requests_carry(UploadChecksum::Md5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_upload_request_carries_a_crc32c_when_set() {
+    upload_requests_carry(UploadChecksum::Crc32c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn by_default_a_bucket_without_object_lock_gets_crc32c() {
+    // `auto` reads the bucket's Object Lock setting at start: neither test store has one
+    // here, so the cheap CRC32C goes on every upload.
+    upload_requests_carry(UploadChecksum::Auto).await;
+}
+
+/// Whether the store refuses a PutObject whose `checksum` header does not match its body
+/// (moto 5.0.28 checks neither). Leaves nothing behind.
+async fn store_checks(view: &BucketView, key: &str, checksum: UploadChecksum) -> bool {
     use md5::Digest;
-    let wrong = aws_smithy_types::base64::encode(md5::Md5::digest(b"other bytes"));
     let put = view
         .client
         .put_object()
         .bucket(&view.bucket)
         .key(key)
-        .content_md5(wrong)
-        .body(b"these bytes".to_vec().into())
-        .send()
-        .await;
+        .body(b"these bytes".to_vec().into());
+    let put = match checksum {
+        UploadChecksum::Md5 => {
+            put.content_md5(aws_smithy_types::base64::encode(md5::Md5::digest(b"other")))
+        }
+        _ => put
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .checksum_crc32_c(aws_smithy_types::base64::encode(7u32.to_be_bytes())),
+    };
+    let put = put.send().await;
     if put.is_ok() {
         let _ = view
             .client
@@ -162,13 +205,17 @@ async fn store_checks_content_md5(view: &BucketView, key: &str) -> bool {
     put.is_err()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_body_corrupted_on_the_way_is_refused_and_nothing_is_stored() {
-    let (t, proxy, view) =
-        start_behind_proxy(|c| quick_retries(c, 3, Duration::from_secs(10))).await;
+/// A body corrupted between the gateway and S3 is refused by S3 (its `checksum` header
+/// does not match), not retried, and nothing is stored.
+async fn corrupted_body_is_refused(checksum: UploadChecksum) {
+    let (t, proxy, view) = start_behind_proxy(|c| {
+        quick_retries(c, 3, Duration::from_secs(10));
+        c.transfer.objects.upload_checksum = checksum;
+    })
+    .await;
     let p = t.alice.prefix.clone();
-    if !store_checks_content_md5(&view, &format!("{p}probe")).await {
-        eprintln!("skipped: this S3 store accepts a body that does not match its Content-MD5");
+    if !store_checks(&view, &format!("{p}probe"), checksum).await {
+        eprintln!("skipped: this S3 store accepts a body that does not match its {checksum:?}");
         t.shutdown().await;
         return;
     }
@@ -196,6 +243,16 @@ async fn a_body_corrupted_on_the_way_is_refused_and_nothing_is_stored() {
     assert_object(&view, &format!("{p}good-small.bin"), Some(&small)).await;
     assert_object(&view, &format!("{p}good-big.bin"), Some(&big)).await;
     t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_corrupted_on_the_way_is_refused_by_its_md5() {
+    corrupted_body_is_refused(UploadChecksum::Md5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_corrupted_on_the_way_is_refused_by_its_crc32c() {
+    corrupted_body_is_refused(UploadChecksum::Crc32c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -376,7 +433,8 @@ async fn uploads_reach_a_bucket_with_object_lock() {
     drop(s);
     t.shutdown().await;
 
-    // ... and with the default (Content-MD5) it takes them, small and multipart.
+    // ... and with the default (`auto`: Content-MD5, as the bucket has Object Lock) it
+    // takes them, small and multipart.
     let t = TestServer::start_with(move |c| c.s3 = Some(settings)).await;
     let p = t.alice.prefix.clone();
     let s = t.russh_sftp(&t.alice).await;

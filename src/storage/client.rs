@@ -222,6 +222,12 @@ impl Clients {
 
 /// HeadBucket, with an error that names the setting to fix.
 ///
+/// The bucket's Object Lock setting, which decides what `--s3-upload-checksum auto`
+/// sends (needs `s3:GetBucketObjectLockConfiguration`; without it, Content-MD5).
+pub async fn object_lock(client: &Client, bucket: &str) -> super::ObjectLock {
+    super::s3::object_lock(client, bucket).await
+}
+
 /// HeadBucket needs `s3:ListBucket` without conditions. Under a least-privilege policy
 /// (`s3sftp policy`) that grants it only under the users' prefixes, S3 answers 403;
 /// then a one-key ListObjectsV2 under `probe_prefix` (a user's prefix) tells whether the

@@ -44,7 +44,7 @@ pub use download::Download;
 use empty_dirs::EmptyDirs;
 pub use error::{Result, StorageError};
 pub use list::DirLister;
-pub use object_settings::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
+pub use object_settings::{Encryption, ObjectLock, ObjectSettings, StorageClass, UploadChecksum};
 pub use path::{Jail, PathError, VirtualPath};
 
 use crate::users::{Permission, Permissions};

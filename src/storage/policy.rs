@@ -59,10 +59,14 @@ pub fn least_privilege(scope: &PolicyScope) -> Value {
     };
     let mut statements = vec![
         list,
+        // The orphan sweep, and the Object Lock setting the upload checksum depends on.
         json!({
-            "Sid": "S3sftpOrphanSweep",
+            "Sid": "S3sftpBucketLevel",
             "Effect": "Allow",
-            "Action": "s3:ListBucketMultipartUploads",
+            "Action": [
+                "s3:ListBucketMultipartUploads",
+                "s3:GetBucketObjectLockConfiguration"
+            ],
             "Resource": bucket_arn,
         }),
         json!({

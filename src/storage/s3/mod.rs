@@ -14,12 +14,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
+    ServerSideEncryption,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::error::{s3_error, S3Failure};
-use super::object_settings::{Encryption, ObjectSettings, StorageClass, UploadChecksum};
+use super::object_settings::{
+    Encryption, ObjectLock, ObjectSettings, StorageClass, UploadChecksum,
+};
 use super::{ObjectHead, Result, StorageError, DIRECTORY_CONTENT_TYPE};
 
 pub(crate) use multipart::{Completed, CopySource, Multipart};
@@ -103,6 +108,9 @@ impl ObjectOptions {
 pub(crate) struct Part {
     pub number: i32,
     pub etag: Option<String>,
+    /// The part's CRC32C (base64), when the upload declared that algorithm: the
+    /// Complete must list it.
+    pub crc32c: Option<String>,
 }
 
 /// One object of a listing page.
@@ -193,23 +201,37 @@ impl S3 {
         }
     }
 
-    /// The `Content-MD5` of `body` when uploads carry one. Hashing a part (several MiB)
-    /// takes milliseconds, so it runs off the session thread.
-    async fn content_md5(&self, body: &Bytes) -> Result<Option<String>> {
-        match self.checksum {
-            UploadChecksum::None => Ok(None),
+    /// The integrity header of `body`, as the uploads carry one. Hashing a part (several
+    /// MiB) with MD5 takes milliseconds, so that runs off the session thread.
+    async fn integrity(&self, body: &Bytes) -> Result<Integrity> {
+        let md5 = match self.checksum {
+            UploadChecksum::None => return Ok(Integrity::default()),
+            UploadChecksum::Crc32c => {
+                return Ok(Integrity {
+                    md5: None,
+                    crc32c: Some(crc32c(body)),
+                })
+            }
             // `Auto` is resolved at start (see `UploadChecksum::resolve`); MD5 if it was not.
             UploadChecksum::Md5 | UploadChecksum::Auto if body.len() < 64 * 1024 => {
-                Ok(Some(content_md5(body)))
+                content_md5(body)
             }
             UploadChecksum::Md5 | UploadChecksum::Auto => {
                 let body = body.clone();
                 tokio::task::spawn_blocking(move || content_md5(&body))
                     .await
-                    .map(Some)
-                    .map_err(|e| StorageError::Internal(format!("hashing task failed: {e}")))
+                    .map_err(|e| StorageError::Internal(format!("hashing task failed: {e}")))?
             }
-        }
+        };
+        Ok(Integrity {
+            md5: Some(md5),
+            crc32c: None,
+        })
+    }
+
+    /// Whether new multipart uploads declare CRC32C (their parts then carry it).
+    fn multipart_algorithm(&self) -> Option<ChecksumAlgorithm> {
+        (self.checksum == UploadChecksum::Crc32c).then_some(ChecksumAlgorithm::Crc32C)
     }
 
     /// HeadObject; `None` if there is no object at `key`.
@@ -373,7 +395,7 @@ impl S3 {
         body: Bytes,
         options: &ObjectOptions,
     ) -> Result<()> {
-        let md5 = self.content_md5(&body).await?;
+        let sum = self.integrity(&body).await?;
         self.client
             .put_object()
             .bucket(&*self.bucket)
@@ -384,7 +406,9 @@ impl S3 {
             .set_server_side_encryption(options.sse())
             .set_ssekms_key_id(options.kms_key_id())
             .set_bucket_key_enabled(options.bucket_key())
-            .set_content_md5(md5)
+            .set_checksum_algorithm(sum.algorithm())
+            .set_content_md5(sum.md5)
+            .set_checksum_crc32_c(sum.crc32c)
             .body(ByteStream::from(body))
             .send()
             .await
@@ -401,7 +425,7 @@ impl S3 {
         body: Bytes,
         options: &ObjectOptions,
     ) -> Result<bool> {
-        let md5 = self.content_md5(&body).await?;
+        let sum = self.integrity(&body).await?;
         let sent = self
             .client
             .put_object()
@@ -412,7 +436,9 @@ impl S3 {
             .set_server_side_encryption(options.sse())
             .set_ssekms_key_id(options.kms_key_id())
             .set_bucket_key_enabled(options.bucket_key())
-            .set_content_md5(md5)
+            .set_checksum_algorithm(sum.algorithm())
+            .set_content_md5(sum.md5)
+            .set_checksum_crc32_c(sum.crc32c)
             .body(ByteStream::from(body.clone()))
             .send()
             .await;
@@ -528,6 +554,7 @@ impl S3 {
             .set_server_side_encryption(options.sse())
             .set_ssekms_key_id(options.kms_key_id())
             .set_bucket_key_enabled(options.bucket_key())
+            .set_checksum_algorithm(self.multipart_algorithm())
             .send()
             .await
             .map_err(|e| s3_error("CreateMultipartUpload", e))?;
@@ -543,7 +570,7 @@ impl S3 {
         number: i32,
         body: Bytes,
     ) -> Result<Part> {
-        let md5 = self.content_md5(&body).await?;
+        let sum = self.integrity(&body).await?;
         let out = self
             .client
             .upload_part()
@@ -551,7 +578,9 @@ impl S3 {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
-            .set_content_md5(md5)
+            .set_checksum_algorithm(sum.algorithm())
+            .set_content_md5(sum.md5)
+            .set_checksum_crc32_c(sum.crc32c.clone())
             .body(ByteStream::from(body))
             .send()
             .await
@@ -559,6 +588,8 @@ impl S3 {
         Ok(Part {
             number,
             etag: out.e_tag.map(|e| e.to_string()),
+            // S3's value if it gives one; it checked ours against the body.
+            crc32c: out.checksum_crc32_c.or(sum.crc32c),
         })
     }
 
@@ -583,11 +614,13 @@ impl S3 {
             .send()
             .await
             .map_err(|e| s3_error("UploadPartCopy", e))?;
+        let result = out.copy_part_result();
         Ok(Part {
             number,
-            etag: out
-                .copy_part_result()
-                .and_then(|r| r.e_tag())
+            etag: result.and_then(|r| r.e_tag()).map(str::to_string),
+            // S3 computes it for a copied part when the upload declared the algorithm.
+            crc32c: result
+                .and_then(|r| r.checksum_crc32_c())
                 .map(str::to_string),
         })
     }
@@ -600,6 +633,7 @@ impl S3 {
                 CompletedPart::builder()
                     .part_number(p.number)
                     .set_e_tag(p.etag.clone())
+                    .set_checksum_crc32_c(p.crc32c.clone())
                     .build()
             })
             .collect();
@@ -695,6 +729,7 @@ impl S3 {
                     part: Part {
                         number: p.part_number()?,
                         etag: p.e_tag().map(str::to_string),
+                        crc32c: p.checksum_crc32_c().map(str::to_string),
                     },
                     size: p.size().unwrap_or(0).max(0) as u64,
                 })
@@ -724,6 +759,69 @@ pub(crate) async fn head_bucket(
         .await
         .map(|_| ())
         .map_err(|e| S3Failure::from_sdk(&e))
+}
+
+/// The bucket's Object Lock setting (GetObjectLockConfiguration), which decides the
+/// upload checksum `auto` picks. A store that does not implement the call has no lock.
+pub(crate) async fn object_lock(client: &Client, bucket: &str) -> ObjectLock {
+    let sent = client
+        .get_object_lock_configuration()
+        .bucket(bucket)
+        .send()
+        .await;
+    match sent {
+        Ok(out) => {
+            let enabled = out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| *e == ObjectLockEnabled::Enabled);
+            if enabled {
+                ObjectLock::Enabled
+            } else {
+                ObjectLock::Disabled
+            }
+        }
+        Err(err) => {
+            let failure = S3Failure::from_sdk(&err);
+            let absent = matches!(failure.status, Some(404 | 405 | 501))
+                || matches!(
+                    failure.code.as_deref(),
+                    Some("ObjectLockConfigurationNotFoundError" | "NotImplemented")
+                );
+            if absent {
+                ObjectLock::Disabled
+            } else {
+                tracing::info!(
+                    "cannot read the bucket's Object Lock setting ({}); uploads carry a Content-MD5",
+                    failure.message
+                );
+                ObjectLock::Unknown
+            }
+        }
+    }
+}
+
+/// The integrity headers of one upload body.
+#[derive(Debug, Default)]
+struct Integrity {
+    /// `Content-MD5`.
+    md5: Option<String>,
+    /// `x-amz-checksum-crc32c`.
+    crc32c: Option<String>,
+}
+
+impl Integrity {
+    /// `x-amz-sdk-checksum-algorithm` for the checksum sent (AWS's Object Lock check
+    /// looks for it). The SDK sends a value set on the request as it is.
+    fn algorithm(&self) -> Option<ChecksumAlgorithm> {
+        self.crc32c.as_ref().map(|_| ChecksumAlgorithm::Crc32C)
+    }
+}
+
+/// The base64 big-endian CRC32C of `body`, as `x-amz-checksum-crc32c` wants it.
+fn crc32c(body: &[u8]) -> String {
+    let sum = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32;
+    aws_smithy_types::base64::encode(sum.to_be_bytes())
 }
 
 /// The base64 MD5 of `body`, as the Content-MD5 header wants it.

@@ -323,6 +323,7 @@ mod tests {
         let part = |number, etag: &str| Part {
             number,
             etag: Some(etag.to_string()),
+            crc32c: None,
         };
         // Two parts whose MD5s are those of "a" and "b".
         let parts = [
