@@ -9,9 +9,11 @@
 //! longest pause between two operations of a client), `SOAK_KILL_RATE` (0.02, the share of
 //! uploads whose connection is dropped midway), `SOAK_FAULT_EVERY_MS` (2500, mean time
 //! between fault bursts), `SOAK_CLIENT_MIB` (40, the data a client keeps at most),
-//! `SOAK_OUT` (where the server log and the report go).
+//! `SOAK_HOSTILE` (0.06, the share of clients that are hostile: see `hostile`), `SOAK_OUT`
+//! (where the server log and the report go).
 
 mod faults;
+mod hostile;
 mod ledger;
 mod openssh_client;
 mod russh_client;
@@ -120,6 +122,7 @@ struct Config {
     kill_rate: f64,
     fault_every_ms: u64,
     client_mib: u64,
+    hostile: f64,
     out: PathBuf,
 }
 
@@ -142,6 +145,7 @@ impl Config {
             kill_rate: env("SOAK_KILL_RATE", 0.02),
             fault_every_ms: env("SOAK_FAULT_EVERY_MS", 2500),
             client_mib: env("SOAK_CLIENT_MIB", 40),
+            hostile: env("SOAK_HOSTILE", 0.06),
             out,
         }
     }
@@ -263,6 +267,11 @@ async fn soak() {
     let started = Instant::now();
     let mut clients = Vec::new();
     let shared: Vec<SharedLedger> = users.iter().map(|_| SharedLedger::default()).collect();
+    // Every `hostile_stride`-th client is hostile (at least one when the share is not 0).
+    let hostile_count = ((cfg.clients as f64 * cfg.hostile.clamp(0.0, 0.5)).round() as usize)
+        .max(usize::from(cfg.hostile > 0.0 && cfg.clients >= 4));
+    let hostile_stride = (hostile_count > 0).then(|| cfg.clients / hostile_count);
+    println!("soak: {hostile_count} of the clients are hostile");
     for (id, user) in users.iter().enumerate() {
         let spec = ClientSpec {
             id,
@@ -277,8 +286,11 @@ async fn soak() {
             stop: stop.clone(),
         };
         let stats = stats.clone();
-        // One client in ten is made of OpenSSH processes (sftp -b, scp -O).
-        let task = if id % 10 == 9 {
+        // Hostile clients spread evenly; one client in ten is made of OpenSSH processes
+        // (sftp -b, scp -O).
+        let task = if hostile_stride.is_some_and(|n| id % n == n / 2) {
+            tokio::spawn(hostile::run(spec, stats, shared[id].clone()))
+        } else if id % 10 == 9 {
             let dir = cfg.out.join(format!("openssh-{id:02}"));
             tokio::spawn(openssh_client::run(spec, stats, dir, shared[id].clone()))
         } else {

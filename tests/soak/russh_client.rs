@@ -21,7 +21,7 @@ const CHUNK: usize = 32 * 1024;
 const IN_FLIGHT: usize = 16;
 /// Client-side limit per SFTP request: longer than the server's worst case for one S3
 /// request (4 attempts × 10 s plus backoff), so a reply that never comes is a server hang.
-const REQUEST_TIMEOUT_SECS: u64 = 300;
+pub const REQUEST_TIMEOUT_SECS: u64 = 300;
 
 fn status(e: &SftpError) -> Option<StatusCode> {
     match e {
@@ -37,8 +37,8 @@ fn describe(e: &SftpError) -> String {
     }
 }
 
-/// Connects and logs in with the user's key; opens the SFTP subsystem.
-pub async fn connect(spec: &ClientSpec) -> Result<RusshSftp, String> {
+/// Connects and logs in with the user's key.
+pub async fn login(spec: &ClientSpec) -> Result<russh::client::Handle<AcceptAll>, String> {
     let config = Arc::new(russh::client::Config {
         nodelay: true,
         ..Default::default()
@@ -57,13 +57,20 @@ pub async fn connect(spec: &ClientSpec) -> Result<RusshSftp, String> {
         if !auth.success() {
             return Err("key login refused".to_string());
         }
-        let s = RusshSftp::open(handle).await?;
-        s.raw.set_timeout(REQUEST_TIMEOUT_SECS);
-        Ok(s)
+        Ok(handle)
     };
     tokio::time::timeout(Duration::from_secs(60), attempt)
         .await
         .unwrap_or_else(|_| Err("login timed out".into()))
+}
+
+/// Connects and logs in with the user's key; opens the SFTP subsystem.
+pub async fn connect(spec: &ClientSpec) -> Result<RusshSftp, String> {
+    let handle = login(spec).await?;
+    let opened = tokio::time::timeout(Duration::from_secs(60), RusshSftp::open(handle)).await;
+    let s = opened.unwrap_or_else(|_| Err("opening the SFTP subsystem timed out".into()))?;
+    s.raw.set_timeout(REQUEST_TIMEOUT_SECS);
+    Ok(s)
 }
 
 /// How an upload ended.
