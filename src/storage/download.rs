@@ -657,6 +657,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn letting_an_idle_window_go_gives_back_every_reservation() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut window = Window::new();
+        assert!(!window.holds_memory());
+        window
+            .chunks
+            .push_back(ready_chunk(&budget, Bytes::from(vec![2u8; 1 << 20])).await);
+        window
+            .spares
+            .push((BytesMut::new(), budget.reserve(1 << 20).await));
+        window.chunks.push_back(Chunk {
+            start: 1 << 20,
+            len: 1 << 20,
+            state: ChunkState::Fetching(tokio::spawn({
+                let reservation = budget.reserve(1 << 20).await;
+                async move {
+                    std::future::pending::<()>().await;
+                    Ok((Bytes::new(), reservation))
+                }
+            })),
+        });
+        assert!(window.holds_memory());
+        assert_eq!(budget.in_use(), 3 << 20);
+        window.let_go();
+        assert!(!window.holds_memory());
+        // The aborted fetch drops its reservation once the runtime polls it again.
+        for _ in 0..1000 {
+            if budget.in_use() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
     async fn a_chunk_still_being_sent_keeps_its_buffer() {
         let budget = MemoryBudget::new(8 << 20);
         let bytes = Bytes::from(vec![1u8; 4096]);
