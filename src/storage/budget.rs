@@ -10,7 +10,9 @@
 //! - while another user waits, a user may not grow past its fair share (the budget divided
 //!   by the users holding or waiting); what it holds it keeps, but it waits for more;
 //! - read-ahead is optional memory: it is taken only when nobody waits, at most a quarter
-//!   of the budget per user, and never waits itself ([`Account::try_optional`]);
+//!   of the budget per user, and never waits itself ([`Account::try_optional`]); downloads
+//!   take all their buffers this way, read directly when it is refused, and let it go
+//!   when a handle is idle (see `download.rs`);
 //! - waiters are served in arrival order, so a large request is not starved by small ones.
 
 use std::collections::{HashMap, VecDeque};

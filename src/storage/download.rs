@@ -7,9 +7,26 @@
 //! download, with the budget reservation that pays for it: a long download maps its
 //! buffers once instead of paying fresh zeroed pages (and their unmapping) for every
 //! chunk (large buffers are mapped on their own, see `tune_allocator` in `main.rs`).
+//!
+//! The memory rule (for admins in `docs/configuration.md`, "Downloads"):
+//! - every chunk a handle buffers, including the one the current READ falls in, is
+//!   read-ahead: optional memory, reserved from the budget before its GET starts, and
+//!   only if the budget gives it at once ([`Account::try_optional`]). A READ never waits
+//!   for memory;
+//! - a READ the window cannot cover (no memory for its chunk) is answered by a ranged
+//!   GET of exactly the bytes asked for, which become the reply: that memory is the READ
+//!   being answered, one per session at a time, and not the budget's;
+//! - a handle not read for [`READAHEAD_IDLE`] lets go of its read-ahead (buffers and
+//!   reservations), so idle handles cannot keep memory from anyone, their own user's
+//!   other handles included.
+//!
+//! [`Account::try_optional`]: super::budget::Account::try_optional
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
@@ -22,6 +39,11 @@ use super::{ObjectHead, Result, StorageError, UserStore};
 /// The first GET of a download opened while the budget is contended (or the user holds
 /// its share of read-ahead) asks for this much instead of a whole chunk.
 const SMALL_FIRST_RANGE: u64 = 256 * 1024;
+
+/// A handle not read for this long gives its read-ahead back to the budget. Clients
+/// downloading a file read it without such pauses; one that comes back later pays a
+/// fresh GET.
+pub const READAHEAD_IDLE: Duration = Duration::from_secs(2);
 
 /// One ranged GET, in flight or done.
 struct Chunk {
@@ -81,6 +103,40 @@ impl Drop for Chunk {
     }
 }
 
+/// The memory a download holds: its chunks and spare buffers. Shared with the task that
+/// lets it go once the handle is idle (see [`reap_when_idle`]).
+struct Window {
+    chunks: VecDeque<Chunk>,
+    /// Buffers of chunks read past, for the next fetches; with the chunks, never more
+    /// than `max_depth` chunks' worth.
+    spares: Vec<Spare>,
+    /// When the handle was last read (or opened).
+    last_used: Instant,
+    /// A reaper task watches this window.
+    watched: bool,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            chunks: VecDeque::new(),
+            spares: Vec::new(),
+            last_used: Instant::now(),
+            watched: false,
+        }
+    }
+
+    fn holds_memory(&self) -> bool {
+        !self.chunks.is_empty() || !self.spares.is_empty()
+    }
+
+    /// Drops every buffer (and aborts every fetch): their reservations go back.
+    fn let_go(&mut self) {
+        self.chunks.clear();
+        self.spares.clear();
+    }
+}
+
 /// A file open for reading.
 pub struct Download {
     store: UserStore,
@@ -91,10 +147,7 @@ pub struct Download {
     chunk_size: u64,
     max_depth: usize,
     depth: usize,
-    window: VecDeque<Chunk>,
-    /// Buffers of chunks read past, for the next fetches; with the window, never more
-    /// than `max_depth` chunks' worth.
-    spares: Vec<Spare>,
+    window: Arc<Mutex<Window>>,
     next_fetch: u64,
     last_end: u64,
     /// Opened from a cached listing entry and nothing read yet: if that version is gone,
@@ -125,8 +178,7 @@ impl Download {
             chunk_size,
             max_depth,
             depth: 2.min(max_depth),
-            window: VecDeque::new(),
-            spares: Vec::new(),
+            window: Arc::new(Mutex::new(Window::new())),
             next_fetch: 0,
             last_end: 0,
             provisional: false,
@@ -141,7 +193,11 @@ impl Download {
     pub(crate) fn open_listed(store: UserStore, key: String, head: ObjectHead) -> Self {
         let mut download = Download::new(store, key, head);
         download.provisional = true;
-        download.fill_window(0);
+        let shared = download.window.clone();
+        // Nobody else has the new window yet: the lock is free.
+        if let Ok(mut window) = shared.try_lock() {
+            download.fill_window(&mut window, 0);
+        }
         download
     }
 
@@ -153,13 +209,16 @@ impl Download {
         let settings = store.storage().settings();
         let chunk_size = settings.download_chunk.max(64 * 1024);
         // The first chunk is read-ahead until the client asks for it: under contention,
-        // only a small first range is fetched (and paid for).
-        let (mut reservation, first_range) = match store.account().try_optional(chunk_size) {
+        // only a small first range is fetched (and paid for); with no read-ahead memory
+        // at all, one byte, for the headers.
+        let account = store.account();
+        let small = chunk_size.min(SMALL_FIRST_RANGE);
+        let (mut reservation, first_range) = match account.try_optional(chunk_size) {
             Some(r) => (r, chunk_size),
-            None => {
-                let small = chunk_size.min(SMALL_FIRST_RANGE);
-                (store.account().reserve(small).await, small)
-            }
+            None => match account.try_optional(small) {
+                Some(r) => (r, small),
+                None => (Reservation::empty(), 1),
+            },
         };
         let out = match store.get_first(&key, first_range).await {
             Ok(out) => out,
@@ -180,7 +239,10 @@ impl Download {
         let first_len = first_range.min(size);
         reservation.shrink_to(first_len);
         let mut download = Download::new(store, key, head);
-        if first_len == 0 {
+        if reservation.bytes() == 0 {
+            // Nothing to keep the body in: read the byte (so the HTTP connection is
+            // reused) and start with an empty window; reads are direct until memory frees.
+            let _ = read_body(out.body, first_len, BytesMut::new()).await;
             return Ok(Some(download));
         }
         let retry = (
@@ -200,16 +262,20 @@ impl Download {
                     tracing::info!(key = %retry.1, "first GetObject body failed, retrying: {e}");
                 }
             }
-            let spare = Some((BytesMut::new(), reservation));
+            let spare = (BytesMut::new(), reservation);
             fetch_range(retry.0, retry.1, retry.2, 0, first_len, spare).await
         }
         .in_current_span());
-        download.window.push_back(Chunk {
-            start: 0,
-            len: first_len,
-            state: ChunkState::Fetching(handle),
-        });
-        download.next_fetch = first_len;
+        let shared = download.window.clone();
+        if let Ok(mut window) = shared.try_lock() {
+            window.chunks.push_back(Chunk {
+                start: 0,
+                len: first_len,
+                state: ChunkState::Fetching(handle),
+            });
+            download.next_fetch = first_len;
+            download.watch(&mut window);
+        }
         Ok(Some(download))
     }
 
@@ -252,29 +318,54 @@ impl Download {
             return Ok(Bytes::new());
         }
         let end = offset + len.min(self.size - offset);
+        let shared = self.window.clone();
+        let mut window = shared.lock().await;
+        window.last_used = Instant::now();
+        let read = self.read_locked(&mut window, offset, end).await;
+        window.last_used = Instant::now();
+        self.watch(&mut window);
+        read
+    }
+
+    async fn read_locked(&mut self, w: &mut Window, offset: u64, end: u64) -> Result<Bytes> {
         let sequential = offset == self.last_end;
         let in_window =
-            self.window.front().is_some_and(|c| c.start <= offset) && offset < self.next_fetch;
+            w.chunks.front().is_some_and(|c| c.start <= offset) && offset < self.next_fetch;
         if !in_window {
-            self.clear_window();
+            self.clear_window(w);
             self.next_fetch = offset;
             if !sequential {
                 self.depth = 1;
             }
         }
-        while self.window.front().is_some_and(|c| c.end() <= offset) {
-            if let Some(chunk) = self.window.pop_front() {
-                self.recycle(chunk);
+        while w.chunks.front().is_some_and(|c| c.end() <= offset) {
+            if let Some(chunk) = w.chunks.pop_front() {
+                self.recycle(w, chunk);
             }
         }
         if sequential && self.depth < self.max_depth {
             self.depth += 1;
         }
-        self.fill_window(end);
+        self.fill_window(w, end);
+        let covered = w.chunks.front().is_some_and(|c| c.start <= offset) && self.next_fetch >= end;
+        if !covered {
+            // No read-ahead memory for this range: fetch just the bytes asked for.
+            let data = fetch(
+                &self.store,
+                &self.key,
+                self.etag.as_deref(),
+                offset,
+                end - offset,
+                BytesMut::new(),
+            )
+            .await?;
+            self.last_end = end;
+            return Ok(data);
+        }
 
         let mut pieces: Vec<Bytes> = Vec::with_capacity(2);
         let mut pos = offset;
-        for chunk in self.window.iter_mut() {
+        for chunk in w.chunks.iter_mut() {
             if pos >= end {
                 break;
             }
@@ -287,7 +378,7 @@ impl Download {
                 Ok(data) => data,
                 Err(e) => {
                     // Forget the window: a later read fetches its range again.
-                    self.clear_window();
+                    self.clear_window(w);
                     self.next_fetch = offset;
                     return Err(e);
                 }
@@ -301,7 +392,7 @@ impl Download {
             pos += (to - from) as u64;
         }
         self.last_end = pos;
-        self.fill_window(end);
+        self.fill_window(w, end);
         match pieces.len() {
             0 => Err(StorageError::Internal(
                 "read found no data in the window".into(),
@@ -319,45 +410,36 @@ impl Download {
 
     /// Keeps `chunk`'s buffer for a later fetch, if it has one free and there is room
     /// (and nobody waits for memory: then it goes back to the budget).
-    fn recycle(&mut self, chunk: Chunk) {
-        if self.spares.len() + self.window.len() < self.max_depth
-            && !self.store.account().contended()
-        {
+    fn recycle(&self, w: &mut Window, chunk: Chunk) {
+        if w.spares.len() + w.chunks.len() < self.max_depth && !self.store.account().contended() {
             if let Some(spare) = chunk.into_spare() {
-                self.spares.push(spare);
+                w.spares.push(spare);
             }
         }
     }
 
-    fn clear_window(&mut self) {
-        while let Some(chunk) = self.window.pop_front() {
-            self.recycle(chunk);
+    fn clear_window(&self, w: &mut Window) {
+        while let Some(chunk) = w.chunks.pop_front() {
+            self.recycle(w, chunk);
         }
     }
 
-    /// Schedules GETs so the window covers `needed_end` and `depth` chunks. Chunks past
-    /// `needed_end` are read-ahead, optional memory: when the budget will not give it at
-    /// once (someone waits, or this user holds its share of read-ahead), the window
-    /// shrinks instead of waiting.
-    fn fill_window(&mut self, needed_end: u64) {
+    /// Schedules GETs so the window covers `needed_end` and `depth` chunks, as far as
+    /// read-ahead memory allows: when the budget will not give a chunk at once (someone
+    /// waits, or this user holds its share of read-ahead), the window shrinks instead of
+    /// waiting, and a read it does not cover is fetched directly.
+    fn fill_window(&mut self, w: &mut Window, needed_end: u64) {
         if self.store.account().contended() {
-            self.spares.clear();
+            w.spares.clear();
         }
         while self.next_fetch < self.size
-            && (self.window.len() < self.depth || self.next_fetch < needed_end)
+            && (w.chunks.len() < self.depth || self.next_fetch < needed_end)
         {
             let start = self.next_fetch;
             let len = self.chunk_size.min(self.size - start);
-            let spare = match self.spares.pop() {
-                Some(spare) => Some(spare),
-                None if start >= needed_end => match self.store.account().try_optional(len) {
-                    Some(reservation) => Some((BytesMut::new(), reservation)),
-                    None => {
-                        self.depth = self.window.len().max(1);
-                        break;
-                    }
-                },
-                None => None,
+            let Some(spare) = self.memory_for(w, len) else {
+                self.depth = w.chunks.len().max(1);
+                break;
             };
             self.next_fetch += len;
             let handle = tokio::spawn(
@@ -371,12 +453,63 @@ impl Download {
                 )
                 .in_current_span(),
             );
-            self.window.push_back(Chunk {
+            w.chunks.push_back(Chunk {
                 start,
                 len,
                 state: ChunkState::Fetching(handle),
             });
         }
+        self.watch(w);
+    }
+
+    /// A buffer and a reservation for a chunk of `len` bytes: a spare (topped up if it is
+    /// too small), or optional memory; `None` if the budget will not give it now.
+    fn memory_for(&self, w: &mut Window, len: u64) -> Option<Spare> {
+        let account = self.store.account();
+        match w.spares.pop() {
+            Some((buffer, mut reservation)) => {
+                if !reservation.covers(len) {
+                    reservation.merge(account.try_optional(len - reservation.bytes())?);
+                }
+                Some((buffer, reservation))
+            }
+            None => Some((BytesMut::new(), account.try_optional(len)?)),
+        }
+    }
+
+    /// Makes sure a task lets the window's memory go once the handle is idle.
+    fn watch(&self, w: &mut Window) {
+        if w.watched || !w.holds_memory() {
+            return;
+        }
+        w.watched = true;
+        tokio::spawn(
+            reap_when_idle(Arc::downgrade(&self.window), self.key.clone()).in_current_span(),
+        );
+    }
+}
+
+/// Lets go of a download's read-ahead once it has not been read for [`READAHEAD_IDLE`];
+/// ends then, or when the download is gone. A window being read is not idle.
+async fn reap_when_idle(window: Weak<Mutex<Window>>, key: String) {
+    let mut wait = READAHEAD_IDLE;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(shared) = window.upgrade() else {
+            return;
+        };
+        let Ok(mut w) = shared.try_lock() else {
+            wait = READAHEAD_IDLE;
+            continue;
+        };
+        let idle = w.last_used.elapsed();
+        if idle >= READAHEAD_IDLE {
+            tracing::debug!(key = %crate::log_text::escaped(&key), "handle idle; letting its read-ahead go");
+            w.let_go();
+            w.watched = false;
+            return;
+        }
+        wait = READAHEAD_IDLE - idle;
     }
 }
 
@@ -403,27 +536,33 @@ async fn read_body(
 /// only until its body starts streaming; a body cut short is retried here).
 const BODY_ATTEMPTS: u32 = 3;
 
-/// Fetches `len` bytes at `start` into `spare`'s buffer, under its reservation, or into a
-/// new buffer reserved from the budget.
+/// Fetches `len` bytes at `start` into `spare`'s buffer, under its reservation.
 async fn fetch_range(
     store: UserStore,
     key: String,
     etag: Option<String>,
     start: u64,
     len: u64,
-    spare: Option<Spare>,
+    spare: Spare,
 ) -> Result<(Bytes, Reservation)> {
-    let (mut buffer, reservation) = match spare {
-        Some((buffer, mut reservation)) if reservation.covers(len) => {
-            reservation.shrink_to(len);
-            (buffer, reservation)
-        }
-        _ => (BytesMut::new(), store.account().reserve(len).await),
-    };
+    let (buffer, reservation) = spare;
+    let body = fetch(&store, &key, etag.as_deref(), start, len, buffer).await?;
+    Ok((body, reservation))
+}
+
+/// Fetches `len` bytes at `start` into `buffer`, retrying a body that breaks off.
+async fn fetch(
+    store: &UserStore,
+    key: &str,
+    etag: Option<&str>,
+    start: u64,
+    len: u64,
+    mut buffer: BytesMut,
+) -> Result<Bytes> {
     let mut attempt = 1;
     loop {
-        match get_range(&store, &key, etag.as_deref(), start, len, buffer).await {
-            Ok(body) => return Ok((body, reservation)),
+        match get_range(store, key, etag, start, len, buffer).await {
+            Ok(body) => return Ok(body),
             Err(Fetch::Body(message)) if attempt < BODY_ATTEMPTS => {
                 tracing::info!(%key, start, attempt, "GetObject body failed, retrying: {message}");
                 buffer = BytesMut::new();
@@ -514,6 +653,42 @@ mod tests {
         assert!(reservation.covers(1 << 20));
         assert_eq!(budget.in_use(), 1 << 20, "still paid for");
         drop((spare, reservation));
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn letting_an_idle_window_go_gives_back_every_reservation() {
+        let budget = MemoryBudget::new(8 << 20);
+        let mut window = Window::new();
+        assert!(!window.holds_memory());
+        window
+            .chunks
+            .push_back(ready_chunk(&budget, Bytes::from(vec![2u8; 1 << 20])).await);
+        window
+            .spares
+            .push((BytesMut::new(), budget.reserve(1 << 20).await));
+        window.chunks.push_back(Chunk {
+            start: 1 << 20,
+            len: 1 << 20,
+            state: ChunkState::Fetching(tokio::spawn({
+                let reservation = budget.reserve(1 << 20).await;
+                async move {
+                    std::future::pending::<()>().await;
+                    Ok((Bytes::new(), reservation))
+                }
+            })),
+        });
+        assert!(window.holds_memory());
+        assert_eq!(budget.in_use(), 3 << 20);
+        window.let_go();
+        assert!(!window.holds_memory());
+        // The aborted fetch drops its reservation once the runtime polls it again.
+        for _ in 0..1000 {
+            if budget.in_use() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         assert_eq!(budget.in_use(), 0);
     }
 
