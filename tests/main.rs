@@ -11,6 +11,7 @@ mod audit_log;
 mod control;
 mod dir_markers;
 mod folder_rename;
+mod freshness;
 mod fuzz_corpus;
 mod hardening;
 mod host_keys;

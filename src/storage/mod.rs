@@ -102,7 +102,7 @@ impl Default for TransferSettings {
             global_budget: 1024 * MIB,
             download_chunk: 8 * MIB,
             reorder_window: 4 * MIB,
-            metadata_ttl: Duration::from_secs(30),
+            metadata_ttl: Duration::from_secs(2),
             list_mtimes: ListMtimes::Auto,
             objects: ObjectSettings::default(),
             dir_markers: DirMarkers::default(),
