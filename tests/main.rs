@@ -34,3 +34,4 @@ mod upload_order;
 mod users_cli;
 mod users_file;
 mod users_live;
+mod writing_visible;

@@ -41,6 +41,7 @@ impl UserStore {
         if from == to {
             return self.stat(from).await.map(|_| ());
         }
+        self.refuse_while_written(from)?;
         // Both lookups go out together: a rename costs one round of S3 requests less.
         let (source, target) = tokio::join!(self.stat(from), self.rename_target(to, overwrite));
         let source = source?;
@@ -69,6 +70,27 @@ impl UserStore {
             EntryKind::File => self.rename_file(from, to).await,
             EntryKind::Dir => self.rename_dir(from, to).await,
         }
+    }
+
+    /// Refuses to rename `from` while it, or a file under it, is being written through
+    /// this gateway: the upload commits at the old name at CLOSE, which would bring the
+    /// file back there (or split the folder).
+    fn refuse_while_written(&self, from: &VirtualPath) -> Result<()> {
+        let writing = self.storage().writing();
+        if writing.file(&self.jail().file_key(from)?).is_some() {
+            tracing::info!(path = %from, "rename refused: the file is being written");
+            return Err(StorageError::BadRequest(
+                "the file is still being written: rename it after it is closed".into(),
+            ));
+        }
+        if writing.has_below(&self.jail().dir_prefix(from)?) {
+            tracing::info!(path = %from, "rename refused: a file in the folder is being written");
+            return Err(StorageError::BadRequest(
+                "a file in the folder is still being written: rename it after the file is closed"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// What is at a rename's target, as far as the rename needs to know. A rename that
