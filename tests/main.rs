@@ -30,6 +30,7 @@ mod secrets_in_logs;
 mod serve_cli;
 mod sftp_openssh;
 mod sftp_protocol;
+mod sshfs;
 mod upload_order;
 mod users_cli;
 mod users_file;

@@ -172,13 +172,14 @@ async fn the_directories_of_a_file_being_written_exist_with_it() {
         [("sub".to_string(), true, 0)]
     );
     assert_eq!(listing(&other, "/new/sub").await, [file("f.txt", 10)]);
-    // Not empty, and not to be moved from under the upload.
+    // Not empty, and not to be moved from under the upload (by the session writing it,
+    // which cannot close it while its RENAME is being answered).
     assert_eq!(
         status_code(&other.raw.rmdir("/new/sub").await),
         Some(StatusCode::Failure)
     );
-    assert!(other.raw.rename("/new", "/moved").await.is_err());
-    assert!(other.raw.rename("/new/sub/f.txt", "/g.txt").await.is_err());
+    assert!(writer.raw.rename("/new", "/moved").await.is_err());
+    assert!(writer.raw.rename("/new/sub/f.txt", "/g.txt").await.is_err());
     // EXCL: the name is taken.
     assert!(other
         .raw
@@ -327,5 +328,65 @@ async fn another_user_does_not_see_a_file_being_written() {
     );
     assert_eq!(listing(&bob, "/").await, Vec::new());
     writer.raw.close(&h).await.expect("close");
+    t.shutdown().await;
+}
+
+/// A client may send the next request over another connection before the CLOSE of a file
+/// it has closed is done (sshfs): an OPEN for reading and a RENAME of its folder wait for
+/// the upload to end, then see the committed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_or_rename_from_another_connection_waits_for_the_close() {
+    let t = TestServer::start().await;
+    let p = t.alice.prefix.clone();
+    let writer = t.russh_sftp(&t.alice).await;
+    let other = std::sync::Arc::new(t.russh_sftp(&t.alice).await);
+    let data = random_bytes(3000, 4);
+
+    let h = open(&writer, "/d/f.bin", create()).await;
+    write_at(&writer, &h, 0, &data).await;
+    let reader = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            let h = other
+                .raw
+                .open("/d/f.bin", OpenFlags::READ, FileAttributes::default())
+                .await
+                .expect("open for reading")
+                .handle;
+            let got = other.raw.read(&h, 0, 32 * 1024).await.expect("read").data;
+            other.raw.close(&h).await.expect("close");
+            got
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.raw.close(&h).await.expect("close");
+    let got = tokio::time::timeout(HANG, reader)
+        .await
+        .expect("the read ended")
+        .expect("reader");
+    assert_eq!(sha256(&got), sha256(&data), "the committed bytes are read");
+
+    let h = open(&writer, "/d/g.bin", create()).await;
+    write_at(&writer, &h, 0, b"g").await;
+    let renamer = {
+        let other = other.clone();
+        tokio::spawn(async move { other.raw.rename("/d", "/e").await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.raw.close(&h).await.expect("close");
+    tokio::time::timeout(HANG, renamer)
+        .await
+        .expect("the rename ended")
+        .expect("renamer")
+        .expect("rename");
+    let mut keys = t.s3.keys(&p).await;
+    keys.sort();
+    assert_eq!(keys, [format!("{p}e/f.bin"), format!("{p}e/g.bin")]);
+    assert_eq!(
+        t.s3.object(&format!("{p}e/f.bin"))
+            .await
+            .map(|b| sha256(&b)),
+        Some(sha256(&data))
+    );
     t.shutdown().await;
 }

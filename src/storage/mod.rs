@@ -221,6 +221,7 @@ impl Storage {
             jail: Jail::new(prefix),
             account: self.budget.account(prefix),
             written: Arc::default(),
+            writer_id: self.writing.new_owner(),
             permissions: None,
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -237,6 +238,7 @@ impl Storage {
             jail: Jail::new(prefix),
             account: self.budget.account(prefix),
             written: Arc::default(),
+            writer_id: self.writing.new_owner(),
             permissions: Some(permissions),
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -297,6 +299,9 @@ impl ObjectHead {
     }
 }
 
+/// How long an OPEN for reading waits for another session's upload of the file to end.
+const READ_WAITS_FOR_WRITER: Duration = Duration::from_secs(10);
+
 /// How many written keys a session remembers for [`UserStore::stat_for_client`].
 const WRITTEN_REMEMBERED: usize = 256;
 
@@ -319,6 +324,8 @@ pub struct UserStore {
     /// Keys this session opened for writing, newest last (at most [`WRITTEN_REMEMBERED`]):
     /// it may stat them without the `list` permission.
     written: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Who this session is among the writers of files being written (see [`writing`]).
+    writer_id: u64,
     /// What the user may do where; `None` allows everything.
     permissions: Option<Arc<Permissions>>,
     cache: Arc<MetaCache>,
@@ -343,6 +350,11 @@ impl UserStore {
 
     pub fn jail(&self) -> &Jail {
         &self.jail
+    }
+
+    /// Who this session is among the writers of files being written (see [`writing`]).
+    pub(crate) fn writer_id(&self) -> u64 {
+        self.writer_id
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -654,6 +666,7 @@ impl UserStore {
         self.check(Permission::Download, path)?;
         let key = self.jail.file_key(path)?;
         if !path.is_root() {
+            self.await_other_writer(&key).await;
             let listed = from_listing
                 .then(|| self.cache().get(&key))
                 .flatten()
@@ -669,6 +682,24 @@ impl UserStore {
             Some(_) => StorageError::IsADirectory,
             None => StorageError::NotFound,
         })
+    }
+
+    /// Waits (at most [`READ_WAITS_FOR_WRITER`]) until no other session is writing `key`:
+    /// a client that closed the file may open it again before its CLOSE is done (see
+    /// [`writing`]). Reads what is stored then, whether the upload ended or not.
+    async fn await_other_writer(&self, key: &str) {
+        let writing = self.storage.writing();
+        if writing.file(key).is_none() {
+            return;
+        }
+        if !writing
+            .wait_ended(key, self.writer_id, READ_WAITS_FOR_WRITER)
+            .await
+        {
+            tracing::info!(key = %crate::log_text::escaped(key), "opened for reading while another session is still writing it");
+        }
+        // What the session knew of the key is older than the upload that just ended.
+        self.cache.forget(key);
     }
 
     /// Opens a file for writing. Nothing is visible at the key until the upload is

@@ -183,7 +183,11 @@ impl Upload {
     /// Shows the file to STAT and listings of every session of this gateway, with the
     /// bytes written so far, until the upload is committed or given up (see `writing`).
     pub(crate) fn show_while_written(&mut self) {
-        let shown = self.store.storage().writing().register(&self.key);
+        let shown = self
+            .store
+            .storage()
+            .writing()
+            .register(&self.key, self.store.writer_id());
         if let Some(mtime) = self.mtime {
             shown.set_mtime(mtime);
         }

@@ -11,6 +11,13 @@
 //! objects); it lives in memory and other gateways do not see it. When the upload commits,
 //! fails or is aborted, its [`Shown`] guard is dropped and the entry goes: the object (or
 //! nothing) takes over.
+//!
+//! A file being written cannot be read (its bytes are in the writer's buffers and in parts
+//! S3 has not assembled). A client that closes a file and opens it again at once may send
+//! the second OPEN before the CLOSE is done: sshfs gets the kernel's RELEASE after
+//! `close()` has returned, and with several connections sends the OPEN over another one.
+//! So an OPEN for reading of a file another session is writing waits, for a bounded
+//! time, for the upload to end ([`Writing::wait_ended`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +50,8 @@ pub struct WritingChildren {
 struct Progress {
     /// Tells registrations of one key apart (the newest is shown).
     id: u64,
+    /// The session writing it (see [`Writing::new_owner`]).
+    owner: u64,
     written: AtomicU64,
     /// Milliseconds since the epoch of the last write.
     changed_ms: AtomicU64,
@@ -85,6 +94,9 @@ type Files = BTreeMap<String, Vec<Arc<Progress>>>;
 struct Inner {
     files: Mutex<Files>,
     next_id: AtomicU64,
+    next_owner: AtomicU64,
+    /// Woken whenever an upload leaves the registry.
+    ended: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -104,10 +116,17 @@ pub struct Writing {
 }
 
 impl Writing {
-    /// Shows `key` as a file being written until the returned guard is dropped.
-    pub fn register(&self, key: &str) -> Shown {
+    /// A new identity for the uploads of one session.
+    pub fn new_owner(&self) -> u64 {
+        self.inner.next_owner.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Shows `key` as a file being written by the session `owner` until the returned
+    /// guard is dropped.
+    pub fn register(&self, key: &str, owner: u64) -> Shown {
         let progress = Arc::new(Progress {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            owner,
             written: AtomicU64::new(0),
             changed_ms: AtomicU64::new(now_ms()),
             mtime: Mutex::new(None),
@@ -131,18 +150,46 @@ impl Writing {
             .with(|files| files.get(key).and_then(|p| p.last()).map(|p| p.shown()))
     }
 
+    /// Waits, at most `limit`, until no session but `owner` is writing `key`; whether
+    /// none is. Returns at once when none is.
+    pub async fn wait_ended(&self, key: &str, owner: u64, limit: Duration) -> bool {
+        self.wait_until_none(limit, |files| {
+            files
+                .get(key)
+                .is_some_and(|uploads| uploads.iter().any(|p| p.owner != owner))
+        })
+        .await
+    }
+
+    /// Like [`wait_ended`](Self::wait_ended), for every file below the directory prefix
+    /// `prefix` (a folder about to be renamed).
+    pub async fn wait_ended_below(&self, prefix: &str, owner: u64, limit: Duration) -> bool {
+        self.wait_until_none(limit, |files| {
+            below(files, prefix).any(|(_, uploads)| uploads.iter().any(|p| p.owner != owner))
+        })
+        .await
+    }
+
+    /// Waits, at most `limit`, until `busy` is false; whether it is.
+    async fn wait_until_none(&self, limit: Duration, busy: impl Fn(&Files) -> bool) -> bool {
+        let wait = async {
+            loop {
+                // Registered before the look, so an end between the two is not missed.
+                let ended = self.inner.ended.notified();
+                if !self.inner.with(|files| busy(files)) {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
     /// Whether a file is being written strictly below the directory prefix `prefix`
     /// (ending in `/`): the directory exists by it.
     pub fn has_below(&self, prefix: &str) -> bool {
-        self.inner.with(|files| {
-            files
-                .range::<str, _>((
-                    std::ops::Bound::Excluded(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .next()
-                .is_some_and(|(key, _)| key.starts_with(prefix))
-        })
+        self.inner
+            .with(|files| below(files, prefix).next().is_some())
     }
 
     /// Keeps `mtime` as the modification time of the file being written at `key` (a
@@ -165,13 +212,7 @@ impl Writing {
     pub fn children(&self, prefix: &str) -> WritingChildren {
         let mut out = WritingChildren::default();
         self.inner.with(|files| {
-            let below = files
-                .range::<str, _>((
-                    std::ops::Bound::Excluded(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(key, _)| key.starts_with(prefix));
-            for (key, uploads) in below {
+            for (key, uploads) in below(files, prefix) {
                 let Some(rest) = key.get(prefix.len()..) else {
                     continue;
                 };
@@ -201,6 +242,19 @@ impl Writing {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The uploads of keys strictly below `prefix` (they sort together, right after it).
+fn below<'a>(
+    files: &'a Files,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Vec<Arc<Progress>>)> + 'a {
+    files
+        .range::<str, _>((
+            std::ops::Bound::Excluded(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(move |(key, _)| key.starts_with(prefix))
 }
 
 /// An upload's entry in the registry: written by the upload as bytes arrive, removed when
@@ -244,6 +298,7 @@ impl Drop for Shown {
                 }
             }
         });
+        self.registry.ended.notify_waiters();
     }
 }
 
@@ -254,7 +309,7 @@ mod tests {
     #[test]
     fn a_file_is_shown_until_its_guard_goes() {
         let w = Writing::default();
-        let shown = w.register("u/a/b.txt");
+        let shown = w.register("u/a/b.txt", 0);
         assert_eq!(w.file("u/a/b.txt").map(|f| f.size), Some(0));
         shown.set_written(100);
         assert_eq!(w.file("u/a/b.txt").map(|f| f.size), Some(100));
@@ -271,9 +326,9 @@ mod tests {
     #[test]
     fn the_newest_upload_of_a_key_is_shown() {
         let w = Writing::default();
-        let first = w.register("k");
+        let first = w.register("k", 0);
         first.set_written(5);
-        let second = w.register("k");
+        let second = w.register("k", 0);
         second.set_written(7);
         assert_eq!(w.file("k").map(|f| f.size), Some(7));
         drop(second);
@@ -285,11 +340,11 @@ mod tests {
     #[test]
     fn children_are_files_here_and_directories_below() {
         let w = Writing::default();
-        let _a = w.register("u/a.txt");
-        let _b = w.register("u/d/x");
-        let _c = w.register("u/d/y/z");
-        let _d = w.register("u/e/f");
-        let _other = w.register("v/a.txt");
+        let _a = w.register("u/a.txt", 0);
+        let _b = w.register("u/d/x", 0);
+        let _c = w.register("u/d/y/z", 0);
+        let _d = w.register("u/e/f", 0);
+        let _other = w.register("v/a.txt", 0);
         let c = w.children("u/");
         assert_eq!(c.files.keys().collect::<Vec<_>>(), ["a.txt"]);
         assert_eq!(c.dirs, ["d", "e"]);
@@ -298,10 +353,29 @@ mod tests {
         assert_eq!(c.dirs, ["y"]);
     }
 
+    #[tokio::test]
+    async fn a_reader_waits_for_other_sessions_uploads_only() {
+        let w = Writing::default();
+        let limit = Duration::from_secs(60);
+        assert!(w.wait_ended("k", 1, limit).await, "nothing to wait for");
+        let own = w.register("k", 1);
+        assert!(w.wait_ended("k", 1, limit).await, "its own upload");
+        let other = w.register("k", 2);
+        assert!(!w.wait_ended("k", 1, Duration::from_millis(10)).await);
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.wait_ended("k", 1, limit).await })
+        };
+        tokio::task::yield_now().await;
+        drop(other);
+        assert!(waiter.await.expect("waiter"));
+        drop(own);
+    }
+
     #[test]
     fn a_time_set_by_path_reaches_the_upload() {
         let w = Writing::default();
-        let shown = w.register("k");
+        let shown = w.register("k", 0);
         let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
         assert!(w.set_mtime("k", t));
         assert!(!w.set_mtime("other", t));
