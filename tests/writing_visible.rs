@@ -332,10 +332,10 @@ async fn another_user_does_not_see_a_file_being_written() {
 }
 
 /// A client may send the next request over another connection before the CLOSE of a file
-/// it has closed is done (sshfs): an OPEN for reading and a RENAME of its folder wait for
-/// the upload to end, then see the committed file.
+/// it has closed is done (sshfs): an OPEN for reading, a REMOVE and a RENAME of its folder
+/// wait for the upload to end, then see the committed file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_read_or_rename_from_another_connection_waits_for_the_close() {
+async fn a_read_remove_or_rename_from_another_connection_waits_for_the_close() {
     let t = TestServer::start().await;
     let p = t.alice.prefix.clone();
     let writer = t.russh_sftp(&t.alice).await;
@@ -365,6 +365,21 @@ async fn a_read_or_rename_from_another_connection_waits_for_the_close() {
         .expect("the read ended")
         .expect("reader");
     assert_eq!(sha256(&got), sha256(&data), "the committed bytes are read");
+
+    let h = open(&writer, "/gone.txt", create()).await;
+    write_at(&writer, &h, 0, b"soon removed").await;
+    let remover = {
+        let other = other.clone();
+        tokio::spawn(async move { other.raw.remove("/gone.txt").await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.raw.close(&h).await.expect("close");
+    tokio::time::timeout(HANG, remover)
+        .await
+        .expect("the remove ended")
+        .expect("remover")
+        .expect("remove");
+    assert_eq!(t.s3.object(&format!("{p}gone.txt")).await, None);
 
     let h = open(&writer, "/d/g.bin", create()).await;
     write_at(&writer, &h, 0, b"g").await;

@@ -627,10 +627,15 @@ impl UserStore {
         Ok(())
     }
 
-    /// Removes a file.
+    /// Removes a file. A file another session is writing is removed once its upload has
+    /// ended (see [`await_other_writer`](Self::await_other_writer)), so that the commit
+    /// does not bring it back.
     pub async fn remove(&self, path: &VirtualPath) -> Result<()> {
         self.check(Permission::Delete, path)?;
         let key = self.jail.file_key(path)?;
+        if !path.is_root() {
+            self.await_other_writer(&key).await;
+        }
         if path.is_root() || self.cached_head(&key).await?.is_none() {
             return Err(match self.dir_entry(path).await? {
                 Some(_) => StorageError::IsADirectory,
@@ -685,8 +690,9 @@ impl UserStore {
     }
 
     /// Waits (at most [`READ_WAITS_FOR_WRITER`]) until no other session is writing `key`:
-    /// a client that closed the file may open it again before its CLOSE is done (see
-    /// [`writing`]). Reads what is stored then, whether the upload ended or not.
+    /// a client that closed the file may open it again (or remove it) before its CLOSE is
+    /// done (see [`writing`]). The caller goes on with what is stored then, whether the
+    /// upload ended or not.
     async fn await_other_writer(&self, key: &str) {
         let writing = self.storage.writing();
         if writing.file(key).is_none() {
