@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
+use s3sftp::storage::DirMarkers;
 
 /// Longest a shell step on the mount may take before the test is declared hung.
 const HANG: Duration = Duration::from_secs(120);
@@ -340,6 +341,42 @@ async fn sshfs_over_several_connections_sees_files_while_they_are_written() {
         Some(sha256(&data))
     );
     sh_settled(&t, &work, "rm -r mnt/new mnt/b.txt mnt/copy.bin mnt/e").await;
+    mount.unmount().await;
+    assert_eq!(names(&t, &alice).await, Vec::<String>::new());
+    assert_no_pending(&t, &alice).await;
+    t.shutdown().await;
+}
+
+/// Without markers, mkdir keeps the folder in memory until a file is written in it. (A
+/// folder rename is left out: on such a store the renamed folder's old name comes back
+/// empty, kept in memory by the removal of its last object; a rename bug of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sshfs_works_on_a_store_without_directory_markers() {
+    if let Some(why) = unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let t = TestServer::start_with(|c| c.transfer.dir_markers = DirMarkers::Off).await;
+    let (alice, p) = (t.alice.clone(), t.alice.prefix.clone());
+    let work = t.dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let Some(mount) = Mount::new(&t, &alice, &work.join("mnt"), &[]).await else {
+        return;
+    };
+    sh_settled(
+        &t,
+        &work,
+        "mkdir mnt/e && echo hi > mnt/e/f && cat mnt/e/f && mkdir mnt/empty",
+    )
+    .await;
+    assert_eq!(names(&t, &alice).await, ["e/f"], "no marker is written");
+    assert_eq!(
+        t.s3.object(&format!("{p}e/f")).await,
+        Some(b"hi\n".to_vec())
+    );
+    assert_eq!(sh_settled(&t, &work, "ls mnt").await, "e\nempty\n");
+    sh_settled(&t, &work, "rm -r mnt/e && rmdir mnt/empty").await;
+    assert_eq!(sh_settled(&t, &work, "ls mnt").await, "");
     mount.unmount().await;
     assert_eq!(names(&t, &alice).await, Vec::<String>::new());
     assert_no_pending(&t, &alice).await;

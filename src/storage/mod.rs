@@ -702,7 +702,7 @@ impl UserStore {
             .wait_ended(key, self.writer_id, READ_WAITS_FOR_WRITER)
             .await
         {
-            tracing::info!(key = %crate::log_text::escaped(key), "opened for reading while another session is still writing it");
+            tracing::info!(key = %crate::log_text::escaped(key), "another session is still writing the file: going on with what is stored");
         }
         // What the session knew of the key is older than the upload that just ended.
         self.cache.forget(key);
