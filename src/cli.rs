@@ -757,8 +757,9 @@ pub struct ServeArgs {
     pub download_chunk: u64,
     /// Seconds a session trusts what a listing or HEAD told it about a file (so the STAT,
     /// REMOVE or OPEN that follows a listing costs no extra request); 0 turns it off.
-    /// Changes made by other sessions show after at most this long.
-    #[arg(long = "metadata-cache-secs", env = "S3SFTP_METADATA_CACHE_SECS", value_name = "DURATION", default_value = "30", value_parser = units::seconds)]
+    /// Changes made by other sessions or gateways, or directly in the bucket, show after at
+    /// most this long (the freshness bound); a session's own changes show at once.
+    #[arg(long = "metadata-cache-secs", env = "S3SFTP_METADATA_CACHE_SECS", value_name = "DURATION", default_value = "2", value_parser = units::seconds)]
     pub metadata_cache: Duration,
     /// Whether listings show the modification times clients set (kept in each object's
     /// `x-amz-meta-mtime`, which ListObjectsV2 does not return): `auto` sends one HEAD

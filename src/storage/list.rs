@@ -2,6 +2,10 @@
 //! million objects never holds more than one page in memory. On a store without markers,
 //! the empty directories the server keeps in memory are listed after the last page.
 //!
+//! Files being written through this gateway (see `writing`) are listed too, with the bytes
+//! written so far, and so are the directories they are in: a file shows from its OPEN, as
+//! on a local disk. Such a file takes the place of the object it is replacing.
+//!
 //! ListObjectsV2 carries no user metadata, so the modification time a client set (kept
 //! in `x-amz-meta-mtime`) is not in a listing. Tools that compare times over SFTP (rclone
 //! sync) read them from READDIR, so with `--list-mtimes auto` a directory of up to 100
@@ -15,6 +19,7 @@ use tracing::Instrument;
 
 use super::cache::{Snapshot, MAX_DIR_NAMES};
 use super::s3::ListedObject;
+use super::writing::WritingFile;
 use super::{Entry, EntryKind, ListMtimes, Result, UserStore};
 
 /// The largest directory (in files) whose listing HEADs every file for its kept
@@ -41,21 +46,30 @@ pub struct DirLister {
     /// The subdirectories seen so far and when the first page was asked for; handed to
     /// the session's cache when the listing completes. `None` once there are too many.
     subdirs: Option<(HashSet<String>, Snapshot)>,
-    /// Subdirectories kept in memory (a store without markers) that no page has listed
-    /// yet: handed out after the last page.
+    /// Subdirectories kept in memory (a store without markers), or holding a file being
+    /// written, that no page has listed yet: handed out after the last page.
     kept: BTreeMap<String, SystemTime>,
+    /// Files being written in the directory (as of the OPENDIR) that no page has listed
+    /// yet: handed out after the last page; a listed object of the name shows as this.
+    writing: BTreeMap<String, WritingFile>,
 }
 
 impl DirLister {
     pub(crate) fn new(store: UserStore, prefix: String) -> Self {
         let since = store.cache().snapshot();
-        let kept = store
+        let mut kept = store
             .storage()
             .empty_dirs()
             .map(|dirs| dirs.children(&prefix))
             .unwrap_or_default();
+        let writing = store.storage().writing().children(&prefix);
+        let now = SystemTime::now();
+        for dir in writing.dirs {
+            kept.entry(dir).or_insert(now);
+        }
         DirLister {
             kept,
+            writing: writing.files,
             store,
             prefix,
             token: None,
@@ -120,6 +134,11 @@ impl DirLister {
             modified: Some(now),
         });
         let mut page: Vec<Entry> = files.chain(dirs).filter(|e| valid_name(&e.name)).collect();
+        for entry in page.iter_mut().filter(|e| e.kind == EntryKind::File) {
+            if let Some(file) = self.writing.remove(&entry.name) {
+                *entry = writing_entry(std::mem::take(&mut entry.name), file);
+            }
+        }
         page.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in page {
             let key = (entry.name.clone(), entry.kind);
@@ -132,6 +151,7 @@ impl DirLister {
         self.token = listed.next_token;
         self.exhausted = self.token.is_none();
         if self.exhausted {
+            self.hand_out_writing();
             self.hand_out_kept();
             if let Some((names, since)) = self.subdirs.take() {
                 self.store.cache().insert_dir(&self.prefix, names, since);
@@ -193,6 +213,16 @@ impl DirLister {
         kept
     }
 
+    /// Queues the files being written that no page listed.
+    fn hand_out_writing(&mut self) {
+        let writing = std::mem::take(&mut self.writing);
+        for (name, file) in writing {
+            if valid_name(&name) {
+                self.ready.push_back(writing_entry(name, file));
+            }
+        }
+    }
+
     /// Queues the kept subdirectories no page listed.
     fn hand_out_kept(&mut self) {
         let kept = std::mem::take(&mut self.kept);
@@ -213,6 +243,16 @@ impl DirLister {
                 modified: Some(made),
             });
         }
+    }
+}
+
+/// How a listing shows the file being written `name`.
+fn writing_entry(name: String, file: WritingFile) -> Entry {
+    Entry {
+        name,
+        kind: EntryKind::File,
+        size: file.size,
+        modified: Some(file.modified),
     }
 }
 

@@ -28,6 +28,7 @@ pub(crate) mod s3;
 pub mod signing;
 pub mod sweep;
 pub mod upload;
+pub mod writing;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -102,7 +103,7 @@ impl Default for TransferSettings {
             global_budget: 1024 * MIB,
             download_chunk: 8 * MIB,
             reorder_window: 4 * MIB,
-            metadata_ttl: Duration::from_secs(30),
+            metadata_ttl: Duration::from_secs(2),
             list_mtimes: ListMtimes::Auto,
             objects: ObjectSettings::default(),
             dir_markers: DirMarkers::default(),
@@ -124,6 +125,8 @@ pub struct Storage {
     empty_dirs: Option<EmptyDirs>,
     /// The folder-rename intents this gateway knows of (see `intent`).
     intents: intent::Intents,
+    /// The files being written through this gateway, shown before their commit.
+    writing: writing::Writing,
 }
 
 impl Storage {
@@ -155,6 +158,7 @@ impl Storage {
             budget: MemoryBudget::new(settings.global_budget),
             empty_dirs: (!settings.dir_markers.writes_markers()).then(EmptyDirs::default),
             intents: intent::Intents::new(),
+            writing: writing::Writing::default(),
             settings,
         })
     }
@@ -200,6 +204,11 @@ impl Storage {
         self.empty_dirs.as_ref()
     }
 
+    /// The files being written through this gateway (see [`writing`]).
+    pub fn writing(&self) -> &writing::Writing {
+        &self.writing
+    }
+
     /// How many empty directories are kept in memory (0 where markers are written).
     pub fn empty_dirs_kept(&self) -> usize {
         self.empty_dirs.as_ref().map_or(0, EmptyDirs::len)
@@ -212,6 +221,7 @@ impl Storage {
             jail: Jail::new(prefix),
             account: self.budget.account(prefix),
             written: Arc::default(),
+            writer_id: self.writing.new_owner(),
             permissions: None,
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -228,6 +238,7 @@ impl Storage {
             jail: Jail::new(prefix),
             account: self.budget.account(prefix),
             written: Arc::default(),
+            writer_id: self.writing.new_owner(),
             permissions: Some(permissions),
             cache: Arc::new(MetaCache::new(self.settings.metadata_ttl)),
         }
@@ -288,6 +299,9 @@ impl ObjectHead {
     }
 }
 
+/// How long an OPEN for reading waits for another session's upload of the file to end.
+const READ_WAITS_FOR_WRITER: Duration = Duration::from_secs(10);
+
 /// How many written keys a session remembers for [`UserStore::stat_for_client`].
 const WRITTEN_REMEMBERED: usize = 256;
 
@@ -310,6 +324,8 @@ pub struct UserStore {
     /// Keys this session opened for writing, newest last (at most [`WRITTEN_REMEMBERED`]):
     /// it may stat them without the `list` permission.
     written: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Who this session is among the writers of files being written (see [`writing`]).
+    writer_id: u64,
     /// What the user may do where; `None` allows everything.
     permissions: Option<Arc<Permissions>>,
     cache: Arc<MetaCache>,
@@ -334,6 +350,11 @@ impl UserStore {
 
     pub fn jail(&self) -> &Jail {
         &self.jail
+    }
+
+    /// Who this session is among the writers of files being written (see [`writing`]).
+    pub(crate) fn writer_id(&self) -> u64 {
+        self.writer_id
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -368,8 +389,28 @@ impl UserStore {
         Some(Entry::dir(path.file_name(), Some(made)))
     }
 
+    /// The directory `path` (at `prefix`) when a file is being written below it: it
+    /// exists by that file, as it will by its object.
+    fn writing_dir(&self, path: &VirtualPath, prefix: &str) -> Option<Entry> {
+        self.storage
+            .writing()
+            .has_below(prefix)
+            .then(|| Entry::dir(path.file_name(), Some(SystemTime::now())))
+    }
+
+    /// The file being written at `key` through this gateway, as STAT shows it.
+    fn writing_file(&self, path: &VirtualPath, key: &str) -> Option<Entry> {
+        let file = self.storage.writing().file(key)?;
+        Some(Entry {
+            name: path.file_name().to_string(),
+            kind: EntryKind::File,
+            size: file.size,
+            modified: Some(file.modified),
+        })
+    }
+
     /// Whether `path` is a directory: the root, a `dir/` marker, a directory kept in
-    /// memory, or any key below it.
+    /// memory, one a file being written is under, or any key below it.
     async fn dir_entry(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if path.is_root() {
             return Ok(Some(Entry::dir("/", None)));
@@ -377,6 +418,9 @@ impl UserStore {
         let prefix = self.jail.dir_prefix(path)?;
         if let Some(kept) = self.kept_dir(path, &prefix) {
             return Ok(Some(kept));
+        }
+        if let Some(writing) = self.writing_dir(path, &prefix) {
+            return Ok(Some(writing));
         }
         let first = self.first_key_in(&prefix).await?;
         Ok(first.map(|(key, modified)| {
@@ -394,8 +438,12 @@ impl UserStore {
     async fn dir_entry_unless_known(&self, path: &VirtualPath) -> Result<Option<Entry>> {
         if !path.is_root() {
             let parent = self.jail.dir_prefix(&path.parent())?;
-            if let Some(kept) = self.kept_dir(path, &self.jail.dir_prefix(path)?) {
+            let prefix = self.jail.dir_prefix(path)?;
+            if let Some(kept) = self.kept_dir(path, &prefix) {
                 return Ok(Some(kept));
+            }
+            if let Some(writing) = self.writing_dir(path, &prefix) {
+                return Ok(Some(writing));
             }
             if self.cache.known_no_subdir(&parent, path.file_name()) {
                 return Ok(None);
@@ -438,13 +486,17 @@ impl UserStore {
             .is_ok_and(|keys| keys.iter().any(|k| k == key))
     }
 
-    /// What `path` is. A file wins over a directory of the same name. Checks no
+    /// What `path` is. A file wins over a directory of the same name, and a file being
+    /// written through this gateway over the object it will replace. Checks no
     /// permission: for the server's own lookups (see [`stat_for_client`](Self::stat_for_client)).
     pub async fn stat(&self, path: &VirtualPath) -> Result<Entry> {
         if path.is_root() {
             return Ok(Entry::dir("/", Some(SystemTime::now())));
         }
         let key = self.jail.file_key(path)?;
+        if let Some(writing) = self.writing_file(path, &key) {
+            return Ok(writing);
+        }
         let file_entry = |head: ObjectHead| Entry {
             name: path.file_name().to_string(),
             kind: EntryKind::File,
@@ -527,6 +579,9 @@ impl UserStore {
             ));
         }
         let prefix = self.jail.dir_prefix(path)?;
+        if self.storage.writing().has_below(&prefix) {
+            return Err(StorageError::DirectoryNotEmpty);
+        }
         if let Some(dirs) = self.storage.empty_dirs() {
             if dirs.has_below(&prefix) {
                 return Err(StorageError::DirectoryNotEmpty);
@@ -572,10 +627,15 @@ impl UserStore {
         Ok(())
     }
 
-    /// Removes a file.
+    /// Removes a file. A file another session is writing is removed once its upload has
+    /// ended (see [`await_other_writer`](Self::await_other_writer)), so that the commit
+    /// does not bring it back.
     pub async fn remove(&self, path: &VirtualPath) -> Result<()> {
         self.check(Permission::Delete, path)?;
         let key = self.jail.file_key(path)?;
+        if !path.is_root() {
+            self.await_other_writer(&key).await;
+        }
         if path.is_root() || self.cached_head(&key).await?.is_none() {
             return Err(match self.dir_entry(path).await? {
                 Some(_) => StorageError::IsADirectory,
@@ -611,6 +671,7 @@ impl UserStore {
         self.check(Permission::Download, path)?;
         let key = self.jail.file_key(path)?;
         if !path.is_root() {
+            self.await_other_writer(&key).await;
             let listed = from_listing
                 .then(|| self.cache().get(&key))
                 .flatten()
@@ -626,6 +687,25 @@ impl UserStore {
             Some(_) => StorageError::IsADirectory,
             None => StorageError::NotFound,
         })
+    }
+
+    /// Waits (at most [`READ_WAITS_FOR_WRITER`]) until no other session is writing `key`:
+    /// a client that closed the file may open it again (or remove it) before its CLOSE is
+    /// done (see [`writing`]). The caller goes on with what is stored then, whether the
+    /// upload ended or not.
+    async fn await_other_writer(&self, key: &str) {
+        let writing = self.storage.writing();
+        if writing.file(key).is_none() {
+            return;
+        }
+        if !writing
+            .wait_ended(key, self.writer_id, READ_WAITS_FOR_WRITER)
+            .await
+        {
+            tracing::info!(key = %crate::log_text::escaped(key), "another session is still writing the file: going on with what is stored");
+        }
+        // What the session knew of the key is older than the upload that just ended.
+        self.cache.forget(key);
     }
 
     /// Opens a file for writing. Nothing is visible at the key until the upload is
@@ -657,13 +737,15 @@ impl UserStore {
                 async move { store.refuse_directory(&target).await }.in_current_span(),
             );
             self.note_written(&key);
-            return Ok(Upload::new(
+            let mut upload = Upload::new(
                 self.clone(),
                 key,
                 size_hint,
                 Existing::NotLooked,
                 Some(AbortOnDropHandle::new(check)),
-            ));
+            );
+            upload.show_while_written();
+            return Ok(upload);
         }
         // Refuse before looking, so a denied open (EXCL included) reveals nothing about
         // what is at the path.
@@ -677,14 +759,21 @@ impl UserStore {
         if !exists && dir?.is_some() {
             return Err(StorageError::IsADirectory);
         }
-        if exists && mode.exclusive {
+        // A file being written exists, as on a local disk.
+        if (exists || self.storage.writing().file(&key).is_some()) && mode.exclusive {
             return Err(StorageError::AlreadyExists);
         }
         if exists {
             self.check(Permission::Overwrite, path)?;
         }
         self.note_written(&key);
-        Ok(Upload::new(self.clone(), key, size_hint, existing, None))
+        let mut upload = Upload::new(self.clone(), key, size_hint, existing, None);
+        // A new or truncated file shows at once; one opened to change in place shows as
+        // its object until the commit.
+        if !exists || mode.replace {
+            upload.show_while_written();
+        }
+        Ok(upload)
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).
@@ -716,6 +805,10 @@ impl UserStore {
         if !self.has_written(&key) {
             self.check(Permission::Upload, path)?;
             self.check(Permission::Overwrite, path)?;
+        }
+        if self.storage.writing().set_mtime(&key, mtime) {
+            // Stored with the object when the upload commits, at no extra request.
+            return Ok(false);
         }
         match self.set_mtime_of_key(&key, mtime).await {
             Err(StorageError::NotFound) => match self.dir_entry(path).await? {

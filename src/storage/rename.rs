@@ -12,6 +12,10 @@ use super::intent::Intent;
 use super::{Entry, EntryKind, Result, StorageError, UserStore, VirtualPath};
 use crate::users::Permission;
 
+/// How long a rename waits for another session's upload of the source (or of a file in
+/// the source folder) to end before it is refused.
+const RENAME_WAITS_FOR_WRITER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What [`UserStore::rename_target`] found.
 enum Target {
     /// No directory has the name; a file may.
@@ -41,6 +45,7 @@ impl UserStore {
         if from == to {
             return self.stat(from).await.map(|_| ());
         }
+        self.refuse_while_written(from).await?;
         // Both lookups go out together: a rename costs one round of S3 requests less.
         let (source, target) = tokio::join!(self.stat(from), self.rename_target(to, overwrite));
         let source = source?;
@@ -69,6 +74,38 @@ impl UserStore {
             EntryKind::File => self.rename_file(from, to).await,
             EntryKind::Dir => self.rename_dir(from, to).await,
         }
+    }
+
+    /// Refuses to rename `from` while it, or a file under it, is being written through
+    /// this gateway: the upload commits at the old name at CLOSE, which would bring the
+    /// file back there (or split the folder). Another session's upload is first given
+    /// [`RENAME_WAITS_FOR_WRITER`] to end: a client may send the RENAME before the CLOSE of
+    /// a file it has closed (sshfs, over another connection; see `writing`).
+    async fn refuse_while_written(&self, from: &VirtualPath) -> Result<()> {
+        let writing = self.storage().writing();
+        let key = self.jail().file_key(from)?;
+        let prefix = self.jail().dir_prefix(from)?;
+        let owner = self.writer_id();
+        writing
+            .wait_ended(&key, owner, RENAME_WAITS_FOR_WRITER)
+            .await;
+        writing
+            .wait_ended_below(&prefix, owner, RENAME_WAITS_FOR_WRITER)
+            .await;
+        if writing.file(&key).is_some() {
+            tracing::info!(path = %from, "rename refused: the file is being written");
+            return Err(StorageError::BadRequest(
+                "the file is still being written: rename it after it is closed".into(),
+            ));
+        }
+        if writing.has_below(&prefix) {
+            tracing::info!(path = %from, "rename refused: a file in the folder is being written");
+            return Err(StorageError::BadRequest(
+                "a file in the folder is still being written: rename it after the file is closed"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// What is at a rename's target, as far as the rename needs to know. A rename that

@@ -16,6 +16,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::budget::Reservation;
 use super::s3::multipart::MAX_PARTS;
 use super::s3::Multipart;
+use super::writing::Shown;
 use super::{Result, StorageError, UserStore};
 
 /// S3's largest part.
@@ -107,6 +108,9 @@ pub struct Upload {
     /// The time the multipart upload was created with, when one was: a different time
     /// set later costs a copy in place after the commit.
     multipart_mtime: Option<SystemTime>,
+    /// The file's entry among those being written (see `writing`), for a new or truncated
+    /// file: STAT and listings show it until the upload is dropped.
+    shown: Option<Shown>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -172,7 +176,22 @@ impl Upload {
             preflight,
             mtime: None,
             multipart_mtime: None,
+            shown: None,
         }
+    }
+
+    /// Shows the file to STAT and listings of every session of this gateway, with the
+    /// bytes written so far, until the upload is committed or given up (see `writing`).
+    pub(crate) fn show_while_written(&mut self) {
+        let shown = self
+            .store
+            .storage()
+            .writing()
+            .register(&self.key, self.store.writer_id());
+        if let Some(mtime) = self.mtime {
+            shown.set_mtime(mtime);
+        }
+        self.shown = Some(shown);
     }
 
     /// Keeps `mtime` as the object's modification time. Free while the object's first
@@ -180,6 +199,9 @@ impl Upload {
     /// sent; after that, the commit costs one CopyObject more.
     pub fn set_mtime(&mut self, mtime: SystemTime) {
         self.mtime = Some(mtime);
+        if let Some(shown) = &self.shown {
+            shown.set_mtime(mtime);
+        }
     }
 
     /// The object key this upload will create.
@@ -333,6 +355,10 @@ impl Upload {
 
     async fn commit(&mut self) -> Result<u64> {
         self.check_usable()?;
+        // The latest time set, on the handle or by a SETSTAT of the path meanwhile.
+        if let Some(mtime) = self.shown.as_ref().and_then(Shown::mtime) {
+            self.mtime = Some(mtime);
+        }
         self.await_preflight().await?;
         if let Some(&gap_end) = self.pending.keys().next() {
             return self.fail(format!(
@@ -402,6 +428,9 @@ impl Upload {
             }
             self.buffer.extend_from_slice(&data.split_to(take));
             self.written += take as u64;
+            if let Some(shown) = &self.shown {
+                shown.set_written(self.written);
+            }
             if self.buffer.len() as u64 >= self.part_size {
                 if let Err(e) = self.send_part().await {
                     return self.fail_with(e);
