@@ -166,9 +166,11 @@ impl Connection {
         else {
             return self.reject(&user.username, method, "max_sessions reached");
         };
-        tracing::info!(user = %escaped(&user.username), peer = %self.peer(), method, "login");
-        self.span
-            .record("user", escaped(&user.username).to_string());
+        // The audit event below is the login line (the span carries the peer).
+        self.span.record(
+            "user",
+            tracing::field::display(escaped(&user.username).to_string()),
+        );
         self.span
             .in_scope(|| crate::audit::login(&user.username, method, Ok(())));
         crate::metrics::login(method, "ok");
