@@ -198,7 +198,7 @@ PY
     ;;
 esac
 
-echo "suites: ${suites[*]}"
+echo "store ready in ${SECONDS}s; suites: ${suites[*]}"
 set +e
 S3SFTP_TEST_S3_ENDPOINT="http://127.0.0.1:$port" \
 S3SFTP_TEST_S3_BUCKET=$bucket \
