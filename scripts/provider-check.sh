@@ -164,6 +164,11 @@ osd_crush_chooseleaf_type = 0
 log_file = $work/store.log
 debug_rgw = ${CEPH_DEBUG_RGW:-1}
 rgw_frontends = beast endpoint=127.0.0.1:$port
+# SSE-KMS over plain HTTP, with RGW's built-in test key store holding the key the
+# tests name (tests/s3_production.rs, KMS_KEY); real set-ups use Vault or KMIP.
+rgw_crypt_require_ssl = false
+rgw_crypt_s3_kms_backend = testing
+rgw_crypt_s3_kms_encryption_keys = arn:aws:kms:us-east-1:123456789012:key/s3sftp-test=$(openssl rand -base64 32)
 EOF
     c=(-c "$work/ceph.conf")
     monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$work/monmap" >/dev/null
@@ -177,12 +182,19 @@ EOF
     ceph-osd "${c[@]}" -i "$osd" --mkfs --osd-uuid "$osd_uuid" >>"$work/log/osd.out" 2>&1
     ceph-osd "${c[@]}" -f -i "$osd" >>"$work/log/osd.out" 2>&1 &
     pids+=($!)
-    # radosgw creates its pools, then listens; that takes some seconds.
+    # radosgw-admin makes the default zone and its pools on first use; the zone then
+    # gets the STANDARD_IA class the tests ask for (only STANDARD exists by default),
+    # before radosgw starts and reads it.
+    timeout 120 radosgw-admin "${c[@]}" user create --uid s3sftp --display-name s3sftp \
+      --access-key "$access" --secret-key "$secret" >/dev/null
+    timeout 60 radosgw-admin "${c[@]}" zonegroup placement add --rgw-zonegroup default \
+      --placement-id default-placement --storage-class STANDARD_IA >/dev/null
+    timeout 60 radosgw-admin "${c[@]}" zone placement add --rgw-zone default \
+      --placement-id default-placement --storage-class STANDARD_IA \
+      --data-pool default.rgw.buckets.data >/dev/null
     radosgw "${c[@]}" -f -n client.rgw.a >>"$work/log/rgw.out" 2>&1 &
     pids+=($!)
     wait_port "$port" || wait_port "$port"
-    timeout 60 radosgw-admin "${c[@]}" user create --uid s3sftp --display-name s3sftp \
-      --access-key "$access" --secret-key "$secret" >/dev/null
     # The region is the zonegroup's api_name ("default" on a fresh cluster).
     region=$(timeout 60 radosgw-admin "${c[@]}" zonegroup get \
       | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_name"])')
