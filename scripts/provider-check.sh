@@ -10,10 +10,12 @@
 # one-node Ceph RGW: one mon, one in-memory OSD and radosgw, all on loopback; Debian's
 # packages: `apt-get install ceph-mon ceph-osd radosgw ceph-common`; no mgr, no systemd,
 # no cephx; $CEPH_DEBUG_RGW sets radosgw's debug level, default 1: one line a request).
-# SUITEs are test-module filters such as
-# `sftp_openssh::`; default: the suites that talk to S3 through the server
-# (sftp_openssh sftp_protocol scp_legacy s3_requests upload_order dir_markers).
-# Prints the store's version, then the test output; the exit code is cargo's.
+# SUITEs are test-module filters such as `sftp_openssh::` (`::` runs them all); default:
+# the suites that talk to S3 through the server (sftp_openssh sftp_protocol scp_legacy
+# s3_requests upload_order dir_markers). Libtest flags cannot follow the suites: set
+# RUST_TEST_NOCAPTURE=1 to see the "skipped: ..." lines of tests the store cannot run.
+# Prints the store's version and its start-up time, then the test output; the exit code
+# is cargo's.
 # Not part of .ci/run: against rclone the full set takes minutes and some tests fail for
 # reasons of rclone's (see docs/s3-providers.md).
 set -euo pipefail
