@@ -695,8 +695,8 @@ pub struct ServeArgs {
     /// The integrity header of every upload request, checked by S3 against the body:
     /// crc32c (cheap), md5 (Content-MD5, which every store's Object Lock accepts), none,
     /// or auto: none where the SDK already sends its CRC32 (--s3-checksum
-    /// when-supported, the default for AWS), else crc32c, or md5 on a bucket with Object
-    /// Lock (or whose setting cannot be read).
+    /// when-supported, the default for AWS), else crc32c where a probe shows the store
+    /// checks it, md5 otherwise and on a bucket with Object Lock.
     #[arg(long, env = "S3SFTP_S3_UPLOAD_CHECKSUM", value_enum, default_value_t = UploadChecksum::Auto)]
     pub s3_upload_checksum: UploadChecksum,
     /// Whether mkdir writes empty `dir/` marker objects: on, off (for stores that cannot

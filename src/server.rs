@@ -353,12 +353,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // one; Content-MD5 where Object Lock may want it.
     let sdk_checksums = s3.checksum_mode() == client::ChecksumMode::WhenSupported;
     let covered = sdk_checksums || embedded.is_some();
-    let lock = if transfer.objects.upload_checksum == UploadChecksum::Auto && !covered {
+    let auto = transfer.objects.upload_checksum == UploadChecksum::Auto && !covered;
+    let lock = if auto {
         client::object_lock(&client, &s3.bucket).await
     } else {
         ObjectLock::Unknown
     };
     transfer.objects.upload_checksum = transfer.objects.upload_checksum.resolve(covered, lock);
+    if auto && transfer.objects.upload_checksum == UploadChecksum::Crc32c {
+        // CRC32C only where the store checks it (Ceph RGW before Squid and moto take the
+        // header and check nothing): one probe object under the first user's prefix.
+        let key = format!(
+            "{}.s3sftp-probe-crc32c-{:016x}",
+            probe.as_deref().unwrap_or_default(),
+            rand::random::<u64>()
+        );
+        if client::checks_crc32c(&client, &s3.bucket, &key).await != Some(true) {
+            transfer.objects.upload_checksum = UploadChecksum::Md5;
+        }
+    }
     tracing::info!(upload_checksum = ?transfer.objects.upload_checksum, sdk_checksums, object_lock = ?lock, "upload integrity header");
     // The probe lives under the first user's prefix: a least-privilege policy lets the
     // gateway write there (and nowhere else, perhaps).

@@ -228,6 +228,13 @@ pub async fn object_lock(client: &Client, bucket: &str) -> super::ObjectLock {
     super::s3::object_lock(client, bucket).await
 }
 
+/// Whether the store refuses a body whose `x-amz-checksum-crc32c` is wrong (some take
+/// the header and check nothing: Ceph RGW before Squid, moto), probed with one small
+/// PutObject at `key`, deleted again if the store took it. `None`: the probe failed.
+pub async fn checks_crc32c(client: &Client, bucket: &str, key: &str) -> Option<bool> {
+    super::s3::checks_crc32c(client, bucket, key).await
+}
+
 /// HeadBucket needs `s3:ListBucket` without conditions. Under a least-privilege policy
 /// (`s3sftp policy`) that grants it only under the users' prefixes, S3 answers 403;
 /// then a one-key ListObjectsV2 under `probe_prefix` (a user's prefix) tells whether the

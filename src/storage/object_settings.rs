@@ -106,8 +106,9 @@ pub enum UploadChecksum {
     /// Resolved at start (see [`UploadChecksum::resolve`]): none where the bodies are
     /// already covered (the SDK adds its own CRC32, with `--s3-checksum when-supported`,
     /// the default for AWS; or the store is the embedded one in this process); else
-    /// `crc32c`, or `md5` on a bucket with Object Lock (or one whose lock setting the
-    /// gateway may not read), since some stores accept only Content-MD5 there.
+    /// `crc32c` if a probe at start shows the store checks it, else `md5`; and `md5` on a
+    /// bucket with Object Lock (or one whose lock setting the gateway may not read), since
+    /// some stores accept only Content-MD5 there.
     #[default]
     Auto,
     /// `x-amz-checksum-crc32c` (and the algorithm declared on CreateMultipartUpload, the

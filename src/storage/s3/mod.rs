@@ -801,6 +801,46 @@ pub(crate) async fn object_lock(client: &Client, bucket: &str) -> ObjectLock {
     }
 }
 
+/// Whether the store checks `x-amz-checksum-crc32c`: a PutObject at `key` with a wrong
+/// one must be refused. `None` when the probe says nothing (it failed another way).
+/// An accepted probe object is deleted again.
+pub(crate) async fn checks_crc32c(client: &Client, bucket: &str, key: &str) -> Option<bool> {
+    let body = Bytes::from_static(b"s3sftp checksum probe");
+    let wrong = aws_smithy_types::base64::encode((crc32c_of(&body) ^ 1).to_be_bytes());
+    let sent = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .checksum_crc32_c(wrong)
+        .body(ByteStream::from(body))
+        .send()
+        .await;
+    match sent {
+        Ok(_) => {
+            if let Err(e) = client.delete_object().bucket(bucket).key(key).send().await {
+                let failure = S3Failure::from_sdk(&e);
+                tracing::warn!(%key, "could not delete the checksum probe object: {}", failure.message);
+            }
+            Some(false)
+        }
+        Err(err) => {
+            let failure = S3Failure::from_sdk(&err);
+            let refused = failure.status == Some(400)
+                && matches!(
+                    failure.code.as_deref(),
+                    Some("BadDigest" | "XAmzContentChecksumMismatch" | "InvalidDigest")
+                );
+            if refused {
+                Some(true)
+            } else {
+                tracing::info!(%key, "the checksum probe failed: {}", failure.message);
+                None
+            }
+        }
+    }
+}
+
 /// The integrity headers of one upload body.
 #[derive(Debug, Default)]
 struct Integrity {
@@ -820,8 +860,11 @@ impl Integrity {
 
 /// The base64 big-endian CRC32C of `body`, as `x-amz-checksum-crc32c` wants it.
 fn crc32c(body: &[u8]) -> String {
-    let sum = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32;
-    aws_smithy_types::base64::encode(sum.to_be_bytes())
+    aws_smithy_types::base64::encode(crc32c_of(body).to_be_bytes())
+}
+
+fn crc32c_of(body: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, body) as u32
 }
 
 /// The base64 MD5 of `body`, as the Content-MD5 header wants it.
