@@ -101,6 +101,21 @@ async fn load_one(
     }
 }
 
+/// What [`load`] would serve from `location`, creating nothing (for `serve --check`).
+pub(crate) async fn inspect(s3: &S3, location: &ObjectLocation) -> Result<String, HostKeyError> {
+    Ok(match read(s3, location).await? {
+        Some(key) => format!(
+            "host key {location}: {} {}",
+            key.algorithm(),
+            key.public_key().fingerprint(HashAlg::Sha256)
+        ),
+        None => format!(
+            "host key {location}: missing, a {} key would be generated at first start",
+            kind_of(location)
+        ),
+    })
+}
+
 /// The key at `location`, `None` if there is no object.
 async fn read(s3: &S3, location: &ObjectLocation) -> Result<Option<PrivateKey>, HostKeyError> {
     let failed = |message: String| HostKeyError::Bucket {
