@@ -391,7 +391,8 @@ impl PolicyArgs {
 /// replace the file atomically. Passwords are never taken from the command line.
 #[derive(Debug, Args)]
 pub struct UsersArgs {
-    /// The users file (JSON; see docs/users.md).
+    /// The users file (JSON; see docs/users.md), or s3://BUCKET/KEY for the users object
+    /// the gateways share (edited with conditional writes; see docs/scale-out.md).
     #[arg(
         long,
         global = true,
@@ -399,8 +400,54 @@ pub struct UsersArgs {
         default_value = "users.json"
     )]
     pub users_file: PathBuf,
+    #[command(flatten)]
+    pub s3: UsersS3Args,
     #[command(subcommand)]
     pub command: UsersCommand,
+}
+
+/// How `s3sftp users` reaches the bucket of an s3:// users file: the same settings (and
+/// variables) as `serve`'s; the rest from the standard AWS chain.
+#[derive(Debug, Args)]
+pub struct UsersS3Args {
+    /// S3 endpoint URL for MinIO, Garage, Ceph and others; omit for AWS.
+    #[arg(long, global = true, env = "S3SFTP_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region; default from the AWS chain, else us-east-1.
+    #[arg(long, global = true, env = "S3SFTP_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (endpoint/bucket/key), needed by most self-hosted servers.
+    #[arg(long, global = true, env = "S3SFTP_S3_PATH_STYLE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub s3_path_style: bool,
+    /// Access key id; without it the standard AWS credential chain is used.
+    #[arg(long, global = true, env = "S3SFTP_S3_ACCESS_KEY")]
+    pub s3_access_key: Option<String>,
+    /// Secret access key (prefer the environment variable to the flag).
+    #[arg(
+        long,
+        global = true,
+        env = "S3SFTP_S3_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_key: Option<String>,
+}
+
+impl UsersS3Args {
+    /// Settings for the bucket `bucket`: few quick attempts, an admin is waiting.
+    pub fn settings(&self, bucket: &str) -> crate::storage::client::S3Settings {
+        crate::storage::client::S3Settings {
+            bucket: bucket.to_string(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            credentials: self.s3_access_key.clone().zip(self.s3_secret_key.clone()),
+            checksum: None,
+            payload_signing: PayloadSigning::default(),
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
