@@ -36,20 +36,29 @@ pub enum AdminError {
     Usage(String),
     /// The users object in the bucket: reading, rules, the conditional write.
     #[error(transparent)]
-    Remote(#[from] RemoteError),
+    Remote(Box<RemoteError>),
     /// The async runtime for the S3 requests could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
+}
+
+impl From<RemoteError> for AdminError {
+    fn from(e: RemoteError) -> Self {
+        AdminError::Remote(Box::new(e))
+    }
 }
 
 /// Where the users live: a local file (locked, replaced atomically) or an object in the
 /// bucket (written conditionally on the ETag read).
 enum Target {
     File(PathBuf),
-    Object {
-        remote: RemoteUsers,
-        runtime: tokio::runtime::Runtime,
-    },
+    Object(Box<ObjectTarget>),
+}
+
+/// The users object and the runtime its requests run on.
+struct ObjectTarget {
+    remote: RemoteUsers,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Target {
@@ -63,14 +72,14 @@ impl Target {
             .map_err(AdminError::Runtime)?;
         let settings = s3.settings(&location.bucket);
         let remote = runtime.block_on(RemoteUsers::connect(&settings, location));
-        Ok(Target::Object { remote, runtime })
+        Ok(Target::Object(Box::new(ObjectTarget { remote, runtime })))
     }
 
     /// The users (an empty file or object holds none); a missing one is an error.
     fn load(&self) -> Result<UsersFile, AdminError> {
         match self {
             Target::File(path) => Ok(UsersFile::load_empty_ok(path)?),
-            Target::Object { remote, runtime } => Ok(runtime.block_on(remote.load())?.0),
+            Target::Object(object) => Ok(object.runtime.block_on(object.remote.load())?.0),
         }
     }
 
@@ -86,8 +95,9 @@ impl Target {
                 }
                 Err(e) => Err(e.into()),
             },
-            Target::Object { remote, runtime } => Ok(runtime
-                .block_on(remote.read())?
+            Target::Object(object) => Ok(object
+                .runtime
+                .block_on(object.remote.read())?
                 .map(|(file, _)| file.into_users())
                 .unwrap_or_default()),
         }
@@ -113,14 +123,16 @@ impl Target {
                 },
                 edit,
             )?),
-            Target::Object { remote, runtime } => {
-                let (out, guard) = runtime.block_on(remote.update(create, edit))?;
+            Target::Object(object) => {
+                let (out, guard) = object
+                    .runtime
+                    .block_on(object.remote.update(create, edit))?;
                 if guard == Guard::Unguarded {
                     eprintln!(
                         "warning: the store does not refuse a PutObject whose If-Match fails, so this \
                          write of {} was not guarded against a concurrent edit: run the `s3sftp users` \
                          commands from one place at a time (see docs/scale-out.md)",
-                        remote.location()
+                        object.remote.location()
                     );
                 }
                 Ok(out)

@@ -120,7 +120,7 @@ pub enum StartError {
     #[error(transparent)]
     HostKey(#[from] hostkey::HostKeyError),
     #[error(transparent)]
-    UsersObject(#[from] RemoteError),
+    UsersObject(Box<RemoteError>),
     #[error(transparent)]
     Bucket(#[from] ConnectError),
     #[cfg(feature = "embedded-store")]
@@ -163,6 +163,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl From<RemoteError> for StartError {
+    fn from(e: RemoteError) -> Self {
+        StartError::UsersObject(Box::new(e))
+    }
 }
 
 /// A started server.
