@@ -364,14 +364,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             (users, etag, Some(source))
         }
     };
-    if users.users().is_empty() {
-        tracing::warn!(
-            file = %config.users_file.display(),
-            "the users file has no users: nobody can log in until one is added with: {}",
-            add_user_command(&config.users_file)
-        );
-    }
-    check_system_prefix(&config.transfer.system_prefix, &users)?;
     if !key_objects.is_empty() {
         for location in &key_objects {
             location.check_bucket(&s3.bucket)?;
@@ -561,7 +553,20 @@ fn load_local_users(config: &ServerConfig) -> Result<UsersFile, StartError> {
         loaded => loaded?,
     };
     tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
+    warn_if_no_users(config, &users);
+    check_system_prefix(&config.transfer.system_prefix, &users)?;
     Ok(users)
+}
+
+/// Says that nobody can log in yet, and how to add a first user.
+fn warn_if_no_users(config: &ServerConfig, users: &UsersFile) {
+    if users.users().is_empty() {
+        tracing::warn!(
+            file = %config.users_file.display(),
+            "the users file has no users: nobody can log in until one is added with: {}",
+            add_user_command(&config.users_file)
+        );
+    }
 }
 
 /// Reads the users object at start: it must be in the served bucket, exist, be valid and
@@ -582,6 +587,8 @@ async fn load_users_object(
     );
     let (users, etag) = remote.load().await?;
     tracing::info!(users = users.users().len(), object = %location, "users loaded from the bucket");
+    warn_if_no_users(config, &users);
+    check_system_prefix(&config.transfer.system_prefix, &users)?;
     Ok((users, etag, remote))
 }
 
