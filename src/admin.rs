@@ -144,7 +144,18 @@ impl Target {
 /// Runs one `s3sftp users` command; `Ok(ExitCode::FAILURE)` when `check` found problems.
 pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
     let file = args.users_file.as_path();
-    let target = Target::open(file, &args.s3)?;
+    // Commands that never read the users file named by --users-file reach no bucket.
+    let elsewhere = matches!(
+        &args.command,
+        UsersCommand::HashPassword
+            | UsersCommand::Check { file: Some(_) }
+            | UsersCommand::ImportSftpgo { into: Some(_), .. }
+    );
+    let target = if elsewhere {
+        Target::File(file.to_owned())
+    } else {
+        Target::open(file, &args.s3)?
+    };
     match args.command {
         UsersCommand::Add(add) => {
             let keys = add
