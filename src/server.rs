@@ -321,8 +321,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Some(location) => Err(location),
         None => Ok(load_local_users(&config)?),
     };
-    // Bucket keys alone replace the generated ones, as files do.
+    // Bucket keys alone replace the generated ones, as files do; the state directory is
+    // still made, for the control socket the generated keys' directory would have held.
     let mut host_keys = if key_files.is_empty() && !key_objects.is_empty() {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| {
+            hostkey::HostKeyError::Write {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
         Vec::new()
     } else {
         hostkey::load(&config.state_dir, &key_files)?
