@@ -251,6 +251,28 @@ async fn a_users_object_inside_a_prefix_is_refused() {
     assert!(view.object(USERS_KEY).await.is_none());
     assert_eq!(view.object(key).await.expect("there"), before);
 
+    // A host key inside a user's prefix would be readable over SFTP: refused too.
+    view.put(
+        USERS_KEY,
+        users_json(&[("carol", "scale/carol/")]).as_bytes(),
+    )
+    .await;
+    let mut config = ServerConfig::new(
+        dir.path().join("state3"),
+        location(&settings, USERS_KEY).to_string(),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.s3 = Some(settings.clone());
+    config.host_keys = vec![location(&settings, "scale/carol/host_ed25519")
+        .to_string()
+        .into()];
+    let err = match s3sftp::server::start(config).await {
+        Ok(_) => panic!("a gateway served a host key inside carol's prefix"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("\"carol\""), "{err}");
+    assert!(view.object("scale/carol/host_ed25519").await.is_none());
+
     // Another bucket than the served one is refused with the location to use.
     let mut config = ServerConfig::new(dir.path().join("state2"), "s3://elsewhere/users.json");
     config.listen = "127.0.0.1:0".parse().unwrap();
