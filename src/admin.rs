@@ -6,13 +6,14 @@
 //! taken, so a waiting admin waits for the write only.
 
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::Utc;
 
-use crate::cli::{KeyCommand, PasswordSource, UsersArgs, UsersCommand};
+use crate::cli::{KeyCommand, PasswordSource, UsersArgs, UsersCommand, UsersS3Args};
 use crate::users::edit::{self, parse_key_source};
+use crate::users::remote::{Guard, ObjectLocation, RemoteError, RemoteUsers};
 use crate::users::sftpgo::{self, Import};
 use crate::users::{
     generate_password, hash_password, update, NewUser, User, UsersError, UsersFile,
@@ -33,11 +34,128 @@ pub enum AdminError {
     /// The command line asks for nothing, or for something inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// The users object in the bucket: reading, rules, the conditional write.
+    #[error(transparent)]
+    Remote(Box<RemoteError>),
+    /// The async runtime for the S3 requests could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+impl From<RemoteError> for AdminError {
+    fn from(e: RemoteError) -> Self {
+        AdminError::Remote(Box::new(e))
+    }
+}
+
+/// Where the users live: a local file (locked, replaced atomically) or an object in the
+/// bucket (written conditionally on the ETag read).
+enum Target {
+    File(PathBuf),
+    Object(Box<ObjectTarget>),
+}
+
+/// The users object and the runtime its requests run on.
+struct ObjectTarget {
+    remote: RemoteUsers,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Target {
+    fn open(setting: &Path, s3: &UsersS3Args) -> Result<Target, AdminError> {
+        let Some(location) = ObjectLocation::parse(setting)? else {
+            return Ok(Target::File(setting.to_owned()));
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AdminError::Runtime)?;
+        let settings = s3.settings(&location.bucket);
+        let remote = runtime.block_on(RemoteUsers::connect(&settings, location));
+        Ok(Target::Object(Box::new(ObjectTarget { remote, runtime })))
+    }
+
+    /// The users (an empty file or object holds none); a missing one is an error.
+    fn load(&self) -> Result<UsersFile, AdminError> {
+        match self {
+            Target::File(path) => Ok(UsersFile::load_empty_ok(path)?),
+            Target::Object(object) => Ok(object.runtime.block_on(object.remote.load())?.0),
+        }
+    }
+
+    /// The users, or none when the file or object does not exist yet.
+    fn load_or_none(&self) -> Result<Vec<User>, AdminError> {
+        match self {
+            Target::File(path) => match UsersFile::load_empty_ok(path) {
+                Ok(file) => Ok(file.into_users()),
+                Err(UsersError::Read { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    Ok(Vec::new())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Target::Object(object) => Ok(object
+                .runtime
+                .block_on(object.remote.read())?
+                .map(|(file, _)| file.into_users())
+                .unwrap_or_default()),
+        }
+    }
+
+    /// [`update`] on a file, telling the admin when it waits for another command's lock;
+    /// [`RemoteUsers::update`] on an object, warning when the store could not guard the
+    /// write.
+    fn change<T>(
+        &self,
+        create: bool,
+        edit: impl FnOnce(&mut Vec<User>) -> Result<T, UsersError>,
+    ) -> Result<T, AdminError> {
+        match self {
+            Target::File(file) => Ok(update(
+                file,
+                create,
+                |lock| {
+                    eprintln!(
+                        "waiting for another `s3sftp users` command to finish (lock {})",
+                        lock.display()
+                    )
+                },
+                edit,
+            )?),
+            Target::Object(object) => {
+                let (out, guard) = object
+                    .runtime
+                    .block_on(object.remote.update(create, edit))?;
+                if guard == Guard::Unguarded {
+                    eprintln!(
+                        "warning: the store does not refuse a PutObject whose If-Match fails, so this \
+                         write of {} was not guarded against a concurrent edit: run the `s3sftp users` \
+                         commands from one place at a time (see docs/scale-out.md)",
+                        object.remote.location()
+                    );
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// Runs one `s3sftp users` command; `Ok(ExitCode::FAILURE)` when `check` found problems.
 pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
     let file = args.users_file.as_path();
+    // Commands that never read the users file named by --users-file reach no bucket.
+    let elsewhere = matches!(
+        &args.command,
+        UsersCommand::HashPassword
+            | UsersCommand::Check { file: Some(_) }
+            | UsersCommand::ImportSftpgo { into: Some(_), .. }
+    );
+    let target = if elsewhere {
+        Target::File(file.to_owned())
+    } else {
+        Target::open(file, &args.s3)?
+    };
     match args.command {
         UsersCommand::Add(add) => {
             let keys = add
@@ -57,7 +175,7 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                 password: hash,
                 public_keys: keys,
             };
-            change(file, true, |users| {
+            target.change(true, |users| {
                 edit::add_user(users, new, &settings)?;
                 if add.disabled {
                     edit::find_mut(users, &add.name)?.enabled = false;
@@ -78,12 +196,12 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                 (None, None)
             } else {
                 // Fail fast on an unknown user before asking for a password.
-                if UsersFile::load_empty_ok(file)?.get(&name).is_none() {
+                if target.load()?.get(&name).is_none() {
                     return Err(UsersError::from(edit::EditError::NoSuchUser { name }).into());
                 }
                 new_password(&source, true)?
             };
-            change(file, false, |users| {
+            target.change(false, |users| {
                 edit::find_mut(users, &name)?.password = hash;
                 Ok(())
             })?;
@@ -100,14 +218,14 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
         UsersCommand::Key(KeyCommand::Add { name, key }) => {
             let keys = parse_key_source(&key).map_err(UsersError::from)?;
             let count = keys.len();
-            change(file, false, |users| {
+            target.change(false, |users| {
                 Ok(edit::add_keys(edit::find_mut(users, &name)?, keys)?)
             })?;
             let plural = if count == 1 { "key" } else { "keys" };
             done(file, &format!("added {count} {plural} to user {name:?}"));
         }
         UsersCommand::Key(KeyCommand::Rm { name, key }) => {
-            let removed = change(file, false, |users| {
+            let removed = target.change(false, |users| {
                 Ok(edit::remove_key(edit::find_mut(users, &name)?, &key)?)
             })?;
             done(
@@ -115,10 +233,10 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                 &format!("removed key {} from user {name:?}", removed.fingerprint()),
             );
         }
-        UsersCommand::Disable { name } => set_enabled(file, &name, false)?,
-        UsersCommand::Enable { name } => set_enabled(file, &name, true)?,
+        UsersCommand::Disable { name } => set_enabled(&target, file, &name, false)?,
+        UsersCommand::Enable { name } => set_enabled(&target, file, &name, true)?,
         UsersCommand::Rm { name } => {
-            let removed = change(file, false, |users| Ok(edit::remove_user(users, &name)?))?;
+            let removed = target.change(false, |users| Ok(edit::remove_user(users, &name)?))?;
             done(
                 file,
                 &format!(
@@ -128,7 +246,7 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
             );
         }
         UsersCommand::List { json } => {
-            let users = UsersFile::load_empty_ok(file)?;
+            let users = target.load()?;
             let now = Utc::now();
             if json {
                 let all: Vec<serde_json::Value> =
@@ -142,7 +260,7 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
             }
         }
         UsersCommand::Show { name, json } => {
-            let users = UsersFile::load_empty_ok(file)?;
+            let users = target.load()?;
             let user = users
                 .get(&name)
                 .ok_or(edit::EditError::NoSuchUser { name })
@@ -164,14 +282,18 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
                     "nothing to change; give --prefix, --permission, --allowed-ip, --max-sessions, --expires-at or one of their --no-/--unset- forms (see `s3sftp users set --help`)".into(),
                 ));
             }
-            change(file, false, |users| {
+            target.change(false, |users| {
                 Ok(settings.apply(edit::find_mut(users, &name)?)?)
             })?;
             done(file, &format!("updated user {name:?}"));
         }
         UsersCommand::Check { file: given } => {
             let path = given.as_deref().unwrap_or(file);
-            return match UsersFile::load_empty_ok(path) {
+            let loaded = match &given {
+                Some(path) => UsersFile::load_empty_ok(path).map_err(AdminError::from),
+                None => target.load(),
+            };
+            return match loaded {
                 Ok(users) => {
                     println_out(&format!(
                         "{}: {} users, valid",
@@ -194,41 +316,25 @@ pub fn run(args: UsersArgs) -> Result<ExitCode, AdminError> {
             dump,
             into,
             dry_run,
-        } => {
-            let target = into.as_deref().unwrap_or(file);
-            import_sftpgo(&dump, target, dry_run)?;
-        }
+        } => match into {
+            Some(into) => {
+                let into_target = Target::open(&into, &args.s3)?;
+                import_sftpgo(&dump, &into_target, &into, dry_run)?;
+            }
+            None => import_sftpgo(&dump, &target, file, dry_run)?,
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn set_enabled(file: &Path, name: &str, enabled: bool) -> Result<(), AdminError> {
-    change(file, false, |users| {
+fn set_enabled(target: &Target, file: &Path, name: &str, enabled: bool) -> Result<(), AdminError> {
+    target.change(false, |users| {
         edit::find_mut(users, name)?.enabled = enabled;
         Ok(())
     })?;
     let what = if enabled { "enabled" } else { "disabled" };
     done(file, &format!("{what} user {name:?}"));
     Ok(())
-}
-
-/// [`update`], telling the admin when it waits for another command's lock.
-fn change<T>(
-    file: &Path,
-    create: bool,
-    edit: impl FnOnce(&mut Vec<User>) -> Result<T, UsersError>,
-) -> Result<T, UsersError> {
-    update(
-        file,
-        create,
-        |lock| {
-            eprintln!(
-                "waiting for another `s3sftp users` command to finish (lock {})",
-                lock.display()
-            )
-        },
-        edit,
-    )
 }
 
 fn done(file: &Path, what: &str) {
@@ -300,15 +406,14 @@ fn read_password(from_stdin: bool) -> Result<String, AdminError> {
     Ok(password)
 }
 
-fn import_sftpgo(dump: &Path, target: &Path, dry_run: bool) -> Result<(), AdminError> {
+fn import_sftpgo(
+    dump: &Path,
+    into: &Target,
+    target: &Path,
+    dry_run: bool,
+) -> Result<(), AdminError> {
     let import = if dry_run {
-        let existing = match UsersFile::load_empty_ok(target) {
-            Ok(file) => file.into_users(),
-            Err(UsersError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let existing = into.load_or_none()?;
         let import = sftpgo::import_file(dump, &existing)?;
         let mut all = existing;
         all.extend(import.users.iter().cloned());
@@ -322,7 +427,7 @@ fn import_sftpgo(dump: &Path, target: &Path, dry_run: bool) -> Result<(), AdminE
         }
         import
     } else {
-        change(target, true, |users| {
+        into.change(true, |users| {
             let import = sftpgo::import_file(dump, users)?;
             users.extend(import.users.iter().cloned());
             Ok(import)

@@ -123,6 +123,7 @@ pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
     let mut config = ServerConfig::new(&args.state_dir, &args.users_file);
     config.listen = args.listen;
     config.host_keys = args.host_keys.clone();
+    config.users_poll = args.users_poll.max(SECOND);
     config.s3 = s3;
     config.embedded_listen = args.embedded_listen;
     if let Some(dir) = &args.data_dir {

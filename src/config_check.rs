@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use crate::cli::ServeArgs;
 use crate::server::{add_user_command, ServerConfig};
-use crate::ssh::hostkey;
+use crate::ssh::{bucket_hostkey, hostkey};
 use crate::storage::client::{self, S3Settings};
-use crate::storage::{Storage, TransferSettings};
+use crate::storage::s3::{ObjectOptions, S3};
+use crate::storage::{Storage, TransferSettings, UploadChecksum};
+use crate::users::remote::{check_outside_prefixes, ObjectLocation, RemoteUsers};
 use crate::users::{UsersError, UsersFile};
 
 /// What the check found: lines about what is right, and one line per mistake.
@@ -45,14 +47,20 @@ pub async fn check(args: &ServeArgs) -> Findings {
             None
         }
     };
-    let users = check_users(args, &mut findings);
-    for line in hostkey::inspect(&args.state_dir, &args.host_keys) {
-        match line {
-            Ok(line) => findings.found.push(line),
-            Err(e) => findings.mistakes.push(e.to_string()),
+    let mut users = check_users(args, &mut findings);
+    let (key_objects, key_files) = split_host_keys(&args.host_keys, &mut findings);
+    if key_objects.is_empty() || !key_files.is_empty() {
+        for line in hostkey::inspect(&args.state_dir, &key_files) {
+            match line {
+                Ok(line) => findings.found.push(line),
+                Err(e) => findings.mistakes.push(e.to_string()),
+            }
         }
     }
     if let Some(config) = config {
+        if let Some(s3) = &config.s3 {
+            users = check_bucket_objects(args, s3, users, &key_objects, &mut findings).await;
+        }
         check_storage(&config, users.as_ref(), &mut findings).await;
     } else {
         findings
@@ -62,8 +70,95 @@ pub async fn check(args: &ServeArgs) -> Findings {
     findings
 }
 
+/// The `--host-key` settings split into objects in the bucket and local files.
+fn split_host_keys(
+    settings: &[std::path::PathBuf],
+    findings: &mut Findings,
+) -> (Vec<ObjectLocation>, Vec<std::path::PathBuf>) {
+    let mut objects = Vec::new();
+    let mut files = Vec::new();
+    for setting in settings {
+        match ObjectLocation::parse(setting) {
+            Ok(Some(location)) => objects.push(location),
+            Ok(None) => files.push(setting.clone()),
+            Err(e) => findings.mistakes.push(e.to_string()),
+        }
+    }
+    (objects, files)
+}
+
+/// The users object and the host keys kept in the bucket, read (nothing created). Returns
+/// the users read from the object, or `users` when the users file is local.
+async fn check_bucket_objects(
+    args: &ServeArgs,
+    settings: &S3Settings,
+    users: Option<UsersFile>,
+    key_objects: &[ObjectLocation],
+    findings: &mut Findings,
+) -> Option<UsersFile> {
+    let users_object = ObjectLocation::parse(&args.users_file).ok().flatten();
+    if users_object.is_none() && key_objects.is_empty() {
+        return users;
+    }
+    let settings = S3Settings {
+        max_attempts: 1,
+        attempt_timeout: settings.attempt_timeout.min(S3_CHECK_TIMEOUT),
+        ..settings.clone()
+    };
+    let client = client::build_client(&settings).await;
+    let s3 = S3::new(client, settings.bucket.as_str().into(), UploadChecksum::Md5);
+    let mut users = users;
+    if let Some(location) = users_object {
+        let read = match location.check_bucket(&settings.bucket) {
+            Ok(()) => {
+                RemoteUsers::new(s3.clone(), location.clone(), ObjectOptions::default())
+                    .load()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok((file, _)) => {
+                findings.found.push(format!(
+                    "users object {location}: {} users",
+                    file.users().len()
+                ));
+                users = Some(file);
+            }
+            Err(e) => findings.mistakes.push(e.to_string()),
+        }
+    }
+    for location in key_objects {
+        let line = match location.check_bucket(&settings.bucket) {
+            Ok(()) => bucket_hostkey::inspect(&s3, location)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let inside = users.as_ref().and_then(|u| {
+            check_outside_prefixes(location, u.users())
+                .err()
+                .map(|e| e.to_string())
+        });
+        match (line, inside) {
+            (_, Some(e)) | (Err(e), None) => findings.mistakes.push(e),
+            (Ok(line), None) => findings.found.push(line),
+        }
+    }
+    users
+}
+
 fn check_users(args: &ServeArgs, findings: &mut Findings) -> Option<UsersFile> {
     let path = &args.users_file;
+    match ObjectLocation::parse(path) {
+        Ok(None) => {}
+        // Read with the bucket, below.
+        Ok(Some(_)) => return None,
+        Err(e) => {
+            findings.mistakes.push(e.to_string());
+            return None;
+        }
+    }
     match UsersFile::load_empty_ok(path) {
         Ok(users) => {
             let count = users.users().len();

@@ -13,11 +13,14 @@ use crate::embedded::{EmbeddedError, EmbeddedS3};
 use crate::lanes::Lanes;
 use crate::readiness::Readiness;
 use crate::sftp::SessionLimits;
+use crate::ssh::bucket_hostkey;
 use crate::ssh::{self, hostkey, Shared, SshSettings};
 use crate::storage::client::{self, ConnectError, S3Settings};
 use crate::storage::intent;
+use crate::storage::s3::{ObjectOptions, S3};
 use crate::storage::sweep::sweep_orphans;
 use crate::storage::{ObjectLock, Storage, TransferSettings, UploadChecksum};
+use crate::users::remote::{ObjectLocation, RemoteError, RemoteUsers};
 use crate::users::{UsersError, UsersFile};
 
 /// Stands in for the embedded store in a build without it (the `embedded-store` feature):
@@ -44,6 +47,8 @@ pub struct ServerConfig {
     /// Host key files to serve; empty: the keys generated in `state_dir` ([`hostkey::load`]).
     pub host_keys: Vec<PathBuf>,
     pub users_file: PathBuf,
+    /// How often a users object in the bucket (`s3://` users file) is polled.
+    pub users_poll: Duration,
     /// `None` starts the embedded store over `embedded_data_dir`.
     pub s3: Option<S3Settings>,
     pub embedded_data_dir: PathBuf,
@@ -88,6 +93,7 @@ impl ServerConfig {
             state_dir,
             host_keys: Vec::new(),
             users_file: users_file.into(),
+            users_poll: Duration::from_secs(10),
             s3: None,
             embedded_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             transfer: TransferSettings::default(),
@@ -113,6 +119,8 @@ pub enum StartError {
     NoUsersFile { path: PathBuf, add: String },
     #[error(transparent)]
     HostKey(#[from] hostkey::HostKeyError),
+    #[error(transparent)]
+    UsersObject(Box<RemoteError>),
     #[error(transparent)]
     Bucket(#[from] ConnectError),
     #[cfg(feature = "embedded-store")]
@@ -155,6 +163,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl From<RemoteError> for StartError {
+    fn from(e: RemoteError) -> Self {
+        StartError::UsersObject(Box::new(e))
+    }
 }
 
 /// A started server.
@@ -293,26 +307,33 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     if config.s3.is_none() {
         return Err(StartError::NoEmbeddedStore);
     }
-    hostkey::warn_if_readable_by_others(&config.users_file);
-    let users = match UsersFile::load_empty_ok(&config.users_file) {
-        Err(UsersError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StartError::NoUsersFile {
-                add: add_user_command(&path),
-                path,
-            })
+    let users_object = ObjectLocation::parse(&config.users_file)?;
+    let mut key_objects = Vec::new();
+    let mut key_files = Vec::new();
+    for setting in &config.host_keys {
+        match ObjectLocation::parse(setting)? {
+            Some(location) => key_objects.push(location),
+            None => key_files.push(setting.clone()),
         }
-        loaded => loaded?,
-    };
-    tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
-    if users.users().is_empty() {
-        tracing::warn!(
-            file = %config.users_file.display(),
-            "the users file has no users: nobody can log in until one is added with: {}",
-            add_user_command(&config.users_file)
-        );
     }
-    check_system_prefix(&config.transfer.system_prefix, &users)?;
-    let host_keys = hostkey::load(&config.state_dir, &config.host_keys)?;
+    // The local file now; a users object (`Err`) once the bucket is reachable, below.
+    let users_at = match users_object {
+        Some(location) => Err(location),
+        None => Ok(load_local_users(&config)?),
+    };
+    // Bucket keys alone replace the generated ones, as files do; the state directory is
+    // still made, for the control socket the generated keys' directory would have held.
+    let mut host_keys = if key_files.is_empty() && !key_objects.is_empty() {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| {
+            hostkey::HostKeyError::Write {
+                path: config.state_dir.clone(),
+                source,
+            }
+        })?;
+        Vec::new()
+    } else {
+        hostkey::load(&config.state_dir, &key_files)?
+    };
 
     let (s3, embedded) = match &config.s3 {
         Some(s3) => (s3.clone(), None),
@@ -342,6 +363,46 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         None => return Err(StartError::NoEmbeddedStore),
     };
     let client = client::build_client(&s3).await;
+    let (users, users_etag, users_source) = match users_at {
+        Ok(users) => (users, None, None),
+        Err(location) => {
+            let (users, etag, source) =
+                load_users_object(&config, &client, &s3.bucket, &location).await?;
+            (users, etag, Some(source))
+        }
+    };
+    if !key_objects.is_empty() {
+        for location in &key_objects {
+            location.check_bucket(&s3.bucket)?;
+        }
+        let keys_s3 = S3::new(
+            client.clone(),
+            s3.bucket.as_str().into(),
+            UploadChecksum::Md5,
+        );
+        let options = ObjectOptions::from_settings(&config.transfer.objects);
+        let bucket_keys =
+            bucket_hostkey::load(&keys_s3, &key_objects, &options, users.users()).await?;
+        for key in bucket_keys {
+            if host_keys
+                .iter()
+                .any(|k: &russh::keys::PrivateKey| k.algorithm() == key.algorithm())
+            {
+                return Err(StartError::HostKey(hostkey::HostKeyError::Bucket {
+                    location: key_objects
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    message: format!(
+                        "two host keys are {} keys; a client is shown one key per type, so give one of them only",
+                        key.algorithm()
+                    ),
+                }));
+            }
+            host_keys.push(key);
+        }
+    }
     // A user's prefix, for the probe that replaces HeadBucket under a prefix-scoped policy.
     let probe = users.users().first().map(|u| u.key_prefix.clone());
     client::check_bucket(&client, &s3, probe.as_deref()).await?;
@@ -410,11 +471,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     ));
     shared.tasks.spawn(rename_roll_forwards(shared.clone()));
     let reload = Arc::new(tokio::sync::Notify::new());
-    shared.tasks.spawn(crate::reload::watch(
-        shared.clone(),
-        config.users_file.clone(),
-        reload.clone(),
-    ));
+    match users_source {
+        Some(remote) => shared.tasks.spawn(crate::reload::watch_object(
+            shared.clone(),
+            remote,
+            users_etag,
+            config.users_poll,
+            reload.clone(),
+        )),
+        None => shared.tasks.spawn(crate::reload::watch(
+            shared.clone(),
+            config.users_file.clone(),
+            reload.clone(),
+        )),
+    };
     tracing::info!(%addr, session_threads = lanes.len(), "listening for SSH");
     if let Some(proxy) = &config.ssh.proxy_protocol {
         let trusted: Vec<String> = proxy.trusted.iter().map(|n| n.to_string()).collect();
@@ -488,6 +558,58 @@ async fn start_ops(settings: &OpsSettings, shared: &Arc<Shared>) -> Result<Ops, 
         drain_delay: settings.drain_delay,
         stop,
     })
+}
+
+/// Reads the local users file at start (an empty one holds no users).
+fn load_local_users(config: &ServerConfig) -> Result<UsersFile, StartError> {
+    hostkey::warn_if_readable_by_others(&config.users_file);
+    let users = match UsersFile::load_empty_ok(&config.users_file) {
+        Err(UsersError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StartError::NoUsersFile {
+                add: add_user_command(&path),
+                path,
+            })
+        }
+        loaded => loaded?,
+    };
+    tracing::info!(users = users.users().len(), file = %config.users_file.display(), "users loaded");
+    warn_if_no_users(config, &users);
+    check_system_prefix(&config.transfer.system_prefix, &users)?;
+    Ok(users)
+}
+
+/// Says that nobody can log in yet, and how to add a first user.
+fn warn_if_no_users(config: &ServerConfig, users: &UsersFile) {
+    if users.users().is_empty() {
+        tracing::warn!(
+            file = %config.users_file.display(),
+            "the users file has no users: nobody can log in until one is added with: {}",
+            add_user_command(&config.users_file)
+        );
+    }
+}
+
+/// Reads the users object at start: it must be in the served bucket, exist, be valid and
+/// lie outside every user's prefix. Returns the users, the ETag read and the handle the
+/// poll uses.
+async fn load_users_object(
+    config: &ServerConfig,
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    location: &ObjectLocation,
+) -> Result<(UsersFile, Option<String>, RemoteUsers), StartError> {
+    location.check_bucket(bucket)?;
+    let s3 = S3::new(client.clone(), bucket.into(), UploadChecksum::Md5);
+    let remote = RemoteUsers::new(
+        s3,
+        location.clone(),
+        ObjectOptions::from_settings(&config.transfer.objects),
+    );
+    let (users, etag) = remote.load().await?;
+    tracing::info!(users = users.users().len(), object = %location, "users loaded from the bucket");
+    warn_if_no_users(config, &users);
+    check_system_prefix(&config.transfer.system_prefix, &users)?;
+    Ok((users, etag, remote))
 }
 
 /// The command that adds a first user to the users file at `path` (which it creates).

@@ -25,6 +25,7 @@ mod s3_fault_logs;
 mod s3_faults;
 mod s3_production;
 mod s3_requests;
+mod scale_out;
 mod scp_legacy;
 mod secrets_in_logs;
 mod serve_cli;

@@ -36,6 +36,9 @@ pub enum HostKeyError {
     Unprotected { path: PathBuf, mode: u32 },
     #[error("host key {path}: {message}")]
     Unsupported { path: PathBuf, message: String },
+    /// A host key kept in the bucket could not be read, created or used.
+    #[error("host key {location}: {message}")]
+    Bucket { location: String, message: String },
     #[error(
         "host keys {first} and {second} are both {algorithm} keys; a client is shown one key \
          per type, so give one of them only"
@@ -172,7 +175,7 @@ pub fn inspect(state_dir: &Path, files: &[PathBuf]) -> Vec<Result<String, HostKe
 }
 
 /// A new key of `kind` (`ed25519`, `ecdsa` for P-256, `rsa` for RSA 3072).
-fn generate(kind: &str) -> Result<PrivateKey, HostKeyError> {
+pub(crate) fn generate(kind: &str) -> Result<PrivateKey, HostKeyError> {
     let generate_err = |e: russh::keys::ssh_key::Error| HostKeyError::Generate(e.to_string());
     let mut rng = rand::rng();
     match kind {
@@ -198,6 +201,13 @@ fn load_file(path: &Path) -> Result<PrivateKey, HostKeyError> {
         path: path.to_path_buf(),
         source,
     })?;
+    check_served(path, &key)?;
+    Ok(key)
+}
+
+/// Refuses an algorithm the server does not serve, and an RSA key that is too weak; `path`
+/// names the key in the error.
+pub(crate) fn check_served(path: &Path, key: &PrivateKey) -> Result<(), HostKeyError> {
     let unsupported = |message: String| HostKeyError::Unsupported {
         path: path.to_path_buf(),
         message,
@@ -222,7 +232,7 @@ fn load_file(path: &Path) -> Result<PrivateKey, HostKeyError> {
             )))
         }
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Refuses a key file that other users could read, as sshd does: any access for "others", or

@@ -1,6 +1,7 @@
 //! The SSH side: the russh configuration, the accept loop and per-connection handlers.
 //! Front ends get a channel and a [`crate::storage::UserStore`]; nothing here knows S3.
 
+pub mod bucket_hostkey;
 mod connection;
 pub mod guard;
 mod handler;

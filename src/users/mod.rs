@@ -26,6 +26,7 @@ mod lock;
 mod password;
 mod permissions;
 mod raw;
+pub mod remote;
 mod save;
 mod serialize;
 pub mod sftpgo;

@@ -903,6 +903,134 @@ fn copy_source(bucket: &str, key: &str) -> String {
     out
 }
 
+/// What [`S3::get_small`] found.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// No object at the key.
+    Absent,
+    /// The object still has the ETag given as `if_none_match` (304).
+    Unchanged,
+    /// The whole object and its ETag.
+    Body { bytes: Bytes, etag: Option<String> },
+}
+
+/// The condition of [`S3::put_conditional`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WriteCondition<'a> {
+    /// `If-None-Match: *`: only if there is no object yet.
+    Absent,
+    /// `If-Match`: only if the object still has this ETag.
+    Matches(&'a str),
+}
+
+/// What [`S3::put_conditional`] did.
+#[derive(Debug)]
+pub(crate) enum ConditionalPut {
+    /// Written.
+    Written,
+    /// The condition did not hold (412, or 409 for a concurrent create, or 404 for an
+    /// `If-Match` on a key that is gone): nothing was written.
+    ConditionFailed,
+    /// The store does not take the condition (501): nothing was written.
+    Unsupported,
+}
+
+/// Small whole objects written and read under conditions: the gateways' shared users
+/// object and host keys (see `users::remote` and `ssh::hostkey`).
+impl S3 {
+    /// GetObject of a whole small object, skipped (304) when it still has the ETag
+    /// `if_none_match`.
+    pub(crate) async fn get_small(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched> {
+        let sent = self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .set_if_none_match(if_none_match.map(str::to_string))
+            .send()
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                return if failure.is_not_found() {
+                    Ok(Fetched::Absent)
+                } else if failure.status == Some(304) {
+                    Ok(Fetched::Unchanged)
+                } else {
+                    Err(failure.into_error("GetObject"))
+                };
+            }
+        };
+        let etag = out.e_tag().map(str::to_string);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::S3 {
+                op: "GetObject",
+                status: None,
+                message: format!("reading the body failed: {e}"),
+                request_id: None,
+            })?
+            .into_bytes();
+        Ok(Fetched::Body { bytes, etag })
+    }
+
+    /// PutObject of `body` at `key` under `condition`, with the options of `options`.
+    /// Unlike [`S3::put_object_if_absent`], a store that ignores or refuses the condition
+    /// never gets a plain PutObject: the caller decides.
+    pub(crate) async fn put_conditional(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: WriteCondition<'_>,
+        options: &ObjectOptions,
+    ) -> Result<ConditionalPut> {
+        let sum = self.integrity(&body).await?;
+        let (if_match, if_none_match) = match condition {
+            WriteCondition::Absent => (None, Some("*".to_string())),
+            WriteCondition::Matches(etag) => (Some(etag.to_string()), None),
+        };
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match)
+            .set_content_type(options.content_type.map(str::to_string))
+            .set_storage_class(options.storage_class())
+            .set_server_side_encryption(options.sse())
+            .set_ssekms_key_id(options.kms_key_id())
+            .set_bucket_key_enabled(options.bucket_key())
+            .set_checksum_algorithm(sum.algorithm())
+            .set_content_md5(sum.md5)
+            .set_checksum_crc32_c(sum.crc32c)
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(ConditionalPut::Written),
+            Err(err) => {
+                let failure = S3Failure::from_sdk(&err);
+                match failure.status {
+                    Some(412) | Some(409) => Ok(ConditionalPut::ConditionFailed),
+                    Some(404) if matches!(condition, WriteCondition::Matches(_)) => {
+                        Ok(ConditionalPut::ConditionFailed)
+                    }
+                    Some(501) => Ok(ConditionalPut::Unsupported),
+                    _ => Err(failure.into_error("PutObject")),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
