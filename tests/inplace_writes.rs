@@ -276,10 +276,16 @@ async fn an_object_replaced_during_an_edit_is_a_conflict_at_close() {
     let t = TestServer::start().await;
     let s = t.russh_sftp(&t.alice).await;
     let key = format!("{}shared.txt", t.alice.prefix);
-    s.upload("/shared.txt", b"0123456789").await.expect("upload");
+    s.upload("/shared.txt", b"0123456789")
+        .await
+        .expect("upload");
     let h = s
         .raw
-        .open("/shared.txt", OpenFlags::READ | OpenFlags::WRITE, no_attrs())
+        .open(
+            "/shared.txt",
+            OpenFlags::READ | OpenFlags::WRITE,
+            no_attrs(),
+        )
         .await
         .expect("open r+")
         .handle;

@@ -9,8 +9,9 @@
 //!
 //! 1. Any order that keeps that promise stores exactly the file's bytes, single PutObject
 //!    or multipart alike, and leaves no pending multipart upload.
-//! 2. A sequence that leaves a gap, or whose out-of-order writes overlap, fails (at the
-//!    write or at `finish`) and leaves no object and no pending multipart upload.
+//! 2. A sequence that leaves a gap, or whose out-of-order writes overlap, stores what a
+//!    local file would hold (zeros in the gap, the newest bytes where writes overlap: the
+//!    upload switches to edit mode), and leaves no pending multipart upload.
 //! 3. A write below the written end (a rewrite) is refused without harming the upload.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -336,8 +337,22 @@ impl Spoil {
     }
 }
 
+/// What a local file holds after `writes` of `data`'s bytes, in order: zeros where
+/// nothing was written, the newest bytes where writes overlap.
+fn posix_result(data: &[u8], writes: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(off, len) in writes {
+        let (off, end) = (off as usize, (off + len) as usize);
+        if out.len() < end {
+            out.resize(end, 0);
+        }
+        out[off..end].copy_from_slice(&data[off..end]);
+    }
+    out
+}
+
 #[test]
-fn gaps_and_overlaps_fail_and_leave_nothing() {
+fn gaps_read_as_zeros_and_overlaps_keep_the_newest_bytes() {
     let fx = Fixture::new();
     let mut runner = Fixture::runner(24);
     let spoiled_cases = AtomicU64::new(0);
@@ -357,14 +372,20 @@ fn gaps_and_overlaps_fail_and_leave_nothing() {
                     .open_write(&path, WriteMode::default(), None)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
-                let wrote = write_all(&mut upload, &data, &spoiled).await;
-                let finished = upload.finish().await;
-                prop_assert!(
-                    wrote.is_err() || finished.is_err(),
-                    "a spoiled sequence was stored ({spoil:?})"
-                );
+                write_all(&mut upload, &data, &spoiled)
+                    .await
+                    .map_err(TestCaseError::fail)?;
+                let want = posix_result(&data, &spoiled);
+                let size = upload
+                    .finish()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("finish ({spoil:?}): {e}")))?;
+                prop_assert_eq!(size, want.len() as u64);
                 let (object, pending) = fx.outcome(&path).await;
-                prop_assert!(object.is_none(), "an object was left ({spoil:?})");
+                prop_assert!(
+                    object.as_deref() == Some(&want[..]),
+                    "stored bytes differ from a local file's ({spoil:?})"
+                );
                 prop_assert!(pending.is_empty(), "pending uploads: {pending:?}");
                 Ok(())
             })

@@ -259,6 +259,12 @@ impl Upload {
             }
             return self.hold_out_of_order(offset, data).await;
         }
+        let end = offset + data.len() as u64;
+        if self.pending.keys().next().is_some_and(|&held| held < end) {
+            // Over a held write: the newest bytes win, as in edit mode.
+            self.start_edit(None);
+            return self.edit_write(offset, data).await;
+        }
         self.append(data).await?;
         while let Some(entry) = self.pending.first_entry() {
             let off = *entry.key();
