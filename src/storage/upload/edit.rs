@@ -82,13 +82,15 @@ impl Edit {
             };
             let old_end = start + old.len() as u64;
             self.held -= old.len() as u64;
+            // What is left of an old write is copied out: a slice would keep the whole old
+            // allocation alive, unaccounted, under a few bytes.
             if start < offset {
-                let left = old.slice(..(offset - start) as usize);
+                let left = Bytes::copy_from_slice(&old[..(offset - start) as usize]);
                 self.held += left.len() as u64;
                 self.extents.insert(start, left);
             }
             if old_end > end {
-                let right = old.slice((end - start) as usize..);
+                let right = Bytes::copy_from_slice(&old[(end - start) as usize..]);
                 self.held += right.len() as u64;
                 self.extents.insert(end, right);
             }
@@ -109,7 +111,7 @@ impl Edit {
             let start = *last.key();
             let len = last.get().len() as u64;
             if start + len > size {
-                let kept = last.get().slice(..(size - start) as usize);
+                let kept = Bytes::copy_from_slice(&last.get()[..(size - start) as usize]);
                 self.held -= len - kept.len() as u64;
                 *last.get_mut() = kept;
             }
@@ -277,11 +279,11 @@ impl Upload {
                 return Ok(());
             };
             edit.held -= data.len() as u64;
+            // Its share of the budget goes to the part buffer it is copied into: a buffer
+            // never waits for memory that the held writes keep.
+            edit.reservation.shrink_to(edit.held);
             self.fill_to(offset).await?;
             self.append(data).await?;
-            if let Some(edit) = self.edit.as_mut() {
-                edit.reservation.shrink_to(edit.held);
-            }
         }
     }
 
@@ -299,11 +301,9 @@ impl Upload {
             }
             let (start, data) = first.remove_entry();
             edit.held -= data.len() as u64;
+            edit.reservation.shrink_to(edit.held);
             self.fill_to(start).await?;
             self.append(data).await?;
-            if let Some(edit) = self.edit.as_mut() {
-                edit.reservation.shrink_to(edit.held);
-            }
         }
     }
 
