@@ -309,3 +309,86 @@ async fn an_object_replaced_during_an_edit_is_a_conflict_at_close() {
         .is_empty());
     t.shutdown().await;
 }
+
+/// The parsed `bytes=a-b` of a ranged GET: how many bytes it asks for.
+fn range_len(range: &str) -> u64 {
+    let (a, b) = range
+        .trim_start_matches("bytes=")
+        .split_once('-')
+        .expect("a range");
+    b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1
+}
+
+/// A write in the middle of a 20 MiB object and an append to it never move the whole
+/// object through the gateway: the unchanged ranges are copied inside S3 (UploadPartCopy
+/// pinned to the ETag seen at OPEN), the edges come from small ranged GETs (pinned too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unchanged_ranges_are_copied_inside_s3() {
+    use crate::common::fault_proxy::{start_behind_proxy, Op};
+    let (t, proxy, view) = start_behind_proxy(|_| {}).await;
+    let key = format!("{}big.bin", t.alice.prefix);
+    let mut want = random_bytes(20 * MIB, 5);
+    view.put(&key, &want).await;
+    let s = t.russh_sftp(&t.alice).await;
+    proxy.record_requests();
+
+    let h = s
+        .raw
+        .open("/big.bin", OpenFlags::READ | OpenFlags::WRITE, no_attrs())
+        .await
+        .expect("open r+")
+        .handle;
+    let patch = random_bytes(100_000, 6);
+    let at = 10 * MIB + 7;
+    s.raw
+        .write(&h, at as u64, patch.clone())
+        .await
+        .expect("write in the middle");
+    s.raw.close(&h).await.expect("close");
+    want[at..at + patch.len()].copy_from_slice(&patch);
+    assert_eq!(
+        view.object(&key).await.map(|o| sha256(&o)),
+        Some(sha256(&want))
+    );
+    let copies = proxy.requests(Op::UploadPartCopy);
+    assert!(copies.len() >= 2, "{} UploadPartCopy", copies.len());
+    assert!(copies
+        .iter()
+        .all(|c| c.header("x-amz-copy-source-if-match").is_some()));
+    let gets = proxy.requests(Op::GetObject);
+    let fetched: u64 = gets
+        .iter()
+        .map(|g| range_len(g.header("range").expect("ranged")))
+        .sum();
+    assert!(fetched < 10 * MIB as u64, "{fetched} bytes fetched");
+    assert!(gets.iter().all(|g| g.header("if-match").is_some()));
+    assert!(proxy.requests(Op::PutObject).is_empty());
+
+    // An append: the old bytes are one copy, the new ones one part; nothing is read.
+    let before_gets = proxy.requests(Op::GetObject).len();
+    let h = s
+        .raw
+        .open("/big.bin", OpenFlags::WRITE | OpenFlags::APPEND, no_attrs())
+        .await
+        .expect("open for append")
+        .handle;
+    let tail = random_bytes(MIB, 7);
+    for (i, c) in tail.chunks(32 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 32 * 1024) as u64, c.to_vec())
+            .await
+            .expect("append");
+    }
+    s.raw.close(&h).await.expect("close");
+    want.extend_from_slice(&tail);
+    assert_eq!(
+        view.object(&key).await.map(|o| sha256(&o)),
+        Some(sha256(&want))
+    );
+    assert_eq!(proxy.requests(Op::GetObject).len(), before_gets, "no GET");
+    assert!(view
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
+    t.shutdown().await;
+}

@@ -30,6 +30,9 @@ use crate::storage::{Result, StorageError};
 pub const MAX_HOLE: u64 = 1 << 30;
 /// The largest unchanged range copied as one part (S3 takes up to 5 GiB).
 const COPY_PIECE: u64 = 512 * MIB;
+/// The smallest unchanged range at the end of a file copied as the last part (which S3
+/// lets be under 5 MiB); a shorter one is read with a GET.
+const TAIL_COPY_MIN: u64 = MIB;
 /// UploadPartCopy requests of one edit in flight.
 const COPY_IN_FLIGHT: usize = 4;
 /// Zeros appended a piece at a time.
@@ -282,7 +285,7 @@ impl Upload {
             // Its share of the budget goes to the part buffer it is copied into: a buffer
             // never waits for memory that the held writes keep.
             edit.reservation.shrink_to(edit.held);
-            self.fill_to(offset).await?;
+            self.fill_to(offset, false).await?;
             self.append(data).await?;
         }
     }
@@ -302,7 +305,7 @@ impl Upload {
             let (start, data) = first.remove_entry();
             edit.held -= data.len() as u64;
             edit.reservation.shrink_to(edit.held);
-            self.fill_to(start).await?;
+            self.fill_to(start, false).await?;
             self.append(data).await?;
         }
     }
@@ -311,13 +314,15 @@ impl Upload {
     pub(super) async fn finish_edit(&mut self) -> Result<()> {
         self.flush_extents(0).await?;
         let end = self.edit.as_ref().map_or(self.written, |e| e.end);
-        self.fill_to(end).await
+        self.fill_to(end, true).await
     }
 
     /// Brings the stream up to `target` with the base's bytes where it has them and zeros
     /// beyond. Unchanged ranges of 5 MiB and more are copied server-side (after the part
-    /// buffer is sent, once it is a valid part); shorter ones are read with ranged GETs.
-    async fn fill_to(&mut self, target: u64) -> Result<()> {
+    /// buffer is sent, once it is a valid part), and so is the file's unchanged tail of
+    /// 1 MiB or more (`last`: nothing follows `target`) in a file of more than a part,
+    /// as the last part; shorter ranges are read with ranged GETs.
+    async fn fill_to(&mut self, target: u64, last: bool) -> Result<()> {
         while self.written < target {
             let Some(edit) = self.edit.as_ref() else {
                 return Err(StorageError::Internal("not an edit".into()));
@@ -330,7 +335,10 @@ impl Upload {
             }
             let len = from_base - self.written;
             let buffered = self.buffer.len() as u64;
-            if len >= MIN_PART_SIZE && (buffered == 0 || buffered >= MIN_PART_SIZE) {
+            let ends_file = last && from_base == target && edit.end > self.part_size;
+            let copyable = |n: u64| n >= MIN_PART_SIZE || (ends_file && n >= TAIL_COPY_MIN);
+            let top_up = MIN_PART_SIZE.saturating_sub(buffered);
+            if copyable(len) && (buffered == 0 || buffered >= MIN_PART_SIZE) {
                 if buffered > 0 {
                     if let Err(e) = self.send_part().await {
                         return self.fail_with(e);
@@ -339,10 +347,9 @@ impl Upload {
                 if let Err(e) = self.copy_base(self.written, from_base).await {
                     return self.fail_with(e);
                 }
-            } else if len >= MIN_PART_SIZE {
+            } else if len > top_up && copyable(len - top_up) {
                 // Top the buffer up to a minimal part; the rest is copied next round.
-                self.get_base(self.written, MIN_PART_SIZE - buffered)
-                    .await?;
+                self.get_base(self.written, top_up).await?;
             } else {
                 self.get_base(self.written, len).await?;
             }
