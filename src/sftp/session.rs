@@ -669,7 +669,7 @@ impl Session {
         match attrs.size {
             Some(size) if size != current => Err(Refusal::new(
                 StatusCode::OpUnsupported,
-                "truncating or extending a file is not supported on S3",
+                "the handle is open for reading only: open the file for writing, or SETSTAT its path, to change its size",
             )),
             _ => {
                 if let (Some(path), Some(mtime)) = (stored_file, mtime) {
