@@ -392,3 +392,52 @@ async fn unchanged_ranges_are_copied_inside_s3() {
         .is_empty());
     t.shutdown().await;
 }
+
+/// Past the memory bound (a quarter of the transfer budget: 5 MiB here) the lowest held
+/// writes are streamed to S3; a write or a cut below them is then refused at the request
+/// itself, and the edit goes on and commits everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_below_the_streamed_bytes_are_refused_at_the_request() {
+    let t = TestServer::start().await;
+    let s = t.russh_sftp(&t.alice).await;
+    let key = format!("{}doc.bin", t.alice.prefix);
+    s.upload("/doc.bin", &random_bytes(1000, 8))
+        .await
+        .expect("upload");
+    let h = s
+        .raw
+        .open("/doc.bin", OpenFlags::READ | OpenFlags::WRITE, no_attrs())
+        .await
+        .expect("open r+")
+        .handle;
+    let data = random_bytes(8 * MIB, 9);
+    for (i, c) in data.chunks(256 * 1024).enumerate() {
+        s.raw
+            .write(&h, (i * 256 * 1024) as u64, c.to_vec())
+            .await
+            .expect("write");
+    }
+    assert_eq!(
+        status_code(&s.raw.write(&h, 0, b"late".to_vec()).await),
+        Some(StatusCode::Failure),
+        "a write below the streamed bytes"
+    );
+    let mut cut = no_attrs();
+    cut.size = Some(10);
+    assert_eq!(
+        status_code(&s.raw.fsetstat(&h, cut).await),
+        Some(StatusCode::Failure),
+        "a cut below the streamed bytes"
+    );
+    s.raw.close(&h).await.expect("close");
+    assert_eq!(
+        t.s3.object(&key).await.map(|o| sha256(&o)),
+        Some(sha256(&data))
+    );
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
+    t.shutdown().await;
+}

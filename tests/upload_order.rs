@@ -13,6 +13,8 @@
 //!    local file would hold (zeros in the gap, the newest bytes where writes overlap: the
 //!    upload switches to edit mode), and leaves no pending multipart upload.
 //! 3. A write below the written end (a rewrite) is refused without harming the upload.
+//! 4. Random writes and sizes on a stored file opened without truncation (an edit) store
+//!    what a local file would hold.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
