@@ -188,15 +188,29 @@ impl Upload {
             )));
         }
         let streams_on = offset == self.written && edit.extents.is_empty() && self.written > 0;
+        let account = self.store.account().clone();
+        let reserved = if streams_on {
+            None
+        } else {
+            match account.try_reserve(len) {
+                Some(more) => Some(more),
+                None => {
+                    // Stream what is held below this write first: that frees memory, and a
+                    // write that then continues the stream needs none of its own.
+                    self.flush_below(offset).await?;
+                    None
+                }
+            }
+        };
+        let streams_on = reserved.is_none()
+            && offset == self.written
+            && self.edit.as_ref().is_some_and(|e| e.extents.is_empty());
         if streams_on {
             self.append(data).await?;
         } else {
-            let account = self.store.account().clone();
-            let more = match account.try_reserve(len) {
+            let more = match reserved {
                 Some(more) => more,
                 None => {
-                    // Stream what is held below this write first: that frees memory.
-                    self.flush_below(offset).await?;
                     let Ok(more) = tokio::time::timeout(HOLD_PATIENCE, account.reserve(len)).await
                     else {
                         return Err(StorageError::BadRequest(format!(
