@@ -441,3 +441,93 @@ async fn changes_below_the_streamed_bytes_are_refused_at_the_request() {
         .is_empty());
     t.shutdown().await;
 }
+
+/// sshfs: `truncate` (SETSTAT size), appends (`>>`), a write in place without O_TRUNC,
+/// in a row on one mount, give the bytes a local file gets. Skipped where sshfs or FUSE
+/// is not available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sshfs_truncate_append_and_patch_match_a_local_file() {
+    use std::io::{Seek, SeekFrom, Write};
+    let t = TestServer::start().await;
+    let key = format!("{}doc.bin", t.alice.prefix);
+    let initial = random_bytes(10_000, 10);
+    t.s3.put(&key, &initial).await;
+    let mnt = t.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut args = vec![
+        "-p".to_string(),
+        t.port.to_string(),
+        "-o".to_string(),
+        format!("IdentityFile={}", t.alice.key_path.display()),
+    ];
+    for opt in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "IdentitiesOnly=yes",
+        "BatchMode=yes",
+    ] {
+        args.extend(["-o".to_string(), opt.to_string()]);
+    }
+    args.push(format!("{}@127.0.0.1:/", t.alice.name));
+    args.push(mnt.display().to_string());
+    let mounted = tokio::process::Command::new("sshfs")
+        .args(&args)
+        .output()
+        .await;
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!("SKIPPED: sshfs could not mount: {other:?}");
+            t.shutdown().await;
+            return;
+        }
+    }
+    let local = t.dir.path().join("doc.local");
+    std::fs::write(&local, &initial).unwrap();
+    let remote = mnt.join("doc.bin");
+    let (l, r) = (local.clone(), remote.clone());
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        for p in [&l, &r] {
+            let status = std::process::Command::new("truncate")
+                .args(["-s", "4000"])
+                .arg(p)
+                .status()?;
+            assert!(status.success(), "truncate {}", p.display());
+            let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+            f.write_all(b"appended line\n")?;
+            drop(f);
+            let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+            f.write_all(b"another line\n")?;
+            drop(f);
+            let mut f = std::fs::OpenOptions::new().write(true).open(p)?;
+            f.seek(SeekFrom::Start(100))?;
+            f.write_all(b"PATCHED")?;
+            drop(f);
+            let status = std::process::Command::new("truncate")
+                .args(["-s", "5000"])
+                .arg(p)
+                .status()?;
+            assert!(status.success(), "grow {}", p.display());
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let _ = tokio::process::Command::new("fusermount")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .await;
+    done.expect("the operations on the mount");
+    let want = std::fs::read(&local).unwrap();
+    assert_eq!(
+        t.s3.object(&key).await.map(|o| sha256(&o)),
+        Some(sha256(&want))
+    );
+    assert!(t
+        .s3
+        .wait_no_pending_uploads(&t.alice.prefix)
+        .await
+        .is_empty());
+    t.shutdown().await;
+}
