@@ -613,7 +613,26 @@ impl Session {
         }
     }
 
-    async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
+    async fn setstat(&mut self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
+        if let (Some(size), Ok(v)) = (attrs.size, parse_path(path)) {
+            // truncate(2) of a file this session has open for writing changes that open
+            // file (sshfs sends it while the kernel's close of the last write may still be
+            // on its way): a separate edit would be dropped by, or drop, that handle's.
+            let open = self.handles.values_mut().find_map(|h| match h {
+                OpenHandle::Write(w) if w.path == v => Some(w),
+                _ => None,
+            });
+            if let Some(w) = open {
+                let done = w.upload.set_len(size);
+                if done.is_ok() {
+                    if let Some(mtime) = attrs_mtime(attrs) {
+                        w.upload.set_mtime(mtime);
+                    }
+                }
+                audited(Action::Setstat, path, None, done)?;
+                return Ok(status_ok(id));
+            }
+        }
         let done = async {
             let v = parse_path(path)?;
             let entry = self.store.stat_for_client(&v).await?;
