@@ -17,6 +17,7 @@ mod hardening;
 mod host_keys;
 mod hostile_memory;
 mod hostile_ssh;
+mod inplace_writes;
 mod mtimes;
 mod operations;
 mod pipelining;

@@ -9,9 +9,12 @@
 //!
 //! 1. Any order that keeps that promise stores exactly the file's bytes, single PutObject
 //!    or multipart alike, and leaves no pending multipart upload.
-//! 2. A sequence that leaves a gap, or whose out-of-order writes overlap, fails (at the
-//!    write or at `finish`) and leaves no object and no pending multipart upload.
+//! 2. A sequence that leaves a gap, or whose out-of-order writes overlap, stores what a
+//!    local file would hold (zeros in the gap, the newest bytes where writes overlap: the
+//!    upload switches to edit mode), and leaves no pending multipart upload.
 //! 3. A write below the written end (a rewrite) is refused without harming the upload.
+//! 4. Random writes and sizes on a stored file opened without truncation (an edit) store
+//!    what a local file would hold.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -336,8 +339,22 @@ impl Spoil {
     }
 }
 
+/// What a local file holds after `writes` of `data`'s bytes, in order: zeros where
+/// nothing was written, the newest bytes where writes overlap.
+fn posix_result(data: &[u8], writes: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(off, len) in writes {
+        let (off, end) = (off as usize, (off + len) as usize);
+        if out.len() < end {
+            out.resize(end, 0);
+        }
+        out[off..end].copy_from_slice(&data[off..end]);
+    }
+    out
+}
+
 #[test]
-fn gaps_and_overlaps_fail_and_leave_nothing() {
+fn gaps_read_as_zeros_and_overlaps_keep_the_newest_bytes() {
     let fx = Fixture::new();
     let mut runner = Fixture::runner(24);
     let spoiled_cases = AtomicU64::new(0);
@@ -357,14 +374,20 @@ fn gaps_and_overlaps_fail_and_leave_nothing() {
                     .open_write(&path, WriteMode::default(), None)
                     .await
                     .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
-                let wrote = write_all(&mut upload, &data, &spoiled).await;
-                let finished = upload.finish().await;
-                prop_assert!(
-                    wrote.is_err() || finished.is_err(),
-                    "a spoiled sequence was stored ({spoil:?})"
-                );
+                write_all(&mut upload, &data, &spoiled)
+                    .await
+                    .map_err(TestCaseError::fail)?;
+                let want = posix_result(&data, &spoiled);
+                let size = upload
+                    .finish()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("finish ({spoil:?}): {e}")))?;
+                prop_assert_eq!(size, want.len() as u64);
                 let (object, pending) = fx.outcome(&path).await;
-                prop_assert!(object.is_none(), "an object was left ({spoil:?})");
+                prop_assert!(
+                    object.as_deref() == Some(&want[..]),
+                    "stored bytes differ from a local file's ({spoil:?})"
+                );
                 prop_assert!(pending.is_empty(), "pending uploads: {pending:?}");
                 Ok(())
             })
@@ -410,6 +433,89 @@ fn a_rewrite_is_refused_and_does_not_harm_the_upload() {
                 prop_assert_eq!(size, plan.size as u64);
                 let (object, pending) = fx.outcome(&path).await;
                 prop_assert!(object.as_deref() == Some(&data[..]), "stored bytes differ");
+                prop_assert!(pending.is_empty(), "pending uploads: {pending:?}");
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+/// One change to a stored file, as a client makes it through an edit handle.
+#[derive(Debug, Clone)]
+enum Change {
+    /// `len` bytes (seeded by `seed`) at `offset`; may lie past the end (a hole).
+    Write { offset: u64, len: u64, seed: u64 },
+    /// FSETSTAT(size).
+    SetLen(u64),
+}
+
+fn changes(size: u64) -> impl Strategy<Value = Vec<Change>> {
+    let reach = size + 2 * PART as u64;
+    let change = prop_oneof![
+        4 => (0..=reach, 1..=(3 * MIB as u64), any::<u64>())
+            .prop_map(|(offset, len, seed)| Change::Write { offset, len, seed }),
+        1 => (0..=reach).prop_map(Change::SetLen),
+    ];
+    proptest::collection::vec(change, 1..=8)
+}
+
+/// 4. Random writes and sizes on a stored file (opened without truncation) store what a
+///    local file would hold: the old bytes where nothing was written, zeros in holes and
+///    past a cut, the newest bytes where writes overlap; every multipart part S3 takes is
+///    large enough (the store refuses parts under 5 MiB but the last). A change the
+///    upload refuses (below the bytes already streamed) is left out of the local model
+///    too, and the refusal comes at the change itself.
+#[test]
+fn random_edits_of_a_stored_file_match_a_local_file() {
+    let fx = Fixture::new();
+    let mut runner = Fixture::runner(16);
+    let strategy = sizes(0).prop_flat_map(|size| (Just(size), any::<u64>(), changes(size as u64)));
+    runner
+        .run(&strategy, |(size, seed, changes)| {
+            fx.rt.block_on(async {
+                let path = fx.fresh_path();
+                let key = fx.store.jail().file_key(&path).expect("key");
+                let mut local = random_bytes(size, seed);
+                fx.view.put(&key, &local).await;
+                let mut upload = fx
+                    .store
+                    .open_write(&path, WriteMode::default(), None)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
+                for change in &changes {
+                    match *change {
+                        Change::Write { offset, len, seed } => {
+                            let data = random_bytes(len as usize, seed);
+                            if upload
+                                .write(offset, Bytes::from(data.clone()))
+                                .await
+                                .is_ok()
+                            {
+                                let (off, end) = (offset as usize, (offset + len) as usize);
+                                if local.len() < end {
+                                    local.resize(end, 0);
+                                }
+                                local[off..end].copy_from_slice(&data);
+                            }
+                        }
+                        Change::SetLen(len) => {
+                            if upload.set_len(len).is_ok() {
+                                local.resize(len as usize, 0);
+                            }
+                        }
+                    }
+                    prop_assert_eq!(upload.len(), local.len() as u64, "after {:?}", change);
+                }
+                let stored = upload
+                    .finish()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("finish: {e}")))?;
+                prop_assert_eq!(stored, local.len() as u64);
+                let (object, pending) = fx.outcome(&path).await;
+                prop_assert!(
+                    object.as_deref() == Some(&local[..]),
+                    "stored bytes differ from a local file's"
+                );
                 prop_assert!(pending.is_empty(), "pending uploads: {pending:?}");
                 Ok(())
             })

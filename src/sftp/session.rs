@@ -49,7 +49,8 @@ impl Default for SessionLimits {
 struct WriteHandle {
     upload: Upload,
     path: VirtualPath,
-    ending: Ending,
+    /// Opened with `FXF_APPEND`: every write goes at the end, whatever its offset.
+    append: bool,
     /// When OPEN made it, for the transfer log's duration.
     opened: Instant,
     /// Counts the file as open in `s3sftp sessions`, with its bytes.
@@ -65,20 +66,6 @@ struct ReadHandle {
     served: u64,
     /// Counts the file as open in `s3sftp sessions`, with its bytes.
     live: OpenFile,
-}
-
-/// Where the file being written ends, which decides what CLOSE commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// A new file, or one opened with TRUNC: it ends at the last byte written.
-    AtWritten,
-    /// An existing file of `old_size` bytes opened without TRUNC: it keeps whatever the
-    /// client does not overwrite, so closing it untouched leaves the object alone, and a
-    /// write of fewer bytes is refused (S3 cannot keep the old tail).
-    Untruncated { old_size: u64 },
-    /// Opened without TRUNC, then FSETSTAT set the size to the bytes written (OpenSSH
-    /// `scp` does): the file ends there, whatever it held before.
-    SetToWritten,
 }
 
 enum OpenHandle {
@@ -423,13 +410,8 @@ impl Session {
         attrs: &FileAttributes,
     ) -> Outcome {
         let v = parse_path(path)?;
-        if flags.contains(OpenFlags::APPEND) {
-            return Err(Refusal::new(
-                StatusCode::OpUnsupported,
-                "appending is not supported on S3",
-            ));
-        }
-        if !flags.contains(OpenFlags::WRITE) {
+        let append = flags.contains(OpenFlags::APPEND);
+        if !flags.contains(OpenFlags::WRITE) && !append {
             let download = self.store.open_read_listed(&v).await?;
             let live = self.activity.open_file(v.as_str(), Direction::Download);
             let read = ReadHandle {
@@ -446,6 +428,18 @@ impl Session {
             .values()
             .filter(|h| matches!(h, OpenHandle::Write(_)))
             .count();
+        let open_here = self
+            .handles
+            .values()
+            .any(|h| matches!(h, OpenHandle::Write(w) if w.path == v));
+        if open_here {
+            // Two edits of one file would each build a new version from the same old
+            // one, and the later CLOSE would drop the other's changes: refused up front.
+            return Err(Refusal::new(
+                StatusCode::Failure,
+                "the file is already open for writing on another handle of this session: close that one first",
+            ));
+        }
         if uploads >= self.limits.max_uploads {
             tracing::info!(user = %self.username, limit = self.limits.max_uploads, "upload refused: too many concurrent uploads in this session");
             return Err(Refusal::new(
@@ -472,19 +466,13 @@ impl Session {
                 "no such file (open without CREATE)",
             ));
         }
-        let ending = match upload.existing_size() {
-            Some(old_size) if !flags.contains(OpenFlags::TRUNCATE) => {
-                Ending::Untruncated { old_size }
-            }
-            _ => Ending::AtWritten,
-        };
         let live = self.activity.open_file(v.as_str(), Direction::Upload);
         self.add_handle(
             id,
             OpenHandle::Write(Box::new(WriteHandle {
                 upload,
                 path: v,
-                ending,
+                append,
                 opened: Instant::now(),
                 live,
             })),
@@ -494,6 +482,20 @@ impl Session {
     async fn read(&mut self, id: u32, handle: &str, offset: u64, len: u32) -> Outcome {
         let read = match self.handles.get_mut(handle) {
             Some(OpenHandle::Read(r)) => r,
+            Some(OpenHandle::Write(w)) => {
+                // An `r+` handle reads the file as its writes left it.
+                let len = u64::from(len.min(MAX_READ));
+                return match w.upload.read(offset, len).await {
+                    Ok(data) if data.is_empty() => {
+                        Err(Refusal::new(StatusCode::Eof, "end of file"))
+                    }
+                    Ok(data) => Ok(codec::data(id, &data)),
+                    Err(e) => {
+                        tracing::info!(user = %self.username, key = %w.upload.key(), "read refused: {e}");
+                        Err(e.into())
+                    }
+                };
+            }
             Some(_) => {
                 return Err(Refusal::new(
                     StatusCode::Failure,
@@ -529,6 +531,8 @@ impl Session {
             None => return Err(Refusal::bad_handle()),
         };
         let len = data.len() as u64;
+        // POSIX O_APPEND: the end of the file, whatever offset the client sent.
+        let offset = if w.append { w.upload.len() } else { offset };
         match w.upload.write(offset, data).await {
             Ok(()) => {
                 w.live.moved(len);
@@ -563,35 +567,18 @@ impl Session {
         let WriteHandle {
             upload,
             path,
-            ending,
             opened,
             // Open in `s3sftp sessions` until the commit below is done.
             live: _live,
+            ..
         } = *w;
-        if let Ending::Untruncated { old_size } = ending {
-            if upload.is_empty() {
-                upload.abort().await;
-                return Ok(status_ok(id));
-            }
-            let written = upload.len();
-            if written < old_size {
-                upload.abort().await;
-                audit::transfer(
-                    Protocol::Sftp,
-                    Direction::Upload,
-                    path.as_str(),
-                    written,
-                    opened.elapsed(),
-                    TransferResult::Abandoned("partial overwrite refused"),
-                );
-                tracing::info!(user = %self.username, path = %path, written, old_size, "partial overwrite refused at close");
-                return Err(Refusal::new(
-                    StatusCode::OpUnsupported,
-                    format!(
-                        "only the first {written} of the file's {old_size} bytes were written and it was not truncated: changing part of a stored file is not supported on S3; the file is unchanged"
-                    ),
-                ));
-            }
+        if upload.edit_unchanged() {
+            // An existing file opened and closed without a change: nothing to store (but
+            // a time the client set on the handle).
+            return match upload.finish().await {
+                Ok(_) => Ok(status_ok(id)),
+                Err(e) => Err(e.into()),
+            };
         }
         let key = upload.key().to_string();
         let written = upload.len();
@@ -626,15 +613,35 @@ impl Session {
         }
     }
 
-    async fn setstat(&self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
+    async fn setstat(&mut self, id: u32, path: &str, attrs: &FileAttributes) -> Outcome {
+        if let (Some(size), Ok(v)) = (attrs.size, parse_path(path)) {
+            // truncate(2) of a file this session has open for writing changes that open
+            // file (sshfs sends it while the kernel's close of the last write may still be
+            // on its way): a separate edit would be dropped by, or drop, that handle's.
+            let open = self.handles.values_mut().find_map(|h| match h {
+                OpenHandle::Write(w) if w.path == v => Some(w),
+                _ => None,
+            });
+            if let Some(w) = open {
+                let done = w.upload.set_len(size);
+                if done.is_ok() {
+                    if let Some(mtime) = attrs_mtime(attrs) {
+                        w.upload.set_mtime(mtime);
+                    }
+                }
+                audited(Action::Setstat, path, None, done)?;
+                return Ok(status_ok(id));
+            }
+        }
         let done = async {
             let v = parse_path(path)?;
             let entry = self.store.stat_for_client(&v).await?;
             match attrs.size {
                 Some(size) if entry.kind == EntryKind::File && size != entry.size => {
-                    return Err(StorageError::Unsupported(
-                        "changing the size of a stored file is not supported on S3",
-                    ))
+                    // truncate(2): a server-side edit, the time (if any) stored with it.
+                    self.store.set_size(&v, size, attrs_mtime(attrs)).await?;
+                    tracing::debug!(user = %self.username, path = %v, size, "size set");
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -657,16 +664,19 @@ impl Session {
         let mut stored_file = None;
         let current = match self.handles.get_mut(handle) {
             Some(OpenHandle::Write(w)) => {
-                let written = w.upload.len();
-                if attrs.size == Some(written) && w.ending != Ending::AtWritten {
-                    w.ending = Ending::SetToWritten;
+                if let Some(size) = attrs.size {
+                    // ftruncate(2): cuts or grows the file being written (OpenSSH `scp`
+                    // sets the size it wrote); refused here when it cannot be done.
+                    if let Err(e) = w.upload.set_len(size) {
+                        tracing::info!(user = %self.username, key = %w.upload.key(), "size refused: {e}");
+                        return Err(e.into());
+                    }
                 }
-                // A request that also asks for another size is refused below, time and all.
-                if let Some(mtime) = mtime.filter(|_| attrs.size.is_none_or(|s| s == written)) {
+                if let Some(mtime) = mtime {
                     // Stored with the object when the handle is closed.
                     w.upload.set_mtime(mtime);
                 }
-                written
+                w.upload.len()
             }
             Some(OpenHandle::Read(r)) => {
                 stored_file = Some(r.path.clone());
@@ -678,7 +688,7 @@ impl Session {
         match attrs.size {
             Some(size) if size != current => Err(Refusal::new(
                 StatusCode::OpUnsupported,
-                "truncating or extending a file is not supported on S3",
+                "the handle is open for reading only: open the file for writing, or SETSTAT its path, to change its size",
             )),
             _ => {
                 if let (Some(path), Some(mtime)) = (stored_file, mtime) {

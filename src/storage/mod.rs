@@ -750,8 +750,10 @@ impl UserStore {
         // Refuse before looking, so a denied open (EXCL included) reveals nothing about
         // what is at the path.
         self.check(Permission::Upload, path)?;
-        let (file, dir) = tokio::join!(self.cached_head(&key), self.dir_entry_unless_known(path));
-        let existing = match file? {
+        // A fresh HEAD, not the cache's: an edit is pinned to the ETag it tells.
+        let (file, dir) = tokio::join!(self.head(&key), self.dir_entry_unless_known(path));
+        let base = file?;
+        let existing = match &base {
             Some(head) => Existing::Present { size: head.size },
             None => Existing::Absent,
         };
@@ -773,7 +775,38 @@ impl UserStore {
         if !exists || mode.replace {
             upload.show_while_written();
         }
+        if let Some(head) = base {
+            // Not truncated: the file keeps every byte the client does not write over.
+            upload.start_edit(Some(upload::Base {
+                size: head.size,
+                etag: head.etag,
+            }));
+        }
         Ok(upload)
+    }
+
+    /// Sets the size of the file at `path` (SETSTAT size, `truncate`): a server-side
+    /// edit that keeps the first `size` bytes (copied) and adds zeros past the old end.
+    /// Needs the rights to upload and overwrite there.
+    pub async fn set_size(
+        &self,
+        path: &VirtualPath,
+        size: u64,
+        mtime: Option<SystemTime>,
+    ) -> Result<()> {
+        let mut upload = self.open_write(path, WriteMode::default(), None).await?;
+        if upload.existing_size().is_none() {
+            upload.abort().await;
+            return Err(StorageError::NotFound);
+        }
+        if let Some(mtime) = mtime {
+            upload.set_mtime(mtime);
+        }
+        if let Err(e) = upload.set_len(size) {
+            upload.abort().await;
+            return Err(e);
+        }
+        upload.finish().await.map(|_| ())
     }
 
     /// Fails with [`StorageError::IsADirectory`] if `path` is a directory (and no file).

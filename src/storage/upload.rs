@@ -5,6 +5,12 @@
 //! larger becomes a multipart upload that is completed at `finish` and aborted on any
 //! failure or when the `Upload` is dropped unfinished. Either way nothing is visible at
 //! the key until the whole object is committed.
+//!
+//! Writes that do not follow on from the bytes before them (an existing file opened
+//! without truncation, appends, holes, a size set) switch the upload to edit mode
+//! ([`edit`]), which builds the same object a local file system would hold.
+
+mod edit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +24,8 @@ use super::s3::multipart::MAX_PARTS;
 use super::s3::Multipart;
 use super::writing::Shown;
 use super::{Result, StorageError, UserStore};
+pub(crate) use edit::Base;
+pub use edit::MAX_HOLE;
 
 /// S3's largest part.
 const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
@@ -111,6 +119,8 @@ pub struct Upload {
     /// The file's entry among those being written (see `writing`), for a new or truncated
     /// file: STAT and listings show it until the upload is dropped.
     shown: Option<Shown>,
+    /// Edit mode: writes anywhere, over the object opened or over nothing (see [`edit`]).
+    edit: Option<edit::Edit>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -177,6 +187,7 @@ impl Upload {
             mtime: None,
             multipart_mtime: None,
             shown: None,
+            edit: None,
         }
     }
 
@@ -227,8 +238,12 @@ impl Upload {
         }
     }
 
-    /// Bytes accepted so far, counting out-of-order data waiting for its gap.
+    /// Bytes accepted so far, counting out-of-order data waiting for its gap; in edit
+    /// mode, the file's size as the client sees it.
     pub fn len(&self) -> u64 {
+        if let Some(len) = self.edit_len() {
+            return len;
+        }
         self.pending
             .iter()
             .next_back()
@@ -250,6 +265,9 @@ impl Upload {
         if data.is_empty() {
             return Ok(());
         }
+        if self.edit.is_some() {
+            return self.edit_write(offset, data).await.map_err(edit::conflict);
+        }
         if offset < self.written {
             return Err(StorageError::Unsupported(
                 "rewriting data that was already written is not supported on S3",
@@ -257,11 +275,17 @@ impl Upload {
         }
         if offset > self.written {
             if self.written == 0 && self.pending.is_empty() {
-                return Err(StorageError::Unsupported(
-                    "resuming an upload is not supported on S3: upload the whole file again",
-                ));
+                // A new file that starts with a hole: the bytes before read as zeros.
+                self.start_edit(None);
+                return self.edit_write(offset, data).await;
             }
             return self.hold_out_of_order(offset, data).await;
+        }
+        let end = offset + data.len() as u64;
+        if self.pending.keys().next().is_some_and(|&held| held < end) {
+            // Over a held write: the newest bytes win, as in edit mode.
+            self.start_edit(None);
+            return self.edit_write(offset, data).await;
         }
         self.append(data).await?;
         while let Some(entry) = self.pending.first_entry() {
@@ -289,25 +313,15 @@ impl Upload {
         let len = data.len() as u64;
         let end = offset.saturating_add(len);
         let window = self.store.storage().settings().reorder_window;
-        if end - self.written > window {
-            return self.fail(format!(
-                "write at offset {offset} is more than {window} bytes past the written end {}",
-                self.written
-            ));
-        }
         let before = self.pending.range(..=offset).next_back();
         let after = self.pending.range(offset..).next();
         let overlaps = before.is_some_and(|(off, d)| off + d.len() as u64 > offset)
             || after.is_some_and(|(off, _)| *off < end);
-        if overlaps {
-            return self.fail(format!(
-                "write at offset {offset} overlaps another write that is still waiting for the bytes before it"
-            ));
-        }
-        if self.pending_bytes + len > window {
-            return self.fail(format!(
-                "more than {window} bytes of writes are waiting for the bytes before them"
-            ));
+        if end - self.written > window || overlaps || self.pending_bytes + len > window {
+            // Not a reordering any more: a hole, or a write over a held one. Edit mode
+            // keeps the bytes a local file would (zeros in holes, the newest write wins).
+            self.start_edit(None);
+            return self.edit_write(offset, data).await;
         }
         let account = self.store.account().clone();
         let Ok(more) = tokio::time::timeout(HOLD_PATIENCE, account.reserve(len)).await else {
@@ -324,7 +338,7 @@ impl Upload {
 
     /// Commits the object. Returns only once S3 has it; on error nothing is left behind.
     pub async fn finish(mut self) -> Result<u64> {
-        let result = self.commit().await;
+        let result = self.commit().await.map_err(edit::conflict);
         self.state = State::Finished;
         if result.is_err() {
             self.abort_now().await;
@@ -360,11 +374,19 @@ impl Upload {
             self.mtime = Some(mtime);
         }
         self.await_preflight().await?;
-        if let Some(&gap_end) = self.pending.keys().next() {
-            return self.fail(format!(
-                "the upload has a gap: bytes {}..{gap_end} were never written",
-                self.written
-            ));
+        if !self.pending.is_empty() {
+            // Bytes never written before a held write read as zeros.
+            self.start_edit(None);
+        }
+        if self.edit_unchanged() {
+            // An existing file opened and left as it was: no request, but a time set.
+            if let Some(mtime) = self.mtime {
+                self.store.set_mtime_of_key(&self.key, mtime).await?;
+            }
+            return Ok(self.len());
+        }
+        if self.edit.is_some() {
+            self.finish_edit().await?;
         }
         let size = self.written;
         if self.multipart.is_none() {
@@ -502,9 +524,9 @@ impl Upload {
         Ok(())
     }
 
-    /// Hands the current buffer to a background UploadPart, starting the multipart upload
-    /// first if needed and waiting while too many parts are in flight.
-    async fn send_part(&mut self) -> Result<()> {
+    /// Starts the multipart upload unless it is started, with the object's options and
+    /// the modification time known now.
+    async fn ensure_multipart(&mut self) -> Result<()> {
         if self.multipart.is_none() {
             let storage = self.store.storage();
             let options = super::s3::ObjectOptions {
@@ -515,6 +537,13 @@ impl Upload {
             self.multipart = Some(mp);
             self.multipart_mtime = self.mtime;
         }
+        Ok(())
+    }
+
+    /// Hands the current buffer to a background UploadPart, starting the multipart upload
+    /// first if needed and waiting while too many parts are in flight.
+    async fn send_part(&mut self) -> Result<()> {
+        self.ensure_multipart().await?;
         let max_in_flight = self.max_in_flight;
         let Some(mp) = self.multipart.as_mut() else {
             return Err(StorageError::Internal("multipart upload vanished".into()));
