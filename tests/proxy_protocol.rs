@@ -234,9 +234,9 @@ async fn sftp_through_v1_and_v2_headers_uses_the_claimed_address() {
     assert_eq!(password_ok(v2_ipv6.port, PASSWORD).await, Ok(true));
 
     for line in [
-        "login user=alice peer=203.0.113.7:40001",
-        "login user=alice peer=203.0.113.8:40002",
-        "login user=alice peer=[2001:db8::7]:40003",
+        "peer=203.0.113.7:40001 user=alice}",
+        "peer=203.0.113.8:40002 user=alice}",
+        "peer=[2001:db8::7]:40003 user=alice}",
     ] {
         assert!(
             wait_for_log(line).await,
@@ -421,7 +421,7 @@ async fn a_trusted_peer_without_a_valid_header_is_closed_and_others_are_served()
     // The server still serves clients that come through the balancer.
     let relay = Relay::start(t.port, v1_header(addr("203.0.113.40:4000"))).await;
     round_trip(&t, relay.port, "still-serving.bin", 4).await;
-    assert!(wait_for_log("login user=alice peer=203.0.113.40:4000").await);
+    assert!(wait_for_log("peer=203.0.113.40:4000 user=alice}").await);
     t.shutdown().await;
 }
 
@@ -465,7 +465,7 @@ async fn untrusted_peers_are_direct_clients_and_their_headers_are_ignored() {
     // 127.0.0.1 is not a trusted balancer: a plain SSH client works.
     let out = t.sftp(&t.alice, "ls\n").await;
     assert!(out.status.success(), "direct client: {}", stderr(&out));
-    assert!(wait_for_log("login user=alice peer=127.0.0.1:").await);
+    assert!(wait_for_line(&["peer=127.0.0.1:", "user=alice}", "login"]).await);
 
     // A header it sends is not taken as one: the connection fails as SSH would, and the
     // claimed address appears nowhere.
