@@ -19,11 +19,13 @@ on the SIGTERMed gateway that failed is told apart from one dropped by the SIGKI
 
 Exit status: 0 when nothing was violated, 1 on any violation, 2 when the test could not run.
 
-    deploy/local-cluster/kill_test.py [--clients 20] [--duration 150] ...
+    deploy/local-cluster/kill_test.py [--clients 20] [--duration 120] ...
 """
 
 import argparse
+import collections
 import hashlib
+import logging
 import math
 import os
 import random
@@ -93,7 +95,7 @@ class Failure:
     client: int
     op: str
     name: str
-    phase: str  # connect, open, transfer, close
+    phase: str  # idle (between files), open, transfer, close
     at: float
     conn: Conn
     error: str
@@ -114,12 +116,24 @@ class Shared:
     failures: list = field(default_factory=list)
     conns: list = field(default_factory=list)
     reconnects: int = 0
-    between_files: int = 0
     downloads_ok: int = 0
     download_mismatches: list = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
     gave_up: list = field(default_factory=list)
+
+
+class Told(logging.Handler):
+    """Counts the SSH disconnect messages the gateways sent (paramiko logs each one)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = collections.Counter()
+
+    def emit(self, record):  # called under the handler's own lock
+        msg = record.getMessage()
+        if msg.startswith("Disconnect (code"):
+            self.messages[msg] += 1
 
 
 def content(seed, size):
@@ -174,8 +188,11 @@ class Client(threading.Thread):
                 t.start_client(timeout=30)
                 conn.host_key = t.get_remote_server_key().get_fingerprint().hex()
                 t.auth_password(self.env["CLUSTER_USER"], self.env["CLUSTER_PASSWORD"])
-                sftp = paramiko.SFTPClient.from_transport(t)
-                sftp.get_channel().settimeout(self.args.op_timeout)
+                # As SFTPClient.from_transport, with a timeout on the channel open too.
+                chan = t.open_session(timeout=30)
+                chan.settimeout(self.args.op_timeout)
+                chan.invoke_subsystem("sftp")
+                sftp = paramiko.SFTPClient(chan)
                 with self.shared.lock:
                     self.shared.conns.append(conn)
                 self.transport, self.sftp, self.conn = t, sftp, conn
@@ -268,8 +285,7 @@ class Client(threading.Thread):
                     # The gateway ended the session between two files (SIGTERM drain, told
                     # with an SSH disconnect) or the connection died: reconnect.
                     if self.transport is not None:
-                        with self.shared.lock:
-                            self.shared.between_files += 1
+                        self.fail("-", "-", "idle", "the session was closed before the next file")
                     self.drop()
                     self.connect()
                     with self.shared.lock:
@@ -376,13 +392,54 @@ def pending_uploads(s3, bucket, prefix):
         kw["UploadIdMarker"] = page["NextUploadIdMarker"]
 
 
+class MultipartWatch(threading.Thread):
+    """Polls the bucket's pending multipart uploads all along: which existed, from when to
+    when (so the ones the SIGKILL left behind are known even after the sweep removed them)."""
+
+    def __init__(self, env, bucket, prefix):
+        super().__init__(name="multipart-watch", daemon=True)
+        self.s3 = s3_client(env)
+        self.bucket, self.prefix = bucket, prefix
+        self.seen = {}  # (key, upload id) -> [first seen, last seen]
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                now = time.time()
+                for key, upload_id, _ in pending_uploads(self.s3, self.bucket, self.prefix):
+                    self.seen.setdefault((key, upload_id), [now, now])[1] = now
+            except Exception:
+                pass
+            self.done.wait(3)
+
+
+SWEEP_LINE = re.compile(r"^(\S+Z) .*orphaned multipart upload aborted key=(\S+) upload_id=(\S+)")
+
+
+def sweep_aborts(state):
+    """upload id -> (gateway, time) of every abort the gateways' orphan sweeps logged."""
+    out = {}
+    for n in (1, 2, 3):
+        try:
+            with open(os.path.join(state, "gw", str(n), "log"), errors="replace") as f:
+                for line in f:
+                    m = SWEEP_LINE.match(line)
+                    if m:
+                        at = datetime.fromisoformat(m.group(1)[:26].rstrip("Z") + "+00:00").timestamp()
+                        out[m.group(3)] = (f"gw{n}", at)
+        except OSError:
+            pass
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--duration", type=float, default=150, help="seconds of load [150]")
-    p.add_argument("--kill-at", type=float, default=30, help="SIGKILL a gateway at this second [30]")
+    p.add_argument("--duration", type=float, default=120, help="seconds of load [120]")
+    p.add_argument("--kill-at", type=float, default=25, help="SIGKILL a gateway at this second [25]")
     p.add_argument("--restart-killed-after", type=float, default=15, help="restart it this much later [15]")
-    p.add_argument("--term-at", type=float, default=75, help="SIGTERM another gateway at this second [75]")
+    p.add_argument("--term-at", type=float, default=70, help="SIGTERM another gateway at this second [70]")
     p.add_argument("--min-size", type=parse_size, default=parse_size("256KiB"))
     p.add_argument("--max-size", type=parse_size, default=parse_size("20MiB"))
     p.add_argument("--download-share", type=float, default=0.4, help="share of operations that download [0.4]")
@@ -416,6 +473,12 @@ def main():
           f"{env.get('CLUSTER_ORPHAN_AGE')}, sweep every {env.get('CLUSTER_ORPHAN_SWEEP')}, drain delay "
           f"{env.get('CLUSTER_DRAIN_DELAY')}, grace {env.get('CLUSTER_SHUTDOWN_GRACE')}")
 
+    told = Told()
+    plog = logging.getLogger("paramiko")
+    plog.setLevel(logging.INFO)
+    plog.addHandler(told)
+    plog.propagate = False  # the clients' own errors are counted, not printed
+
     shared = Shared()
     stop = threading.Event()
     args.t0 = t0 = time.time()
@@ -425,6 +488,8 @@ def main():
         events.append((time.time(), text))
         print(f"  [{time.time() - t0:6.1f} s] {text}", flush=True)
 
+    watch = MultipartWatch(env, bucket, prefix)
+    watch.start()
     clients = [Client(i, args, env, shared, stop) for i in range(args.clients)]
     for c in clients:
         c.start()
@@ -467,18 +532,25 @@ def main():
     t_term_exit = time.time()
     note(f"gw{termed} exited {t_term_exit - t_term:.1f} s after SIGTERM")
     start_gateway(termed)
+    t_term_restart = time.time()
     note(f"gw{termed} restarted")
 
     sleep_until(args.duration)
     stop.set()
     note("load over: clients finish their current transfer")
+    join_by = time.time() + args.op_timeout + 60
     for c in clients:
-        c.join(timeout=args.op_timeout + 60)
+        c.join(timeout=max(0, join_by - time.time()))
+    stuck = [c.idx for c in clients if c.is_alive()]
+    if stuck:
+        violations_early = [f"clients {stuck} still busy {args.op_timeout + 60:.0f} s after the load ended"]
+    else:
+        violations_early = []
     note("clients done")
     time.sleep(2)  # HAProxy logs a connection when it ends
     attribute(state, shared.conns)
 
-    violations = []
+    violations = list(violations_early)
 
     # Failures, by cause.
     by_kill, drain_between, drain_in_flight, other = [], [], [], []
@@ -487,12 +559,18 @@ def main():
         if gw == f"gw{killed}" and f.at >= t_kill and f.conn.started < t_kill:
             by_kill.append(f)
         elif gw == f"gw{termed}" and f.at >= t_term and f.conn.started < t_term_exit:
-            (drain_between if f.phase in ("connect", "open") else drain_in_flight).append(f)
+            (drain_between if f.phase in ("idle", "open") else drain_in_flight).append(f)
         else:
             other.append(f)
     for f in drain_in_flight:
         violations.append(f"a transfer in flight failed during the SIGTERM drain of gw{termed}: "
                           f"client {f.client} {f.op} {f.name} in {f.phase}: {f.error}")
+    # HAProxy must send the draining gateway no new client once it marked it down.
+    sent_while_out = [c for c in shared.conns if c.gateway == f"gw{termed}" and out_at is not None
+                      and out_at + 0.5 < c.started < t_term_restart]
+    for c in sent_while_out:
+        violations.append(f"HAProxy sent client {c.client} to gw{termed} {c.started - out_at:.1f} s "
+                          "after marking it down")
     keys = {c.host_key for c in shared.conns}
     if len(keys) != 1:
         violations.append(f"clients saw {len(keys)} different host keys across the gateways")
@@ -548,10 +626,7 @@ def main():
     if pending:
         oldest = min(i for _, _, i in pending).timestamp()
         if age is not None and sweep is not None and age + sweep < 3600:
-            deadline = oldest + age + sweep + 30
-            waited_from = time.time()
-            if deadline - time.time() > args.sweep_wait:
-                deadline = time.time() + args.sweep_wait
+            deadline = min(oldest + age + sweep + 30, time.time() + args.sweep_wait)
             note(f"{len(pending)} multipart uploads pending: waiting up to "
                  f"{max(0, deadline - time.time()):.0f} s for the orphan sweep")
             while pending and time.time() < deadline:
@@ -560,12 +635,30 @@ def main():
             if pending:
                 violations.append(f"{len(pending)} multipart uploads still pending "
                                   f"{time.time() - oldest:.0f} s after the oldest began")
-            sweep_note = (f"aborted by the survivors' orphan sweep within {time.time() - waited_from:.0f} s "
-                          f"of the end: {pending_at_end - len(pending)}, still pending: {len(pending)}")
         else:
-            sweep_note = (f"not waited for: the gateways abort orphans older than "
-                          f"{env.get('CLUSTER_ORPHAN_AGE')} (ORPHAN_AGE=2m ORPHAN_SWEEP=20s cluster.sh up "
+            sweep_note = (f" (not waited for: the gateways abort orphans older than "
+                          f"{env.get('CLUSTER_ORPHAN_AGE')}; ORPHAN_AGE=2m ORPHAN_SWEEP=20s cluster.sh up "
                           f"to see them aborted here)")
+    watch.done.set()
+    watch.join()
+    still = {(k, i) for k, i, _ in pending}
+    # The multipart uploads the SIGKILL left behind: those of the uploads it broke that
+    # were still there after it.
+    killed_names = {f.name for f in by_kill if f.op == "upload"}
+    left = [(k, i) for (k, i), (first, last) in watch.seen.items()
+            if k[len(prefix):] in killed_names and last > t_kill + 4]
+    aborts = sweep_aborts(state)
+    left_aborted = [aborts[i] for k, i in left if (k, i) not in still and i in aborts]
+    left_gone_otherwise = [(k, i) for k, i in left if (k, i) not in still and i not in aborts]
+    left_pending = [(k, i) for k, i in left if (k, i) in still]
+    for k, i in left_gone_otherwise:
+        violations.append(f"multipart upload {k} {i[:12]}... left by the SIGKILL disappeared, "
+                          "but no gateway logged aborting it")
+    # Any other upload the sweep aborted was a live one: the age was too short for the load.
+    for upload_id, (gw, at) in aborts.items():
+        if upload_id not in {i for _, i in left}:
+            violations.append(f"{gw} swept multipart upload {upload_id[:12]}... that the SIGKILL did not "
+                              "leave behind (a live upload? raise ORPHAN_AGE)")
 
     attempted_unacked = len(shared.uploads) - len(acked)
     print()
@@ -579,20 +672,31 @@ def main():
           f"({shared.bytes_down / MIB:.0f} MiB)")
     print(f"partial objects found:                     {len(partial)}")
     print(f"unknown objects found:                     {len(unknown)}")
-    print(f"multipart uploads pending after the load:  {pending_at_end}"
-          + (f" ({sweep_note})" if sweep_note else ""))
+    print(f"multipart uploads left by the SIGKILL:     {len(left)}")
+    if left_aborted:
+        by = collections.Counter(gw for gw, _ in left_aborted)
+        print(f"    aborted by the orphan sweep: {len(left_aborted)} "
+              f"({', '.join(f'{n} by {gw}' for gw, n in sorted(by.items()))}), "
+              f"{min(at for _, at in left_aborted) - t_kill:.0f}-{max(at for _, at in left_aborted) - t_kill:.0f} s "
+              "after the kill")
+    print(f"multipart uploads pending after the load:  {pending_at_end}, at the end: {len(pending)}{sweep_note}")
     print(f"connections:                               {len(shared.conns)} "
           f"(reconnects: {shared.reconnects}; host keys seen: {len(keys)})")
     print(f"transfers dropped by the SIGKILL of gw{killed}:   {len(by_kill)}")
     print(f"sessions ended between files by the SIGTERM of gw{termed}: {len(drain_between)} "
-          f"(clients told by disconnect, then reconnected: {shared.between_files})")
+          f"(then reconnected)")
+    for msg, n in sorted(told.messages.items()):
+        print(f"    SSH disconnect messages received: {n} x {msg!r}")
+    for f in drain_between[:3]:
+        print(f"    e.g. client {f.client} {f.op} {f.name} in {f.phase} at {f.at - t0:.1f} s: {f.error}")
     print(f"transfers failed during the SIGTERM:       {len(drain_in_flight)}")
     print(f"other failures:                            {len(other)}")
     for f in other[:10]:
         print(f"    client {f.client} {f.op} {f.name} in {f.phase} on {f.conn.gateway if f.conn else '?'} "
               f"at {f.at - t0:.1f} s: {f.error}")
     if out_at is not None:
-        print(f"HAProxy took gw{termed} out {out_at - t_term:.1f} s after its SIGTERM")
+        print(f"HAProxy took gw{termed} out {out_at - t_term:.1f} s after its SIGTERM; "
+              f"new clients sent to it after that: {len(sent_while_out)}")
     if violations:
         print(f"\nFAILED: {len(violations)} violations")
         for v in violations[:50]:
