@@ -121,6 +121,7 @@ class Shared:
     bytes_up: int = 0
     bytes_down: int = 0
     gave_up: list = field(default_factory=list)
+    done: list = field(default_factory=list)  # (conn, op, started, ended) of each success
 
 
 class Told(logging.Handler):
@@ -230,6 +231,7 @@ class Client(threading.Thread):
         with self.shared.lock:
             self.shared.uploads[name] = up
         phase = "open"
+        started = time.time()
         try:
             f = self.sftp.open(name, "wb")
             phase = "transfer"
@@ -245,11 +247,13 @@ class Client(threading.Thread):
         with self.shared.lock:
             up.acked = True
             self.shared.bytes_up += size
+            self.shared.done.append((self.conn, "upload", started, time.time()))
         self.mine.append(up)
         return True
 
     def download(self, up):
         phase = "open"
+        started = time.time()
         try:
             f = self.sftp.open(up.name, "rb")
             phase = "transfer"
@@ -274,6 +278,7 @@ class Client(threading.Thread):
             else:
                 self.shared.downloads_ok += 1
             self.shared.bytes_down += got
+            self.shared.done.append((self.conn, "download", started, time.time()))
         return True
 
     def run(self):
@@ -467,6 +472,7 @@ def main():
               "(cluster.sh down --purge; cluster.sh up)", file=sys.stderr)
         return 2
     age = parse_duration(env.get("CLUSTER_ORPHAN_AGE", "24h"))
+    drain = parse_duration(env.get("CLUSTER_DRAIN_DELAY", "5s")) or 0
     sweep = parse_duration(env.get("CLUSTER_ORPHAN_SWEEP", "1h"))
     print(f"kill test: {args.clients} clients for {args.duration:.0f} s, files {args.min_size // KIB} KiB-"
           f"{args.max_size // MIB} MiB (log-uniform), seed {args.seed}; gateways: orphan age "
@@ -689,6 +695,12 @@ def main():
         print(f"    SSH disconnect messages received: {n} x {msg!r}")
     for f in drain_between[:3]:
         print(f"    e.g. client {f.client} {f.op} {f.name} in {f.phase} at {f.at - t0:.1f} s: {f.error}")
+    on_termed = [(op, a, b) for c, op, a, b in shared.done if c.gateway == f"gw{termed}"]
+    at_term = [x for x in on_termed if x[1] < t_term < x[2]]
+    at_stop = [x for x in on_termed if x[1] < t_term + drain < x[2]]
+    print(f"transfers in flight on gw{termed} at its SIGTERM that completed: {len(at_term)} "
+          f"(still in flight when it stopped accepting, {drain:.0f} s later: {len(at_stop)}; "
+          f"the last ended {max((b for _, _, b in on_termed), default=t_term) - t_term:.1f} s after the SIGTERM)")
     print(f"transfers failed during the SIGTERM:       {len(drain_in_flight)}")
     print(f"other failures:                            {len(other)}")
     for f in other[:10]:
