@@ -25,6 +25,7 @@ Exit status: 0 when nothing was violated, 1 on any violation, 2 when the test co
 import argparse
 import collections
 import hashlib
+import json
 import logging
 import math
 import os
@@ -107,6 +108,7 @@ class Upload:
     size: int
     sha256: str
     acked: bool = False
+    ended: bool = False  # acknowledged or failed
 
 
 @dataclass
@@ -242,10 +244,11 @@ class Client(threading.Thread):
             f.close()
         except DROPPED + (paramiko.SFTPError, IOError) as e:
             self.fail("upload", name, phase, e)
+            up.ended = True
             self.retry = "upload"
             return False
         with self.shared.lock:
-            up.acked = True
+            up.acked = up.ended = True
             self.shared.bytes_up += size
             self.shared.done.append((self.conn, "upload", started, time.time()))
         self.mine.append(up)
@@ -330,6 +333,25 @@ def stats(env):
         if len(f) > 17 and f[0] == "gateways" and f[1].startswith("gw"):
             out[f[1]] = (f[17], int(f[4] or 0))
     return out
+
+
+# The gateways' --part-size-mib (cluster.sh leaves the default): larger uploads are multipart.
+PART_SIZE = 8 * MIB
+
+
+def uploads_on(env, state, n):
+    """The uploads in flight on gateway N (from `s3sftp sessions` over its control socket):
+    (sessions, uploads, multipart uploads begun: more than one part received)."""
+    try:
+        out = subprocess.run(
+            [env["S3SFTP_BIN"], "sessions", "--json", "--state-dir", os.path.join(state, "gw", str(n), "state")],
+            capture_output=True, text=True, timeout=10, check=True).stdout
+        sessions = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return (0, 0, 0)
+    ups = [t for s in sessions for t in s.get("transfers", []) if t.get("direction") == "upload"]
+    begun = [t for t in ups if t.get("bytes", 0) > PART_SIZE]
+    return (len(sessions), len(ups), len(begun))
 
 
 def gateway_pid(state, n):
@@ -488,10 +510,9 @@ def main():
     shared = Shared()
     stop = threading.Event()
     args.t0 = t0 = time.time()
-    events = []
+    violations = []
 
     def note(text):
-        events.append((time.time(), text))
         print(f"  [{time.time() - t0:6.1f} s] {text}", flush=True)
 
     watch = MultipartWatch(env, bucket, prefix)
@@ -505,17 +526,20 @@ def main():
         while time.time() < t0 + t:
             time.sleep(0.2)
 
-    # SIGKILL: the gateway with the most sessions now.
+    # SIGKILL: the gateway with the most multipart uploads in flight (then the most
+    # uploads, then sessions), so that it leaves some behind; waiting up to 15 s for one.
     sleep_until(args.kill_at)
-    view = stats(env)
-    killed = int(max(view, key=lambda k: view[k][1])[2:])
+    while True:
+        on = {n: uploads_on(env, state, n) for n in (1, 2, 3)}
+        killed = max(on, key=lambda n: (on[n][2], on[n][1], on[n][0]))
+        if on[killed][2] > 0 or time.time() > t0 + args.kill_at + 15:
+            break
+        time.sleep(0.3)
     pid = gateway_pid(state, killed)
-    with shared.lock:
-        in_flight_uploads = sum(1 for u in shared.uploads.values() if not u.acked)
     os.kill(pid, signal.SIGKILL)
     t_kill = time.time()
-    note(f"SIGKILL gw{killed} (pid {pid}, {view[f'gw{killed}'][1]} sessions; "
-         f"{in_flight_uploads} uploads in flight in all)")
+    note(f"SIGKILL gw{killed} (pid {pid}; {on[killed][0]} sessions, {on[killed][1]} uploads in flight, "
+         f"{on[killed][2]} of them multipart uploads begun)")
     sleep_until(args.kill_at + args.restart_killed_after)
     start_gateway(killed)
     note(f"gw{killed} restarted")
@@ -530,7 +554,12 @@ def main():
     t_term = time.time()
     note(f"SIGTERM gw{termed} (pid {pid}, {view[f'gw{termed}'][1]} sessions)")
     out_at = None
+    grace = parse_duration(env.get("CLUSTER_SHUTDOWN_GRACE", "60s")) or 60
     while alive(pid):
+        if time.time() > t_term + drain + grace + 30:
+            violations.append(f"gw{termed} still ran {time.time() - t_term:.0f} s after its SIGTERM: SIGKILL")
+            os.kill(pid, signal.SIGKILL)
+            break
         if out_at is None and stats(env).get(f"gw{termed}", ("UP",))[0].startswith("DOWN"):
             out_at = time.time()
             note(f"HAProxy marked gw{termed} DOWN")
@@ -549,14 +578,11 @@ def main():
         c.join(timeout=max(0, join_by - time.time()))
     stuck = [c.idx for c in clients if c.is_alive()]
     if stuck:
-        violations_early = [f"clients {stuck} still busy {args.op_timeout + 60:.0f} s after the load ended"]
-    else:
-        violations_early = []
+        violations.append(f"clients {stuck} still busy {args.op_timeout + 60:.0f} s after the load ended")
     note("clients done")
     time.sleep(2)  # HAProxy logs a connection when it ends
     attribute(state, shared.conns)
 
-    violations = list(violations_early)
 
     # Failures, by cause.
     by_kill, drain_between, drain_in_flight, other = [], [], [], []
