@@ -374,6 +374,8 @@ cmd_up() {
   done
   mkdir -p "$state"
   chmod 700 "$state"
+  # shellcheck disable=SC2064 # $0 and $state are meant to be expanded now
+  trap "[ \$? -eq 0 ] || echo 'cluster: up did not finish: see the logs under $state; \"$0 down --purge\" stops what started' >&2" EXIT
   "$s3sftp" --version
   "$garage" --version
   local version
