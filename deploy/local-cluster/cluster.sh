@@ -5,6 +5,8 @@
 # It is the deployment docs/scale-out.md describes for real machines, shrunk onto one host.
 #
 #   deploy/local-cluster/cluster.sh up            start everything, print how to connect
+#                                                 (after a down without --purge: start the
+#                                                 same cluster again, data included)
 #   deploy/local-cluster/cluster.sh down [--purge] stop everything (--purge: delete the state)
 #   deploy/local-cluster/cluster.sh status        what runs, and what HAProxy thinks of it
 #   deploy/local-cluster/cluster.sh start-gateway N   (re)start gateway N (1-3) if it is down
@@ -361,11 +363,59 @@ EOF
   say "haproxy: sftp on 127.0.0.1:$lb_port, stats on http://127.0.0.1:$stats_port/"
 }
 
-cmd_up() {
-  find_bins
-  if [ -f "$state/cluster.env" ]; then
-    die "$state already holds a cluster: '$0 down --purge' first (or set S3SFTP_CLUSTER_DIR)"
+# `up` on a cluster stopped by `down` (without --purge): its processes start again as they
+# were, with their data, keys and users.
+resume() {
+  set -a
+  # shellcheck disable=SC1091
+  . "$state/cluster.env"
+  set +a
+  base=$S3SFTP_CLUSTER_PORT
+  lb_port=$base
+  stats_port=$((base + 40))
+  password=$CLUSTER_PASSWORD
+  local n dir
+  for n in "${nodes[@]}"; do
+    dir=$state/garage/n$n
+    alive "$dir/pid" || launch "$dir/pid" "$dir/log" "$GARAGE_BIN" -c "$dir/garage.toml" server
+  done
+  for n in "${nodes[@]}"; do
+    wait_port "$(s3_port "$n")" "garage node $n (S3 API)"
+  done
+  say "garage: 3 nodes running"
+  for n in "${nodes[@]}"; do
+    start_gateway "$n"
+  done
+  dir=$state/haproxy
+  if ! alive "$dir/pid"; then
+    launch "$dir/pid" "$dir/log" "$HAPROXY_BIN" -db -f "$dir/haproxy.cfg"
+    wait_port "$stats_port" haproxy
   fi
+  say "haproxy: sftp on 127.0.0.1:$lb_port, stats on http://127.0.0.1:$stats_port/"
+}
+
+print_connect() {
+  cat <<EOF
+
+The cluster is up (state in $state).
+Connect through HAProxy:
+
+    sftp -P $lb_port $user@127.0.0.1        password: $password
+
+(The password is also in $state/cluster.env. Each gateway refuses connections that do not
+come through HAProxy: it expects a PROXY header from 127.0.0.1.)
+Status: $0 status    Stop: $0 down [--purge]
+EOF
+}
+
+cmd_up() {
+  if [ -f "$state/cluster.env" ]; then
+    resume
+    sleep 2
+    print_connect
+    return 0
+  fi
+  find_bins
   local p
   for p in $lb_port $stats_port $(gw_port 1) $(gw_port 2) $(gw_port 3) \
     $(metrics_port 1) $(metrics_port 2) $(metrics_port 3) $(s3_port 1) $(s3_port 2) \
@@ -393,17 +443,7 @@ cmd_up() {
   haproxy_up
   # HAProxy starts with every server up; give the first checks a moment to confirm.
   sleep 2
-  cat <<EOF
-
-The cluster is up (state in $state).
-Connect through HAProxy:
-
-    sftp -P $lb_port $user@127.0.0.1        password: $password
-
-(The password is also in $state/cluster.env. Each gateway refuses connections that do not
-come through HAProxy: it expects a PROXY header from 127.0.0.1.)
-Status: $0 status    Stop: $0 down [--purge]
-EOF
+  print_connect
 }
 
 cmd_down() {
