@@ -6,7 +6,7 @@
 #   SOAK_SECONDS=60 SOAK_CLIENTS=10 scripts/soak.sh  # a quick smoke run
 #
 # Settings: SOAK_SECONDS, SOAK_CLIENTS, SOAK_SEED, SOAK_MEMORY_MIB, SOAK_THINK_MS,
-# SOAK_KILL_RATE, SOAK_FAULT_EVERY_MS, SOAK_OUT (report and server log). An external S3
+# SOAK_KILL_RATE, SOAK_FAULT_EVERY_MS, SOAK_HOSTILE, SOAK_OUT (report and server log). An external S3
 # server named by S3SFTP_TEST_S3_* (plain HTTP) is used instead of the embedded store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
