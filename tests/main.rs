@@ -13,6 +13,7 @@ mod dir_markers;
 mod folder_rename;
 mod freshness;
 mod fuzz_corpus;
+mod gateway_kill;
 mod hardening;
 mod host_keys;
 mod hostile_memory;
