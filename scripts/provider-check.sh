@@ -109,7 +109,8 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$admin_port"
 EOF
     g() { "$garage" -c "$work/garage.toml" "$@"; }
-    g server >"$work/store.log" 2>&1 &
+    # Started directly, not through g: $! must be garage's own pid for the clean-up.
+    "$garage" -c "$work/garage.toml" server >"$work/store.log" 2>&1 &
     pids+=($!)
     wait_port "$port"
     sleep 2
