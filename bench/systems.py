@@ -83,6 +83,13 @@ def start_s3_server(b: Bench) -> None:
         # s3sftp's own store, standalone (crates/s3-store/examples/s3_store.rs), so every system shares it.
         lf = t / "s3store.log"
         store = REPO_TARGET() / "release" / "examples" / "s3_store"
+        # With --no-build a store binary older than its sources would measure old code (a
+        # store that does not check CRC32C makes s3sftp fall back to Content-MD5).
+        sources = (REPO / "crates" / "s3-store" / "src").rglob("*.rs")
+        newest = max((p.stat().st_mtime for p in sources), default=0)
+        if not store.exists() or store.stat().st_mtime < newest:
+            sys.exit(f"{store} is missing or older than crates/s3-store/src: run "
+                     "`cargo build --release -p s3-store --example s3_store` (or drop --no-build)")
         b.s3_proc = subprocess.Popen(
             [str(store), str(b.server_dir / "s3store"), BUCKET, f"127.0.0.1:{b.s3_port}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(lf, "wb"))
