@@ -5,14 +5,16 @@
 //! key and finishes its work.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 use s3sftp::storage::client::S3Settings;
 
 use crate::common::own_store::own_store;
-use crate::common::{random_bytes, sha256, test_hash, AcceptAll, RusshSftp, TestServer, PASSWORD};
+use crate::common::{
+    random_bytes, russh_sftp_password_at, scanned_host_key, sha256, test_hash, RusshSftp,
+    TestServer, PASSWORD,
+};
 
 /// A free loopback port (bound, then let go).
 fn free_port() -> u16 {
@@ -67,40 +69,12 @@ fn child_gateway(
 async fn login(port: u16, user: &str) -> RusshSftp {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let attempt = async {
-            let config = Arc::new(russh::client::Config::default());
-            let mut handle = russh::client::connect(config, ("127.0.0.1", port), AcceptAll)
-                .await
-                .map_err(|e| e.to_string())?;
-            let auth = handle
-                .authenticate_password(user, PASSWORD)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !auth.success() {
-                return Err("password refused".to_string());
-            }
-            RusshSftp::open(handle).await
-        };
-        match attempt.await {
+        match russh_sftp_password_at(port, user, PASSWORD).await {
             Ok(s) => return s,
             Err(e) => assert!(Instant::now() < deadline, "no login on port {port}: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The ed25519 host key the gateway on `port` presents (`ssh-keyscan`).
-fn host_key(port: u16) -> String {
-    let out = std::process::Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
-        .output()
-        .expect("ssh-keyscan runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.contains("ssh-ed25519"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or_else(|| panic!("no ed25519 key from port {port}: {text}"))
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +99,7 @@ async fn a_killed_gateway_loses_no_acknowledged_upload() {
     let state = dir.path().join("state-a");
     let mut a = child_gateway(&settings, &users, &host_key_location, &state, port);
     let s = login(port, "alice").await;
-    let key_a = host_key(port);
+    let key_a = scanned_host_key(port);
     let mut acked = Vec::new();
     for (i, len) in [1_000usize, 300_000, 6 * 1024 * 1024, 11 * 1024 * 1024]
         .into_iter()
@@ -183,7 +157,7 @@ async fn a_killed_gateway_loses_no_acknowledged_upload() {
         c.orphan_age = Duration::from_secs(1);
     })
     .await;
-    assert_eq!(host_key(b.port), key_a, "the same host identity");
+    assert_eq!(scanned_host_key(b.port), key_a, "the same host identity");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pending = view.pending_uploads(&prefix).await;

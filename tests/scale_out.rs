@@ -11,7 +11,7 @@ use s3sftp::users::remote::{ObjectLocation, RemoteError, RemoteUsers};
 use s3sftp::users::{User, UsersFile};
 
 use crate::common::own_store::own_store;
-use crate::common::{test_hash, TestServer, PASSWORD};
+use crate::common::{scanned_host_key, test_hash, TestServer, PASSWORD};
 
 /// Names of the users object and the host key for one test: unique, since the suites
 /// share the bucket of an external S3 server. (Hex digits never spell `rsa` or `ecdsa`,
@@ -65,23 +65,6 @@ async fn gateway(settings: &S3Settings, users_key: &str, host_key: &str) -> Test
         c.s3 = Some(settings);
     })
     .await
-}
-
-/// The ed25519 host key `port` presents, as `ssh-keyscan` sees it (`ssh-ed25519 AAAA...`).
-fn scanned_host_key(port: u16) -> String {
-    let out = Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
-        .output()
-        .expect("ssh-keyscan runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("ssh-ed25519"))
-        .unwrap_or_else(|| panic!("no ed25519 key scanned: {text}"));
-    line.split_whitespace()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Waits (up to a generous deadline) until `user` can log in to `t` with the test password.

@@ -260,15 +260,7 @@ impl TestServer {
         user: &str,
         password: &str,
     ) -> Result<RusshSftp, String> {
-        let mut handle = self.russh_connect().await?;
-        let auth = handle
-            .authenticate_password(user, password)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !auth.success() {
-            return Err("authentication failed".into());
-        }
-        RusshSftp::open(handle).await
+        russh_sftp_password_at(self.port, user, password).await
     }
 
     /// An SFTP session through the russh client, authenticated with the user's key.
@@ -321,6 +313,45 @@ impl TestServer {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// An SFTP session through the russh client, authenticated with a password, with the
+/// server on `port` (a test server, or a gateway run as a process).
+pub async fn russh_sftp_password_at(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<RusshSftp, String> {
+    let config = Arc::new(russh::client::Config::default());
+    let mut handle = russh::client::connect(config, ("127.0.0.1", port), AcceptAll)
+        .await
+        .map_err(|e| e.to_string())?;
+    let auth = handle
+        .authenticate_password(user, password)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !auth.success() {
+        return Err("authentication failed".into());
+    }
+    RusshSftp::open(handle).await
+}
+
+/// The ed25519 host key the server on `port` presents, as `ssh-keyscan` sees it
+/// (`ssh-ed25519 AAAA...`).
+pub fn scanned_host_key(port: u16) -> String {
+    let out = std::process::Command::new("ssh-keyscan")
+        .args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+        .output()
+        .expect("ssh-keyscan runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("ssh-ed25519"))
+        .unwrap_or_else(|| panic!("no ed25519 key scanned on port {port}: {text}"));
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A russh client handler that trusts any host key (tests only).
