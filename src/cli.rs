@@ -145,6 +145,15 @@ fn name_the_key(err: clap::Error, origins: &FileOrigins) -> Result<clap::Error, 
     let Some(named) = origins.describe(&long) else {
         return Err(err);
     };
+    let (value, reason) = value_and_reason(&err);
+    Ok(Cli::command().error(
+        ErrorKind::ValueValidation,
+        format!("{named}: invalid value {value:?}: {reason}"),
+    ))
+}
+
+/// The bad value of a clap value error, and why it was refused.
+fn value_and_reason(err: &clap::Error) -> (String, String) {
     let value = match err.get(ContextKind::InvalidValue) {
         Some(ContextValue::String(value)) => value.clone(),
         _ => String::new(),
@@ -156,10 +165,7 @@ fn name_the_key(err: clap::Error, origins: &FileOrigins) -> Result<clap::Error, 
         }
         _ => "not a valid value".to_owned(),
     };
-    Ok(Cli::command().error(
-        ErrorKind::ValueValidation,
-        format!("{named}: invalid value {value:?}: {reason}"),
-    ))
+    (value, reason)
 }
 
 /// `err` reworded to name the environment variable its bad value came from, if it did.
@@ -183,17 +189,7 @@ fn name_the_variable(err: clap::Error, argv: &[OsString]) -> clap::Error {
     if given_in(argv, long) || std::env::var_os(&env).is_none() {
         return err;
     }
-    let value = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => value.clone(),
-        _ => String::new(),
-    };
-    let reason = match (err.source(), err.get(ContextKind::ValidValue)) {
-        (Some(source), _) => source.to_string(),
-        (None, Some(ContextValue::Strings(valid))) => {
-            format!("possible values: {}", valid.join(", "))
-        }
-        _ => "not a valid value".to_owned(),
-    };
+    let (value, reason) = value_and_reason(&err);
     Cli::command().error(
         ErrorKind::ValueValidation,
         format!("invalid value {value:?} in the environment variable {env} (the variable of {long}): {reason}"),
